@@ -1,0 +1,1 @@
+"""FedOps device agent: registers the device, heartbeats, runs Flower SuperNodes on command."""

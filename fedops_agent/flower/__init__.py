@@ -1,0 +1,1 @@
+"""Instrumentation that runs inside Flower's ClientApp process, around the user's app."""

@@ -1,0 +1,1 @@
+"""FedOps control service: tasks, clients, runs, rounds and the model registry."""

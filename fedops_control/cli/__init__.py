@@ -1,0 +1,1 @@
+"""`fedopsctl`: the operator CLI (rich tables, or JSON with --output json)."""

@@ -1,0 +1,385 @@
+"""`fedopsctl`: tasks, clients, runs and models from the command line.
+
+Exit codes: 0 ok, 1 service error, 2 bad input (usage errors, INVALID_ARGUMENT, NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from fedops_common.convert import dict_to_struct
+from fedops_common.grpc_channel import control_channel
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+
+app = typer.Typer(help="Operate FedOps Stack: tasks, clients, runs, models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+task_app = typer.Typer(help="Create and inspect FL tasks.", no_args_is_help=True)
+clients_app = typer.Typer(help="Enrolled client devices.", no_args_is_help=True)
+run_app = typer.Typer(help="Start, stop, watch and diagnose runs.", no_args_is_help=True)
+models_app = typer.Typer(help="Global model versions.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+app.add_typer(clients_app, name="clients")
+app.add_typer(run_app, name="run")
+app.add_typer(models_app, name="models")
+console = Console()
+S = common_pb2
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Ctx:
+    """Global options shared by every command."""
+
+    control: str = "127.0.0.1:50051"
+    output: Output = Output.table
+
+    @classmethod
+    def stub(cls) -> control_pb2_grpc.ControlServiceStub:
+        return control_pb2_grpc.ControlServiceStub(control_channel(cls.control))
+
+
+@app.callback()
+def main_options(
+    control: Annotated[str, typer.Option(envvar="FEDOPS_CONTROL", help="control service host:port")] = "127.0.0.1:50051",
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
+) -> None:
+    """Global options."""
+    Ctx.control, Ctx.output = control, output
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error to stderr and exit."""
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def call(method: Any, request: Any, timeout: float = 30) -> Any:
+    """Unary call with errors mapped to exit codes."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as err:
+        code = err.code()  # type: ignore[attr-defined]
+        bad_input = code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                             grpc.StatusCode.FAILED_PRECONDITION)
+        fail(f"{code.name}: {err.details()}", 2 if bad_input else 1)  # type: ignore[attr-defined]
+
+
+def as_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def emit(message: Any, render: Any) -> None:
+    """JSON for --output json, else the given table renderer."""
+    if Ctx.output == Output.json:
+        print(json.dumps(as_json(message), indent=2, sort_keys=True))
+    else:
+        render(message)
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """key=value pairs; values are TOML literals (numbers, booleans, quoted strings) or bare strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=option)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def state_name(enum: Any, value: int) -> str:
+    return enum.Name(value).split("_", 2)[-1].lower()
+
+
+def fmt_metrics(metrics: Any, keys: tuple[str, ...] = ()) -> str:
+    items = [(k, v) for k, v in sorted(metrics.items()) if not keys or k in keys]
+    return ", ".join(f"{k}={v:.4g}" for k, v in items)
+
+
+# ------------------------------------------------------------------ tasks
+def render_task(task: common_pb2.Task) -> None:
+    table = Table(title=f"Task {task.id}", show_header=False)
+    app_ref = task.app.local_path or f"{task.app.git.url}@{task.app.git.ref}"
+    s = task.strategy
+    for key, value in [("title", task.title), ("description", task.description), ("tags", ", ".join(task.tags)),
+                       ("app", app_ref),
+                       ("strategy", f"{s.name}: {s.rounds} rounds, quorum {s.min_clients}, fraction "
+                                    f"{s.fraction_train:g}/{s.fraction_evaluate:g}, round timeout {s.round_timeout_s:g}s"),
+                       ("hyperparameters", json.dumps(json_format.MessageToDict(task.hyperparameters))),
+                       ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
+                       ("enrolled", ", ".join(task.enrolled_client_ids)),
+                       ("selected", ", ".join(task.selected_client_ids))]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+@task_app.command("create")
+def task_create(
+    title: Annotated[str, typer.Option(help="task title")],
+    app_path: Annotated[str | None, typer.Option("--app", help="local Flower app directory")] = None,
+    git_url: Annotated[str | None, typer.Option(help="git URL of the Flower app")] = None,
+    git_ref: Annotated[str, typer.Option(help="git branch/tag/commit")] = "main",
+    git_subdir: Annotated[str, typer.Option(help="app directory inside the repository")] = "",
+    description: Annotated[str, typer.Option()] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable)")] = None,
+    strategy: Annotated[str, typer.Option(help="strategy name (informational)")] = "FedAvg",
+    rounds: Annotated[int, typer.Option(min=1)] = 3,
+    min_clients: Annotated[int, typer.Option(min=1, help="quorum per round")] = 2,
+    fraction_train: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    fraction_evaluate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    round_timeout: Annotated[float, typer.Option(min=0.0, help="seconds")] = 300.0,
+    hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value; ${...} templating allowed")] = None,
+    client_config: Annotated[list[str] | None, typer.Option(help="per-client node config key=value")] = None,
+) -> None:
+    """Create an FL task."""
+    if bool(app_path) == bool(git_url):
+        raise typer.BadParameter("give exactly one of --app or --git-url", param_hint="--app/--git-url")
+    app_ref = common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else \
+        common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref, subdirectory=git_subdir))
+    task = common_pb2.Task(
+        title=title, description=description, tags=tag or [], app=app_ref,
+        strategy=common_pb2.StrategySettings(name=strategy, rounds=rounds, min_clients=min_clients,
+                                             fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                                             round_timeout_s=round_timeout),
+        hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
+        client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
+    emit(call(Ctx.stub().CreateTask, control_pb2.CreateTaskRequest(task=task)), render_task)
+
+
+@task_app.command("list")
+def task_list(tag: Annotated[str, typer.Option()] = "") -> None:
+    """List tasks."""
+    response = call(Ctx.stub().ListTasks, control_pb2.ListTasksRequest(tag=tag))
+
+    def render(resp: control_pb2.ListTasksResponse) -> None:
+        table = Table("id", "title", "tags", "rounds", "enrolled", "selected", title="Tasks")
+        for t in resp.tasks:
+            table.add_row(t.id, t.title, ", ".join(t.tags), str(t.strategy.rounds), str(len(t.enrolled_client_ids)),
+                          str(len(t.selected_client_ids)))
+        console.print(table)
+
+    emit(response, render)
+
+
+@task_app.command("show")
+def task_show(task_id: str) -> None:
+    """Show one task."""
+    emit(call(Ctx.stub().GetTask, control_pb2.GetTaskRequest(task_id=task_id)), render_task)
+
+
+@task_app.command("select")
+def task_select(task_id: str, client_ids: Annotated[list[str], typer.Argument(help="clients to take part")]) -> None:
+    """Select the clients that take part in the task's runs."""
+    emit(call(Ctx.stub().SetTaskMembership, control_pb2.SetTaskMembershipRequest(task_id=task_id, client_ids=client_ids)),
+         render_task)
+
+
+@task_app.command("delete")
+def task_delete(task_id: str) -> None:
+    """Delete a task that has no runs."""
+    emit(call(Ctx.stub().DeleteTask, control_pb2.DeleteTaskRequest(task_id=task_id)),
+         lambda r: console.print(f"deleted {task_id}"))
+
+
+# ------------------------------------------------------------------ clients
+def render_clients(resp: control_pb2.ListClientsResponse) -> None:
+    table = Table("id", "hostname", "state", "reason", "heartbeat age", "tasks", "run", title="Clients")
+    for c in resp.clients:
+        age = f"{c.heartbeat_age_s:.1f}s" if c.heartbeat_age_s >= 0 else "-"
+        table.add_row(c.id, c.device.hostname, state_name(S.ClientState, c.state), c.state_reason, age,
+                      ", ".join(c.enrolled_task_ids), c.current_run_id)
+    console.print(table)
+
+
+@clients_app.command("list")
+def clients_list(task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "") -> None:
+    """List clients with state and heartbeat age."""
+    emit(call(Ctx.stub().ListClients, control_pb2.ListClientsRequest(task_id=task)), render_clients)
+
+
+@clients_app.command("show")
+def clients_show(client_id: str) -> None:
+    """Show one client."""
+    emit(call(Ctx.stub().GetClient, control_pb2.GetClientRequest(client_id=client_id)),
+         lambda c: render_clients(control_pb2.ListClientsResponse(clients=[c])))
+
+
+# ------------------------------------------------------------------ runs
+def render_run(run: common_pb2.Run) -> None:
+    outcome = f" ({state_name(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
+    console.print(f"[bold]Run {run.id}[/bold] task={run.task_id} state={state_name(S.RunState, run.state)}{outcome} "
+                  f"round {run.current_round}/{run.total_rounds}  {run.reason}")
+    table = Table("round", "phase", "participants", "failed", "central loss", "central acc", "train", "evaluate",
+                  "model", title="Rounds")
+    if run.initial_central_metrics:
+        table.add_row("0", "initial", "", "", f"{run.initial_central_metrics.get('loss', float('nan')):.4f}",
+                      f"{run.initial_central_metrics.get('accuracy', float('nan')):.4f}", "", "", "")
+    for r in run.rounds:
+        table.add_row(str(r.number), r.phase, ", ".join(r.responded_client_ids), ", ".join(r.failed_client_ids),
+                      f"{r.central_metrics['loss']:.4f}" if "loss" in r.central_metrics else "",
+                      f"{r.central_metrics['accuracy']:.4f}" if "accuracy" in r.central_metrics else "",
+                      fmt_metrics(r.train_metrics), fmt_metrics(r.evaluate_metrics), r.model_version_id)
+    console.print(table)
+    clients = Table("round", "client", "phase", "metrics", "seconds", "error", title="Per-client results")
+    for r in run.rounds:
+        for c in r.client_results:
+            clients.add_row(str(r.number), c.client_id, c.phase, fmt_metrics(c.metrics), f"{c.duration_s:.2f}", c.error)
+    console.print(clients)
+
+
+@run_app.command("start")
+def run_start(
+    task_id: str,
+    client: Annotated[list[str] | None, typer.Option(help="client id (default: the task's selection)")] = None,
+    resume_from: Annotated[str, typer.Option(help="model id, or 'latest'/'best' of the task")] = "",
+    hp: Annotated[list[str] | None, typer.Option(help="hyperparameter override key=value")] = None,
+    watch: Annotated[bool, typer.Option(help="follow the run until it finishes")] = False,
+) -> None:
+    """Start a run of a task."""
+    run = call(Ctx.stub().StartRun, control_pb2.StartRunRequest(
+        task_id=task_id, client_ids=client or [], resume_from_model_id=resume_from,
+        hyperparameter_overrides=dict_to_struct(parse_pairs(hp, "--hp"))))
+    if watch:
+        run_watch(run.id)
+        return
+    emit(run, render_run)
+
+
+@run_app.command("stop")
+def run_stop(run_id: str, hard: Annotated[bool, typer.Option(help="stop now instead of after the round")] = False) -> None:
+    """Stop a run: after the current round (default) or at once (--hard)."""
+    mode = control_pb2.STOP_MODE_HARD if hard else control_pb2.STOP_MODE_COOPERATIVE
+    emit(call(Ctx.stub().StopRun, control_pb2.StopRunRequest(run_id=run_id, mode=mode)), render_run)
+
+
+@run_app.command("show")
+def run_show(run_id: str) -> None:
+    """Show a run with rounds and per-client results."""
+    emit(call(Ctx.stub().GetRun, control_pb2.GetRunRequest(run_id=run_id)), render_run)
+
+
+@run_app.command("list")
+def run_list(task: Annotated[str, typer.Option()] = "") -> None:
+    """List runs."""
+    def render(resp: control_pb2.ListRunsResponse) -> None:
+        table = Table("id", "task", "state", "outcome", "round", "clients", "reason", title="Runs")
+        for r in resp.runs:
+            table.add_row(r.id, r.task_id, state_name(S.RunState, r.state),
+                          state_name(S.RunOutcome, r.outcome) if r.outcome else "", f"{r.current_round}/{r.total_rounds}",
+                          str(len(r.client_ids)), r.reason)
+        console.print(table)
+
+    emit(call(Ctx.stub().ListRuns, control_pb2.ListRunsRequest(task_id=task)), render)
+
+
+@run_app.command("watch")
+def run_watch(run_id: str) -> None:
+    """Follow a run live until it finishes, then print its summary."""
+    stub = Ctx.stub()
+    try:
+        for event in stub.WatchRun(control_pb2.WatchRunRequest(run_id=run_id)):
+            if Ctx.output == Output.json:
+                print(json.dumps(as_json(event), sort_keys=True), flush=True)
+                continue
+            stamp = event.time.ToDatetime().strftime("%H:%M:%S")
+            style = {"client_failed": "red", "round_finished": "bold green", "run_finished": "bold",
+                     "model_stored": "cyan"}.get(event.kind, "")
+            text = event.message
+            if event.kind == "round_finished":
+                data = json_format.MessageToDict(event.data)
+                central = data.get("central", {})
+                text += (f" | clients {', '.join(data.get('responded', []))}"
+                         + (f" | global loss {central['loss']:.4f} acc {central['accuracy']:.4f}" if "loss" in central else ""))
+            console.print(f"[dim]{stamp}[/dim] [{style}]{text}[/{style}]" if style else f"[dim]{stamp}[/dim] {text}")
+    except grpc.RpcError as err:
+        fail(f"{err.code().name}: {err.details()}", 2 if err.code() == grpc.StatusCode.NOT_FOUND else 1)  # type: ignore[attr-defined]
+    if Ctx.output == Output.table:
+        render_run(call(stub.GetRun, control_pb2.GetRunRequest(run_id=run_id)))
+
+
+@run_app.command("diagnose")
+def run_diagnose(run_id: str) -> None:
+    """Why is the run waiting? Who is missing, since when, how long until the timeout."""
+    def render(d: common_pb2.Diagnosis) -> None:
+        console.print(d.summary)
+        if d.missing:
+            table = Table("client", "state", "heartbeat age", "reason", title="Missing")
+            for m in d.missing:
+                table.add_row(m.client_id, state_name(S.ClientState, m.state), f"{m.heartbeat_age_s:.1f}s", m.reason)
+            console.print(table)
+
+    emit(call(Ctx.stub().DiagnoseRun, control_pb2.DiagnoseRunRequest(run_id=run_id)), render)
+
+
+# ------------------------------------------------------------------ models
+def render_models(resp: control_pb2.ListModelsResponse) -> None:
+    table = Table("id", "task", "run", "round", "version", "tags", "metrics", "participants", "parent", "bytes",
+                  title="Model versions")
+    for m in resp.models:
+        table.add_row(m.id, m.task_id, m.run_id, str(m.round), f"v{m.version}", ", ".join(m.tags),
+                      fmt_metrics(m.metrics, ("central.accuracy", "central.loss")), ", ".join(m.participant_client_ids),
+                      m.parent_id, str(m.size_bytes))
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(task: Annotated[str, typer.Option()] = "", run: Annotated[str, typer.Option()] = "") -> None:
+    """List global model versions with lineage."""
+    emit(call(Ctx.stub().ListModels, control_pb2.ListModelsRequest(task_id=task, run_id=run)), render_models)
+
+
+@models_app.command("show")
+def models_show(model_id: str, task: Annotated[str, typer.Option(help="task, with 'best'/'latest'")] = "") -> None:
+    """Show one version (an id, or 'best'/'latest' with --task)."""
+    emit(call(Ctx.stub().GetModel, control_pb2.GetModelRequest(model_id=model_id, task_id=task)),
+         lambda m: render_models(control_pb2.ListModelsResponse(models=[m])))
+
+
+@models_app.command("download")
+def models_download(model_id: str, out: Annotated[Path, typer.Option("--out", "-o", help="file to write")],
+                    task: Annotated[str, typer.Option(help="task, with 'best'/'latest'")] = "") -> None:
+    """Download a version's weights (npz of named arrays)."""
+    stub = Ctx.stub()
+    version = None
+    try:
+        with out.open("wb") as fh:
+            for chunk in stub.DownloadModel(control_pb2.GetModelRequest(model_id=model_id, task_id=task), timeout=300):
+                if chunk.HasField("version"):
+                    version = chunk.version
+                fh.write(chunk.data)
+    except grpc.RpcError as err:
+        out.unlink(missing_ok=True)
+        code = err.code()  # type: ignore[attr-defined]
+        fail(f"{code.name}: {err.details()}", 2 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1)  # type: ignore[attr-defined]
+    result = {"path": str(out), "model_id": version.id if version else model_id,
+              "sha256": version.sha256 if version else "", "bytes": out.stat().st_size}
+    if Ctx.output == Output.json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"wrote {result['bytes']} bytes of {result['model_id']} to {out}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

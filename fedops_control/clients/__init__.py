@@ -1,0 +1,1 @@
+"""Connected device agents: sessions, command queues, liveness."""

@@ -1,0 +1,1 @@
+"""Model registry: global model versions with lineage."""

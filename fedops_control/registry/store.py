@@ -1,0 +1,100 @@
+"""Store global models on disk with their lineage in the database."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedops_control.state.models import ModelRow, RoundRow, RunRow
+from fedops_control.task.errors import InvalidArgument, NotFound
+
+
+class ModelStore:
+    """Global model versions: files under ``root``, lineage rows in the DB."""
+
+    def __init__(self, sessions: sessionmaker[Session], root: Path) -> None:
+        self._sessions = sessions
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(self, run_id: str, round_number: int, data: bytes, metrics: dict[str, float], fmt: str) -> ModelRow:
+        """Store the global model of a run's round; version numbers increase per task."""
+        with self._sessions.begin() as db:
+            run = db.get(RunRow, run_id)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            round_row = db.get(RoundRow, (run_id, round_number))
+            participants = list(round_row.responded) if round_row else []
+            merged = {**{f"central.{k}": v for k, v in metrics.items()}}
+            if round_row:
+                merged.update({f"train.{k}": v for k, v in round_row.train_metrics.items()})
+                merged.update({f"evaluate.{k}": v for k, v in round_row.evaluate_metrics.items()})
+            version = (db.query(func.max(ModelRow.version)).filter(ModelRow.task_id == run.task_id).scalar() or 0) + 1
+            parent = (db.query(ModelRow).filter(ModelRow.run_id == run_id).order_by(ModelRow.round.desc()).first())
+            parent_id = parent.id if parent else run.resumed_from_model_id
+            model_id = f"model-{uuid.uuid4().hex[:12]}"
+            path = self.root / run.task_id / f"{model_id}.{fmt}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            row = ModelRow(id=model_id, task_id=run.task_id, run_id=run_id, round=round_number, version=version,
+                           participants=participants, config_hash=run.config_hash, metrics=merged,
+                           sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), format=fmt,
+                           path=str(path), parent_id=parent_id or "")
+            db.add(row)
+            if round_row:
+                round_row.model_version_id = model_id
+                round_row.central_metrics = dict(metrics)
+            return row
+
+    def list(self, task_id: str = "", run_id: str = "") -> list[ModelRow]:
+        """Versions, newest first."""
+        with self._sessions() as db:
+            query = db.query(ModelRow)
+            if task_id:
+                query = query.filter(ModelRow.task_id == task_id)
+            if run_id:
+                query = query.filter(ModelRow.run_id == run_id)
+            return list(query.order_by(ModelRow.task_id, ModelRow.version.desc()).all())
+
+    def best_metric_of(self, task_strategy: dict) -> tuple[str, bool]:  # type: ignore[type-arg]
+        """The metric deciding "best", and whether lower is better."""
+        return task_strategy.get("best_metric", "central.accuracy"), bool(task_strategy.get("best_metric_lower_is_better"))
+
+    def resolve(self, model_id: str, task_id: str = "", strategy: dict | None = None) -> ModelRow:  # type: ignore[type-arg]
+        """A version by id, or ``latest``/``best`` of ``task_id``."""
+        if model_id in ("latest", "best"):
+            if not task_id:
+                raise InvalidArgument("task_id", f"required with model_id={model_id!r}")
+            versions = self.list(task_id=task_id)
+            if not versions:
+                raise NotFound(f"task {task_id} has no stored models")
+            if model_id == "latest":
+                return versions[0]
+            metric, lower = self.best_metric_of(strategy or {})
+            scored = [v for v in versions if metric in v.metrics]
+            if not scored:
+                return versions[0]
+            return (min if lower else max)(scored, key=lambda v: (v.metrics[metric], v.version))
+        with self._sessions() as db:
+            row = db.get(ModelRow, model_id)
+        if row is None:
+            raise NotFound(f"model {model_id} not found")
+        return row
+
+    def tags_for(self, row: ModelRow, strategy: dict) -> list[str]:  # type: ignore[type-arg]
+        """"latest"/"best" labels of a version within its task."""
+        tags = []
+        if self.resolve("latest", row.task_id).id == row.id:
+            tags.append("latest")
+        if self.resolve("best", row.task_id, strategy).id == row.id:
+            tags.append("best")
+        return tags
+
+    @staticmethod
+    def read(row: ModelRow) -> bytes:
+        """The stored bytes of a version."""
+        return Path(row.path).read_bytes()

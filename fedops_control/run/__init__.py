@@ -1,0 +1,1 @@
+"""Runs: launching Flower's SuperLink, building the observed app bundle, tracking state."""

@@ -1,0 +1,169 @@
+"""AgentService (device agents) and ObserverService (our wrappers inside Flower's apps)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedops_common.convert import utcnow
+from fedops_common.logging import get_logger
+from fedops_common.observer import CHUNK_BYTES
+from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_control.clients.registry import HEARTBEAT_INTERVAL_S, AgentRegistry
+from fedops_control.registry.store import ModelStore
+from fedops_control.run.manager import RunManager
+from fedops_control.server.convert import model_to_proto
+from fedops_control.server.errors import grpc_errors, grpc_stream_errors
+from fedops_control.state.models import ClientRow, MembershipRow, TaskRow
+from fedops_control.task.errors import InvalidArgument, NotFound
+
+log = get_logger(__name__)
+S = common_pb2
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+MAX_MODEL_BYTES = 2 * 1024**3
+
+
+def client_id_for(device_id: str) -> str:
+    """Stable client id derived from the device id."""
+    return "client-" + hashlib.sha256(device_id.encode()).hexdigest()[:10]
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """Implements fedops.v1.AgentService."""
+
+    def __init__(self, sessions: sessionmaker[Session], agents: AgentRegistry, runs: RunManager) -> None:
+        self._sessions = sessions
+        self._agents = agents
+        self._runs = runs
+
+    @grpc_errors
+    async def Register(self, request, context):  # type: ignore[no-untyped-def]
+        device = request.device
+        if not DEVICE_ID.match(device.device_id):
+            raise InvalidArgument("device.device_id", "1-64 characters of letters, digits, '_.:@-'")
+        if len(device.hostname) > 255 or len(request.data_path) > 4096:
+            raise InvalidArgument("device.hostname", "too long")
+        client_id = client_id_for(device.device_id)
+        facts = {f.name: getattr(device, f.name) for f in device.DESCRIPTOR.fields}
+        with self._sessions.begin() as db:
+            for task_id in request.task_ids:
+                if db.get(TaskRow, task_id) is None:
+                    raise InvalidArgument("task_ids", f"unknown task {task_id!r}")
+            row = db.get(ClientRow, client_id)
+            if row is None:
+                row = ClientRow(id=client_id, device=facts, state=S.CLIENT_STATE_ONLINE)
+                db.add(row)
+            row.device, row.data_path, row.last_heartbeat = facts, request.data_path, utcnow()
+            if row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
+                row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "registered"
+            db.flush()
+            for task_id in request.task_ids:
+                member = db.get(MembershipRow, (task_id, client_id))
+                if member is None:
+                    db.add(MembershipRow(task_id=task_id, client_id=client_id, enrolled=True, selected=False))
+                else:
+                    member.enrolled = True
+        log.info("agent registered", client_id=client_id, hostname=device.hostname)
+        return agent_pb2.RegisterResponse(client_id=client_id, heartbeat_interval_s=HEARTBEAT_INTERVAL_S)
+
+    async def Session(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """Bidirectional session; the first message names the client."""
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        client_id = first.client_id
+        with self._sessions() as db:
+            if db.get(ClientRow, client_id) is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"client {client_id} is not registered")
+        queue = self._agents.open(client_id)
+        await self._apply(client_id, first)
+        log.info("agent session opened", client_id=client_id)
+
+        async def read() -> None:
+            async for message in request_iterator:
+                await self._apply(client_id, message)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                command = getter.result()
+                if command is None:  # replaced by a newer session
+                    break
+                yield command
+        finally:
+            reader.cancel()
+            if self._agents.close(client_id, queue):
+                log.info("agent session closed", client_id=client_id)
+                await self._runs.on_agent_lost(client_id)
+
+    async def _apply(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
+        now = utcnow()
+        self._agents.last_seen[client_id] = now
+        body = message.WhichOneof("body")
+        with self._sessions.begin() as db:
+            row = db.get(ClientRow, client_id)
+            row.last_heartbeat = now
+            if body == "status":
+                row.state, row.state_reason = message.status.state, message.status.reason
+                if message.status.run_id:
+                    row.current_run_id = message.status.run_id
+            elif body == "heartbeat" and row.state == S.CLIENT_STATE_OFFLINE:
+                row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "heartbeat"
+        if body == "training":
+            await self._runs.on_training_report(client_id, message.training)
+
+
+class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
+    """Implements fedops.v1.ObserverService."""
+
+    def __init__(self, runs: RunManager, models: ModelStore) -> None:
+        self._runs = runs
+        self._models = models
+
+    @grpc_errors
+    async def ReportServerEvent(self, request, context):  # type: ignore[no-untyped-def]
+        stop = await self._runs.on_server_event(request)
+        return agent_pb2.ServerEventAck(stop_requested=stop)
+
+    @grpc_errors
+    async def ReportClientEvent(self, request, context):  # type: ignore[no-untyped-def]
+        await self._runs.on_client_event(request)
+        return agent_pb2.ClientEventAck()
+
+    async def UploadModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        header = None
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request_iterator:
+            if header is None:
+                header = chunk.version
+            size += len(chunk.data)
+            if size > MAX_MODEL_BYTES:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "data: model larger than 2 GiB")
+            parts.append(chunk.data)
+        if header is None or not header.run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version.run_id: required on the first chunk")
+        try:
+            row = await asyncio.to_thread(self._models.add, header.run_id, header.round, b"".join(parts),
+                                          dict(header.metrics), header.format or "npz")
+        except NotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        await self._runs.on_model_stored(row.run_id, row.id, row.version, row.round)
+        return model_to_proto(row)
+
+    @grpc_stream_errors
+    async def FetchModel(self, request, context):  # type: ignore[no-untyped-def]
+        row = self._models.resolve(request.model_id)
+        data = self._models.read(row)
+        for start in range(0, max(len(data), 1), CHUNK_BYTES):
+            yield common_pb2.ModelChunk(data=data[start:start + CHUNK_BYTES])

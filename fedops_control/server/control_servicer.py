@@ -1,0 +1,223 @@
+"""ControlService: the operator-facing API (tasks, clients, runs, models, diagnosis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
+from fedops_common.observer import CHUNK_BYTES
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_control.clients.registry import AgentRegistry
+from fedops_control.registry.store import ModelStore
+from fedops_control.run.diagnosis import diagnose
+from fedops_control.run.events import EventBus
+from fedops_control.run.manager import RunManager
+from fedops_control.server.convert import client_to_proto, model_to_proto, run_to_proto, task_to_proto
+from fedops_control.server.errors import grpc_errors, grpc_stream_errors
+from fedops_control.state.models import ClientRow, MembershipRow, RunRow, TaskRow
+from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
+from fedops_control.task.spec import task_from_proto
+
+S = common_pb2
+UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters", "client_config"}
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    """Implements fedops.v1.ControlService."""
+
+    def __init__(self, sessions, runs: RunManager, agents: AgentRegistry, models: ModelStore, bus: EventBus) -> None:  # type: ignore[no-untyped-def]
+        self._sessions = sessions
+        self._runs = runs
+        self._agents = agents
+        self._models = models
+        self._bus = bus
+
+    def _task(self, db, task_id: str) -> TaskRow:  # type: ignore[no-untyped-def]
+        if not task_id:
+            raise InvalidArgument("task_id", "required")
+        row = db.get(TaskRow, task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return row
+
+    # ---------------------------------------------------------------- tasks
+    @grpc_errors
+    async def CreateTask(self, request, context):  # type: ignore[no-untyped-def]
+        spec = task_from_proto(request.task)
+        with self._sessions.begin() as db:
+            row = TaskRow(id=f"task-{uuid.uuid4().hex[:10]}", **spec)
+            db.add(row)
+        with self._sessions() as db:
+            return task_to_proto(db, db.get(TaskRow, row.id))
+
+    @grpc_errors
+    async def GetTask(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions() as db:
+            return task_to_proto(db, self._task(db, request.task_id))
+
+    @grpc_errors
+    async def ListTasks(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions() as db:
+            rows = db.query(TaskRow).order_by(TaskRow.created_at).all()
+            return control_pb2.ListTasksResponse(
+                tasks=[task_to_proto(db, r) for r in rows if not request.tag or request.tag in r.tags])
+
+    @grpc_errors
+    async def UpdateTask(self, request, context):  # type: ignore[no-untyped-def]
+        paths = list(request.update_paths) or sorted(UPDATABLE)
+        for path in paths:
+            if path not in UPDATABLE:
+                raise InvalidArgument("update_paths", f"cannot update {path!r}; one of {sorted(UPDATABLE)}")
+        with self._sessions() as db:
+            current = task_to_proto(db, self._task(db, request.task.id))
+        merged = common_pb2.Task()
+        merged.CopyFrom(current)
+        for path in paths:
+            if path == "tags":
+                del merged.tags[:]
+                merged.tags.extend(request.task.tags)
+            elif path in ("app", "strategy", "hyperparameters", "client_config"):
+                getattr(merged, path).CopyFrom(getattr(request.task, path))
+            else:
+                setattr(merged, path, getattr(request.task, path))
+        spec = task_from_proto(merged)
+        with self._sessions.begin() as db:
+            row = self._task(db, request.task.id)
+            for key, value in spec.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+        with self._sessions() as db:
+            return task_to_proto(db, db.get(TaskRow, request.task.id))
+
+    @grpc_errors
+    async def DeleteTask(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions.begin() as db:
+            row = self._task(db, request.task_id)
+            if db.query(RunRow).filter(RunRow.task_id == row.id).count():
+                raise FailedPrecondition(f"task {row.id} has runs; their history is kept, so it cannot be deleted")
+            db.query(MembershipRow).filter(MembershipRow.task_id == row.id).delete()
+            db.delete(row)
+        return control_pb2.DeleteTaskResponse(deleted=True)
+
+    # ---------------------------------------------------------------- clients
+    @grpc_errors
+    async def ListClients(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions() as db:
+            query = db.query(ClientRow)
+            if request.task_id:
+                self._task(db, request.task_id)
+                ids = [m.client_id for m in db.query(MembershipRow).filter(MembershipRow.task_id == request.task_id)]
+                query = query.filter(ClientRow.id.in_(ids))
+            clients = [client_to_proto(db, r, self._agents) for r in query.order_by(ClientRow.id)]
+        if request.state:
+            clients = [c for c in clients if c.state == request.state]
+        return control_pb2.ListClientsResponse(clients=clients)
+
+    @grpc_errors
+    async def GetClient(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions() as db:
+            row = db.get(ClientRow, request.client_id)
+            if row is None:
+                raise NotFound(f"client {request.client_id} not found")
+            return client_to_proto(db, row, self._agents)
+
+    @grpc_errors
+    async def SetTaskMembership(self, request, context):  # type: ignore[no-untyped-def]
+        """Select which enrolled clients take part in the task's runs."""
+        with self._sessions.begin() as db:
+            task = self._task(db, request.task_id)
+            members = {m.client_id: m for m in db.query(MembershipRow).filter(MembershipRow.task_id == task.id)}
+            for cid in request.client_ids:
+                if db.get(ClientRow, cid) is None:
+                    raise InvalidArgument("client_ids", f"unknown client {cid!r}")
+                if cid not in members:
+                    members[cid] = MembershipRow(task_id=task.id, client_id=cid, enrolled=False)
+                    db.add(members[cid])
+            for cid, member in members.items():
+                member.selected = cid in request.client_ids
+        with self._sessions() as db:
+            return task_to_proto(db, db.get(TaskRow, request.task_id))
+
+    # ---------------------------------------------------------------- runs
+    @grpc_errors
+    async def StartRun(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.task_id:
+            raise InvalidArgument("task_id", "required")
+        run = await self._runs.start_run(request.task_id, list(request.client_ids), request.resume_from_model_id,
+                                         struct_to_dict(request.hyperparameter_overrides))
+        with self._sessions() as db:
+            return run_to_proto(db, db.get(RunRow, run.id))
+
+    @grpc_errors
+    async def StopRun(self, request, context):  # type: ignore[no-untyped-def]
+        run = await self._runs.stop_run(request.run_id, request.mode == control_pb2.STOP_MODE_HARD)
+        with self._sessions() as db:
+            return run_to_proto(db, db.get(RunRow, run.id))
+
+    @grpc_errors
+    async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
+        self._runs.get_run_row(request.run_id)
+        with self._sessions() as db:
+            return run_to_proto(db, db.get(RunRow, request.run_id))
+
+    @grpc_errors
+    async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
+        with self._sessions() as db:
+            query = db.query(RunRow)
+            if request.task_id:
+                query = query.filter(RunRow.task_id == request.task_id)
+            return control_pb2.ListRunsResponse(
+                runs=[run_to_proto(db, r, with_rounds=False) for r in query.order_by(RunRow.created_at)])
+
+    @grpc_stream_errors
+    async def WatchRun(self, request, context) -> AsyncIterator[common_pb2.RunEvent]:  # type: ignore[no-untyped-def]
+        self._runs.get_run_row(request.run_id)
+        last = request.after_seq
+        while True:
+            events = self._bus.since(request.run_id, last)
+            for event in events:
+                last = event.seq
+                yield common_pb2.RunEvent(seq=event.seq, run_id=event.run_id, time=to_timestamp(event.time),
+                                          kind=event.kind, round=event.round, client_id=event.client_id,
+                                          message=event.message, data=dict_to_struct(event.data))
+            if not events and self._runs.get_run_row(request.run_id).state == S.RUN_STATE_FINISHED:
+                return
+            await self._bus.wait(1.0)
+
+    @grpc_errors
+    async def DiagnoseRun(self, request, context):  # type: ignore[no-untyped-def]
+        return diagnose(self._sessions, self._agents, request.run_id)
+
+    # ---------------------------------------------------------------- models
+    def _strategy(self, task_id: str) -> dict:  # type: ignore[type-arg]
+        with self._sessions() as db:
+            task = db.get(TaskRow, task_id)
+            return dict(task.strategy) if task else {}
+
+    @grpc_errors
+    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        rows = self._models.list(request.task_id, request.run_id)
+        return control_pb2.ListModelsResponse(
+            models=[model_to_proto(r, self._models.tags_for(r, self._strategy(r.task_id))) for r in rows])
+
+    def _resolve(self, request) -> object:  # type: ignore[no-untyped-def]
+        if not request.model_id:
+            raise InvalidArgument("model_id", "required (a version id, 'latest' or 'best')")
+        return self._models.resolve(request.model_id, request.task_id, self._strategy(request.task_id))
+
+    @grpc_errors
+    async def GetModel(self, request, context):  # type: ignore[no-untyped-def]
+        row = self._resolve(request)
+        return model_to_proto(row, self._models.tags_for(row, self._strategy(row.task_id)))  # type: ignore[attr-defined]
+
+    @grpc_stream_errors
+    async def DownloadModel(self, request, context):  # type: ignore[no-untyped-def]
+        row = self._resolve(request)
+        data = self._models.read(row)  # type: ignore[arg-type]
+        yield common_pb2.ModelChunk(version=model_to_proto(row), data=data[:CHUNK_BYTES])  # type: ignore[arg-type]
+        for start in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
+            yield common_pb2.ModelChunk(data=data[start:start + CHUNK_BYTES])
+

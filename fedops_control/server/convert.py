@@ -1,0 +1,77 @@
+"""Database rows -> protobuf messages."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from fedops_common.convert import dict_to_struct, to_timestamp
+from fedops_common.proto import common_pb2
+from fedops_control.clients.registry import AgentRegistry
+from fedops_control.state.models import ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow, TaskRow
+
+
+def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
+    """Task with membership."""
+    members = db.query(MembershipRow).filter(MembershipRow.task_id == row.id).all()
+    app = common_pb2.AppReference()
+    if "local_path" in row.app:
+        app.local_path = row.app["local_path"]
+    else:
+        app.git.CopyFrom(common_pb2.GitSource(**row.app["git"]))
+    strategy = {k: v for k, v in row.strategy.items() if k != "run_config_keys"}
+    return common_pb2.Task(
+        id=row.id, title=row.title, description=row.description, tags=row.tags, app=app,
+        strategy=common_pb2.StrategySettings(**strategy, run_config_keys=row.strategy.get("run_config_keys", {})),
+        hyperparameters=dict_to_struct(row.hyperparameters), client_config=dict_to_struct(row.client_config),
+        selected_client_ids=sorted(m.client_id for m in members if m.selected),
+        enrolled_client_ids=sorted(m.client_id for m in members if m.enrolled),
+        created_at=to_timestamp(row.created_at), updated_at=to_timestamp(row.updated_at))
+
+
+def client_to_proto(db: Session, row: ClientRow, agents: AgentRegistry) -> common_pb2.Client:
+    """Client with liveness; a client without a session shows as offline unless it failed."""
+    state = row.state
+    if not agents.is_connected(row.id) and state != common_pb2.CLIENT_STATE_FAILED:
+        state = common_pb2.CLIENT_STATE_OFFLINE
+    tasks = [m.task_id for m in db.query(MembershipRow).filter(MembershipRow.client_id == row.id)]
+    last = agents.last_seen.get(row.id) or row.last_heartbeat
+    return common_pb2.Client(
+        id=row.id, device=common_pb2.DeviceInfo(**row.device), state=state, state_reason=row.state_reason,
+        last_heartbeat=to_timestamp(last), heartbeat_age_s=agents.heartbeat_age_s(row.id, row.last_heartbeat),
+        enrolled_task_ids=sorted(tasks), current_run_id=row.current_run_id, registered_at=to_timestamp(row.registered_at))
+
+
+def run_to_proto(db: Session, row: RunRow, with_rounds: bool = True) -> common_pb2.Run:
+    """Run with its rounds and per-client results."""
+    run = common_pb2.Run(
+        id=row.id, task_id=row.task_id, state=row.state, outcome=row.outcome, reason=row.reason,
+        client_ids=row.client_ids, total_rounds=row.total_rounds, current_round=row.current_round,
+        run_config=dict_to_struct(row.run_config), config_hash=row.config_hash, flower_run_id=row.flower_run_id,
+        superlink_address=row.superlink_address, resumed_from_model_id=row.resumed_from_model_id,
+        created_at=to_timestamp(row.created_at), started_at=to_timestamp(row.started_at),
+        finished_at=to_timestamp(row.finished_at), initial_central_metrics=row.initial_central_metrics)
+    if not with_rounds:
+        return run
+    results: dict[int, list[ClientResultRow]] = {}
+    for result in db.query(ClientResultRow).filter(ClientResultRow.run_id == row.id).order_by(ClientResultRow.id):
+        results.setdefault(result.round, []).append(result)
+    for rnd in db.query(RoundRow).filter(RoundRow.run_id == row.id).order_by(RoundRow.number):
+        run.rounds.append(common_pb2.Round(
+            number=rnd.number, phase=rnd.phase, started_at=to_timestamp(rnd.started_at),
+            finished_at=to_timestamp(rnd.finished_at), selected_client_ids=rnd.selected,
+            responded_client_ids=rnd.responded, failed_client_ids=rnd.failed, train_metrics=rnd.train_metrics,
+            evaluate_metrics=rnd.evaluate_metrics, central_metrics=rnd.central_metrics,
+            model_version_id=rnd.model_version_id,
+            client_results=[common_pb2.ClientRoundResult(
+                client_id=r.client_id, node_id=int(r.node_id or 0), phase=r.phase, metrics=r.metrics,
+                duration_s=r.duration_s, error=r.error) for r in results.get(rnd.number, [])]))
+    return run
+
+
+def model_to_proto(row: ModelRow, tags: list[str] | None = None) -> common_pb2.ModelVersion:
+    """Model version with lineage."""
+    return common_pb2.ModelVersion(
+        id=row.id, task_id=row.task_id, run_id=row.run_id, round=row.round, version=row.version,
+        participant_client_ids=row.participants, config_hash=row.config_hash, metrics=row.metrics,
+        sha256=row.sha256, size_bytes=row.size_bytes, format=row.format, parent_id=row.parent_id,
+        created_at=to_timestamp(row.created_at), tags=tags or [])

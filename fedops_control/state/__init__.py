@@ -1,0 +1,1 @@
+"""Persistent state (SQLAlchemy): SQLite file by default, PostgreSQL by URL."""

@@ -1,0 +1,137 @@
+"""Database tables of the control service."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fedops_common.convert import utcnow
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all tables."""
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    app: Mapped[dict[str, Any]] = mapped_column(JSON)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ClientRow(Base):
+    __tablename__ = "clients"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_path: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[int] = mapped_column(Integer)
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    last_heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    current_run_id: Mapped[str] = mapped_column(String(64), default="")
+    registered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class MembershipRow(Base):
+    __tablename__ = "memberships"
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    enrolled: Mapped[bool] = mapped_column(Boolean, default=True)
+    selected: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    state: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    client_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    total_rounds: Mapped[int] = mapped_column(Integer, default=0)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    run_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    node_configs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    config_hash: Mapped[str] = mapped_column(String(64), default="")
+    flower_run_id: Mapped[str] = mapped_column(String(32), default="")
+    superlink_address: Mapped[str] = mapped_column(String(128), default="")
+    resumed_from_model_id: Mapped[str] = mapped_column(String(64), default="")
+    stop_requested: Mapped[str] = mapped_column(String(16), default="")
+    initial_central_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    node_clients: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), default="waiting")
+    phase_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    phase_timeout_s: Mapped[float] = mapped_column(Float, default=0.0)
+    phase_expected: Mapped[list[str]] = mapped_column(JSON, default=list)
+    phase_received: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    selected: Mapped[list[str]] = mapped_column(JSON, default=list)
+    responded: Mapped[list[str]] = mapped_column(JSON, default=list)
+    failed: Mapped[list[str]] = mapped_column(JSON, default=list)
+    train_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    evaluate_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    central_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    model_version_id: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ClientResultRow(Base):
+    __tablename__ = "client_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[str] = mapped_column(String(64), default="")
+    node_id: Mapped[str] = mapped_column(String(24), default="")  # uint64 overflows BIGINT
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class EventRow(Base):
+    __tablename__ = "run_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    client_id: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelRow(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list)
+    config_hash: Mapped[str] = mapped_column(String(64), default="")
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(16), default="npz")
+    path: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""FL task definitions: validation and ${...} templating of hyperparameters."""

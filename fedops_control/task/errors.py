@@ -1,0 +1,18 @@
+"""The one error type for bad input; servicers turn it into INVALID_ARGUMENT."""
+
+
+class InvalidArgument(ValueError):
+    """Bad input, naming the offending field (e.g. ``strategy.rounds``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(LookupError):
+    """A referenced object does not exist."""
+
+
+class FailedPrecondition(RuntimeError):
+    """The request is valid but the current state does not allow it."""
