@@ -30,6 +30,8 @@ class RunState:
         self.round_timeout_s = round_timeout_s
         self.quorum = quorum
         self.current_round = 0
+        self.last_phase = ""
+        self.round_from_strategy = False  # set when Strategy.start tells us the round
         self.stop_requested = False
 
 
@@ -44,6 +46,9 @@ class ObservedGrid(Grid):
     @property
     def run(self):  # type: ignore[no-untyped-def]
         return self._inner.run
+
+    def set_run(self, run) -> None:  # type: ignore[no-untyped-def]
+        self._inner.set_run(run)
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
@@ -60,13 +65,17 @@ class ObservedGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._inner.pull_messages(message_ids)
 
-    def _round_of(self, messages: list[Message]) -> int:
+    def _round_of(self, messages: list[Message], phase: str) -> int:
+        """The strategy's round if known, else the group id, else count train phases."""
         group = messages[0].metadata.group_id if messages else ""
-        if group.isdigit():
+        if self._state.round_from_strategy:
+            pass
+        elif group.isdigit():
             self._state.current_round = int(group)
-        elif self._state.current_round == 0:
-            self._state.current_round = 1
-        return self._state.current_round
+        elif phase == "train" and self._state.last_phase != "train":
+            self._state.current_round += 1
+        self._state.last_phase = phase
+        return max(self._state.current_round, 1)
 
     def _report(self, kind: str, **fields) -> agent_pb2.ServerEventAck:  # type: ignore[no-untyped-def]
         ack = self._observer.server_event(agent_pb2.ServerEvent(run_id=self._state.run_id, kind=kind, **fields))
@@ -78,8 +87,10 @@ class ObservedGrid(Grid):
         messages = list(messages)
         if not messages:
             return []
-        server_round = self._round_of(messages)
         phase = messages[0].metadata.message_type
+        server_round = self._round_of(messages, phase)
+        if self._state.stop_requested and phase == "train":
+            raise CooperativeStop(f"stopped by operator before round {server_round}")
         cap = self._state.round_timeout_s
         timeout = cap if timeout is None else min(timeout, cap)
         node_by_msg: dict[str, int] = {}

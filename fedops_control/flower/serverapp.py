@@ -60,6 +60,18 @@ def _observe_strategy(observer: ObserverClient, state: RunState, resume: ArrayRe
                 run_id=state.run_id, kind="aggregated", round=server_round, phase="evaluate", metrics=_metrics(metrics)))
             return metrics
 
+        configure_train, configure_evaluate = self.configure_train, self.configure_evaluate
+
+        def observed_configure_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
+            state.current_round, state.round_from_strategy = server_round, True
+            return configure_train(server_round, *args, **kwargs)
+
+        def observed_configure_evaluate(server_round: int, *args: Any, **kwargs: Any) -> Any:
+            state.current_round, state.round_from_strategy = server_round, True
+            return configure_evaluate(server_round, *args, **kwargs)
+
+        self.configure_train = observed_configure_train  # type: ignore[method-assign]
+        self.configure_evaluate = observed_configure_evaluate  # type: ignore[method-assign]
         self.aggregate_train = observed_aggregate_train  # type: ignore[method-assign]
         self.aggregate_evaluate = observed_aggregate_evaluate  # type: ignore[method-assign]
 

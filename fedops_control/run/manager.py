@@ -273,7 +273,8 @@ class RunManager:
                 publish.append(("central_evaluation", "initial global model evaluated", 0, "", dict(event.metrics)))
             elif kind == "phase_started":
                 if round_row is None:
-                    round_row = RoundRow(run_id=run.id, number=number, started_at=utcnow())
+                    round_row = RoundRow(run_id=run.id, number=number, started_at=utcnow(), selected=[], responded=[],
+                                         failed=[], train_metrics={}, evaluate_metrics={}, central_metrics={})
                     db.add(round_row)
                 clients = [self._client_of(run, n) or f"node:{n}" for n in event.node_ids]
                 if event.phase == "train" or not round_row.selected:
@@ -348,6 +349,8 @@ class RunManager:
             if event.client_id not in run.client_ids:
                 raise InvalidArgument("client_id", f"{event.client_id!r} is not a participant of {run.id}")
             run.node_clients = {**run.node_clients, str(event.node_id): event.client_id}
+            # A ClientApp learns its round only from the group id, which not every strategy sets.
+            event.round = event.round or run.current_round
             db.add(ClientResultRow(run_id=run.id, round=event.round, phase=event.phase, client_id=event.client_id,
                                    node_id=str(event.node_id), metrics=dict(event.metrics),
                                    duration_s=event.duration_s, error=event.error))

@@ -1,0 +1,135 @@
+"""Round overhead of FedOps vs plain Flower, and StartRun -> first round start.
+
+Both sides run the same unmodified digits app with 3 SuperNodes on this machine:
+  * plain: flower-superlink + 3 flower-supernode + `flwr run` (what a Flower user does);
+  * fedops: control service + 3 agents + StartRun (our launcher, wrappers and reporting).
+Seconds per round = the ServerApp's running time / rounds (plain: Flower's own `elapsed`;
+fedops: the first to the last round's timestamps of our run record).
+
+Usage: python bench/round_overhead.py [--rounds 3] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "digits"))
+
+from digits_app.task import write_partitions  # noqa: E402
+
+from fedops_common.net import free_port, wait_for_port  # noqa: E402
+from fedops_control.devstack import LocalStack  # noqa: E402
+
+APP = ROOT / "examples" / "digits"
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
+    """Seconds per round of the app on plain Flower."""
+    env = dict(os.environ, FLWR_HOME=str(root / "home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+    port = free_port()
+    (root / "home").mkdir(parents=True)
+    (root / "home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "b"\n[superlink.b]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    procs = [subprocess.Popen([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                               "--disable-runtime-dependency-installation"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        wait_for_port("127.0.0.1", port)
+        for i, path in enumerate(data):
+            node_env = dict(env, FLWR_HOME=str(root / f"node{i}"))
+            procs.append(subprocess.Popen(
+                [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+                 str(free_port()), "--node-config", f'data-path="{path}"'], env=node_env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        out = subprocess.run([_bin("flwr"), "run", str(APP), "b", "--format", "json", "--run-config",
+                              f"num-server-rounds={rounds} local-epochs=1"], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        run_id = json.loads(out[out.index("{"):])["run-id"]
+        while True:
+            time.sleep(1)
+            ls = subprocess.run([_bin("flwr"), "ls", "b", "--run-id", run_id, "--format", "json"], env=env,
+                                capture_output=True, text=True).stdout
+            info = json.loads(ls[ls.index("{"):])["runs"][0]
+            if info["status"].startswith("finished"):
+                assert "completed" in info["status"] + info.get("status-details", ""), info
+                return float(info["compute-time"]["serverapp-seconds"]) / rounds
+    finally:
+        for proc in procs:
+            subprocess.run(["kill", "-9", f"-{proc.pid}"], stderr=subprocess.DEVNULL)
+
+
+def fedops(root: Path, data: list[Path], rounds: int) -> tuple[float, float]:
+    """(seconds per round, StartRun -> first round start) through FedOps."""
+    stack = LocalStack(root)
+    try:
+        stack.start_control()
+        task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(APP), "--rounds", str(rounds),
+                              "--min-clients", "3", "--round-timeout", "300", "--hp", "local-epochs=1")
+        for i, path in enumerate(data):
+            stack.start_agent(f"b{i}", [task["id"]], path)
+        clients = [stack.client_id(f"b{i}") for i in range(len(data))]
+        stack.ctl("task", "select", task["id"], *clients)
+        time.sleep(2)
+        t0 = time.time()
+        run = stack.ctl_json("run", "start", task["id"])
+        first_round = None
+        while True:
+            info = stack.ctl_json("run", "show", run["id"])
+            if first_round is None and info.get("rounds"):
+                first_round = time.time()
+            if info["state"] == "RUN_STATE_FINISHED":
+                break
+            time.sleep(0.2)
+        assert info["outcome"] == "RUN_OUTCOME_COMPLETED", info.get("reason")
+        events = [json.loads(line) for line in stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines()]
+        started = [e for e in events if e["kind"] == "app_started"][0]
+        finished = [e for e in events if e["kind"] == "run_finished"][0]
+        from datetime import datetime
+
+        def ts(e):  # type: ignore[no-untyped-def]
+            return datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+
+        first_phase = min(ts(e) for e in events if e["kind"] == "round_phase")
+        return (ts(finished) - ts(started)) / rounds, first_phase - t0
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fedops-bench-"))
+    data = [work / "data" / f"c{i}" for i in range(3)]
+    write_partitions(data)
+    plain, ours, start = [], [], []
+    for rep in range(args.repeats):
+        plain.append(plain_flower(work / f"plain{rep}", data, args.rounds))
+        per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds)
+        ours.append(per_round)
+        start.append(to_first)
+    result = {"rounds": args.rounds, "repeats": args.repeats,
+              "plain_flower_s_per_round": statistics.median(plain), "fedops_s_per_round": statistics.median(ours),
+              "ratio": statistics.median(ours) / statistics.median(plain),
+              "startrun_to_first_round_s": statistics.median(start)}
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Start a local FedOps stack (control service + N agents) as real processes.
+
+Used by the demo (`make demo`), the end-to-end tests and the benchmarks, so all three
+exercise exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedops_common.net import free_port, wait_for_port
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class LocalStack:
+    """Processes of a local stack under ``root``; stop() leaves nothing behind."""
+
+    root: Path
+    control_address: str = ""
+    control: subprocess.Popen[bytes] | None = None
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start_control(self, port: int | None = None) -> str:
+        """Start the control service with a SQLite file and JSON-lines logs under root."""
+        port = port or free_port()
+        self.control_address = f"127.0.0.1:{port}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        out = open(self.root / "control.out", "ab")  # noqa: SIM115
+        self.control = subprocess.Popen(
+            [_bin("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        wait_for_port("127.0.0.1", port, 60)
+        return self.control_address
+
+    def start_agent(self, name: str, task_ids: list[str], data_path: Path) -> subprocess.Popen[bytes]:
+        """Start one agent with its own state dir and data path."""
+        state = self.root / "agents" / name
+        state.mkdir(parents=True, exist_ok=True)
+        out = open(state / "agent.out", "ab")  # noqa: SIM115
+        args = [_bin("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
+                "--state-dir", str(state), "--device-id", f"demo-{name}"]
+        for task_id in task_ids:
+            args += ["--task", task_id]
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        self.agents[name] = process
+        return process
+
+    def client_id(self, name: str, timeout_s: float = 30) -> str:
+        """The client id an agent got at registration."""
+        path = self.root / "agents" / name / "client-id"
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent {name} did not register within {timeout_s}s")
+            time.sleep(0.1)
+        return path.read_text(encoding="utf-8").strip()
+
+    def ctl(self, *args: str, check: bool = True, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run `fedopsctl` against this stack."""
+        result = subprocess.run([_bin("fedopsctl"), "--control", self.control_address, *args],
+                                capture_output=True, text=True, timeout=timeout_s)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"fedopsctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def ctl_json(self, *args: str) -> Any:
+        """Run `fedopsctl --output json` and parse the answer."""
+        return json.loads(self.ctl("--output", "json", *args).stdout)
+
+    def kill_agent(self, name: str) -> None:
+        """SIGKILL an agent and everything it started (a device dying mid-round)."""
+        process = self.agents[name]
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for child in _descendants_by_marker(self.root / "agents" / name):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop agents (they stop their SuperNodes), then the control service (it stops SuperLinks)."""
+        for process in self.agents.values():
+            _terminate(process)
+        if self.control is not None:
+            _terminate(self.control)
+
+
+def _descendants_by_marker(agent_dir: Path) -> list[int]:
+    """PIDs whose command line mentions the agent's state dir (SuperNodes run in own groups)."""
+    marker = str(agent_dir)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _terminate(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)

@@ -1,0 +1,188 @@
+"""End-to-end tests with real processes: control service, agents, SuperLink, SuperNodes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fedops_common.grpc_channel import control_channel
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_control.devstack import LocalStack
+from tests.conftest import DIGITS_APP
+
+pytestmark = pytest.mark.e2e
+
+
+def create_task(stack: LocalStack, rounds: int, timeout_s: float = 120, quorum: int = 2) -> str:
+    task = stack.ctl_json("task", "create", "--title", f"e2e {rounds} rounds", "--app", str(DIGITS_APP),
+                          "--rounds", str(rounds), "--min-clients", str(quorum), "--round-timeout", str(timeout_s),
+                          "--hp", "local-epochs=1", "--hp", "learning-rate=0.1")
+    return str(task["id"])
+
+
+def start_clients(stack: LocalStack, task_id: str, data: list[Path], prefix: str) -> list[str]:
+    for i, path in enumerate(data):
+        stack.start_agent(f"{prefix}{i}", [task_id], path)
+    clients = [stack.client_id(f"{prefix}{i}") for i in range(len(data))]
+    wait_for(lambda: all(c["state"] == "CLIENT_STATE_ONLINE"
+                         for c in stack.ctl_json("clients", "list", "--task", task_id)["clients"]), 30)
+    stack.ctl("task", "select", task_id, *clients)
+    return clients
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def get_run(stack: LocalStack, run_id: str) -> dict:  # type: ignore[type-arg]
+    return stack.ctl_json("run", "show", run_id)
+
+
+def wait_finished(stack: LocalStack, run_id: str, timeout_s: float = 400) -> dict:  # type: ignore[type-arg]
+    return wait_for(lambda: (r := get_run(stack, run_id)).get("state") == "RUN_STATE_FINISHED" and r, timeout_s, 1)
+
+
+def flower_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and ("flower-" in line or "flwr-" in line)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]) -> Iterator[tuple[LocalStack, str, list[str]]]:
+    """Control + 3 agents enrolled in a 3-round task."""
+    local = LocalStack(tmp_path_factory.mktemp("stack"))
+    try:
+        local.start_control()
+        task_id = create_task(local, rounds=3)
+        clients = start_clients(local, task_id, digits_data, "c")
+        yield local, task_id, clients
+    finally:
+        local.stop()
+
+
+def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    local, task_id, clients = stack
+    run = local.ctl_json("run", "start", task_id)
+    watch = local.ctl("run", "watch", run["id"], timeout_s=500)
+    assert "round 3/3 finished" in watch.stdout
+    final = wait_finished(local, run["id"])
+    assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+    rounds = final["rounds"]
+    assert [r["number"] for r in rounds] == [1, 2, 3]
+    accuracy = [final["initial_central_metrics"]["accuracy"]] + [r["central_metrics"]["accuracy"] for r in rounds]
+    assert accuracy[-1] > accuracy[1] > accuracy[0], accuracy
+    for r in rounds:
+        assert sorted(r["responded_client_ids"]) == sorted(clients)
+        assert "train_loss" in r["train_metrics"] and "eval_acc" in r["evaluate_metrics"]
+        trained = {c["client_id"] for c in r["client_results"] if c["phase"] == "train" and not c.get("error")}
+        assert trained == set(clients)
+        assert all(c["duration_s"] > 0 for c in r["client_results"])
+    models = local.ctl_json("models", "list", "--run", run["id"])["models"]
+    assert sorted(m["round"] for m in models) == [1, 2, 3]
+    by_round = {m["round"]: m for m in models}
+    assert by_round[2]["parent_id"] == by_round[1]["id"] and by_round[3]["parent_id"] == by_round[2]["id"]
+    assert sorted(by_round[3]["participant_client_ids"]) == sorted(clients)
+    assert "latest" in by_round[3]["tags"]
+    best = local.ctl_json("models", "show", "best", "--task", task_id)
+    assert best["metrics"]["central.accuracy"] == max(m["metrics"]["central.accuracy"] for m in models)
+    out = tmp_path / "model.npz"
+    download = local.ctl_json("models", "download", "latest", "--task", task_id, "--out", str(out))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == download["sha256"] == by_round[3]["sha256"]
+    diagnosis = local.ctl_json("run", "diagnose", run["id"])
+    assert "completed" in diagnosis["summary"]
+    assert flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == []
+
+
+def test_resume_from_stored_model(stack) -> None:  # type: ignore[no-untyped-def]
+    local, task_id, _ = stack
+    latest = local.ctl_json("models", "show", "latest", "--task", task_id)
+    run = local.ctl_json("run", "start", task_id, "--resume-from", "latest")
+    final = wait_finished(local, run["id"])
+    assert final["outcome"] == "RUN_OUTCOME_COMPLETED"
+    assert final["resumed_from_model_id"] == latest["id"]
+    # The resumed run starts where the stored model was, not from scratch (~0.1).
+    assert final["initial_central_metrics"]["accuracy"] == pytest.approx(latest["metrics"]["central.accuracy"])
+    first = local.ctl_json("models", "list", "--run", run["id"])["models"]
+    assert min(first, key=lambda m: m["round"])["parent_id"] == latest["id"]
+
+
+def test_cooperative_stop_after_current_round(stack) -> None:  # type: ignore[no-untyped-def]
+    local, task_id, _ = stack
+    run = local.ctl_json("run", "start", task_id, "--hp", "num-server-rounds=6")
+    wait_for(lambda: get_run(local, run["id"]).get("current_round", 0) >= 1, 120)
+    local.ctl("run", "stop", run["id"])
+    final = wait_finished(local, run["id"], 200)
+    assert final["outcome"] == "RUN_OUTCOME_STOPPED"
+    finished = [r for r in final["rounds"] if r["phase"] == "done"]
+    assert 1 <= len(finished) < 6
+    assert len(local.ctl_json("models", "list", "--run", run["id"])["models"]) == len(finished)
+    wait_for(lambda: flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == [], 30)
+
+
+def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untyped-def]
+    local, task_id, clients = stack
+    run = local.ctl_json("run", "start", task_id)
+    wait_for(lambda: get_run(local, run["id"]).get("state") == "RUN_STATE_RUNNING", 60)
+    local.ctl("run", "stop", run["id"], "--hard")
+    final = get_run(local, run["id"])
+    assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
+    wait_for(lambda: flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == [], 30)
+    # Clients are free again for the next run.
+    wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
+
+
+def test_bad_input_is_refused_with_the_field(stack) -> None:  # type: ignore[no-untyped-def]
+    local, task_id, _ = stack
+    result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--hp", "nope=1", check=False)
+    assert result.returncode == 2 and "hyperparameters.nope" in result.stderr
+    result = local.ctl("task", "create", "--title", "bad", "--app", "/nonexistent", check=False)
+    assert result.returncode == 2 and "app.local_path" in result.stderr
+    result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--rounds", "0", check=False)
+    assert result.returncode == 2
+    stub = control_pb2_grpc.ControlServiceStub(control_channel(local.control_address))
+    bad = common_pb2.Task(title="x", app=common_pb2.AppReference(local_path=str(DIGITS_APP)),
+                          strategy=common_pb2.StrategySettings(fraction_evaluate=7))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateTask(control_pb2.CreateTaskRequest(task=bad), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "strategy.fraction_evaluate" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(control_pb2.StartRunRequest(task_id=task_id, client_ids=["client-unknown"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "client_ids" in err.value.details()
+    result = local.ctl("run", "show", "run-missing", check=False)
+    assert result.returncode == 2 and "NOT_FOUND" in result.stderr
+
+
+def test_agent_killed_mid_round_run_finishes_with_quorum(tmp_path: Path, digits_data: list[Path]) -> None:
+    local = LocalStack(tmp_path / "kill")
+    try:
+        local.start_control()
+        task_id = create_task(local, rounds=3, timeout_s=25)
+        clients = start_clients(local, task_id, digits_data, "k")
+        run = local.ctl_json("run", "start", task_id)
+        wait_for(lambda: any(r.get("phase") == "train" for r in get_run(local, run["id"]).get("rounds", [])), 120, 0.2)
+        local.kill_agent("k2")
+        diagnosis = wait_for(lambda: (d := local.ctl_json("run", "diagnose", run["id"])).get("missing") and d, 60, 0.5)
+        assert any(m["client_id"] == clients[2] for m in diagnosis["missing"]), diagnosis
+        final = wait_finished(local, run["id"])
+        assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+        assert len(final["rounds"]) == 3
+        assert any(clients[2] in r.get("failed_client_ids", []) for r in final["rounds"])
+        assert all(len(r["responded_client_ids"]) >= 2 for r in final["rounds"])
+        killed = local.ctl_json("clients", "show", clients[2])["clients"][0] if "clients" in \
+            local.ctl_json("clients", "show", clients[2]) else local.ctl_json("clients", "show", clients[2])
+        assert killed["state"] == "CLIENT_STATE_FAILED" and killed["state_reason"]
+    finally:
+        local.stop()
