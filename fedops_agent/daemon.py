@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import tomllib
 from pathlib import Path
@@ -26,6 +27,8 @@ from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = get_logger(__name__)
 S = common_pb2
+# flower-supernode logs its node id once registered with the SuperLink.
+NODE_ID_LINE = re.compile(r"SuperNode ID: (\d+)")
 
 
 class Agent:
@@ -108,10 +111,24 @@ class Agent:
             self.nodes[start.run_id] = node
             self._status(S.CLIENT_STATE_TRAINING, f"SuperNode started for run {start.run_id}", start.run_id)
             asyncio.create_task(self._supervise(node))
+            asyncio.create_task(self._report_node_id(node, workdir / "supernode.log"))
         elif body == "stop_training":
             node = self.nodes.get(command.stop_training.run_id)
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
+
+    async def _report_node_id(self, node: SuperNodeProcess, log_path: Path, timeout_s: float = 120) -> None:
+        """Tell the control service our Flower node id as soon as the SuperNode logs it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline and node.process.poll() is None:
+            match = NODE_ID_LINE.search(log_path.read_text(errors="replace")) if log_path.exists() else None
+            if match:
+                self._send(status=agent_pb2.StatusChange(
+                    state=S.CLIENT_STATE_TRAINING, reason=f"SuperNode connected as node {match.group(1)}",
+                    run_id=node.run_id, node_id=int(match.group(1))))
+                return
+            await asyncio.sleep(0.2)
 
     async def _supervise(self, node: SuperNodeProcess) -> None:
         code = await wait_exit(node)

@@ -101,19 +101,23 @@ class StatusChange(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
     state: _common_pb2.ClientState.ValueType
     reason: _builtins.str
     run_id: _builtins.str
+    node_id: _builtins.int
+    """the Flower node id of this client's SuperNode in run_id"""
     def __init__(
         self,
         *,
         state: _common_pb2.ClientState.ValueType = ...,
         reason: _builtins.str = ...,
         run_id: _builtins.str = ...,
+        node_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

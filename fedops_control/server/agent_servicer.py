@@ -18,7 +18,7 @@ from fedops_control.registry.store import ModelStore
 from fedops_control.run.manager import RunManager
 from fedops_control.server.convert import model_to_proto
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
-from fedops_control.state.models import ClientRow, MembershipRow, TaskRow
+from fedops_control.state.models import ClientRow, MembershipRow, RunRow, TaskRow
 from fedops_control.task.errors import InvalidArgument, NotFound
 
 log = get_logger(__name__)
@@ -115,8 +115,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             row.last_heartbeat = now
             if body == "status":
                 row.state, row.state_reason = message.status.state, message.status.reason
-                if message.status.run_id:
+                if message.status.state == S.CLIENT_STATE_TRAINING:
                     row.current_run_id = message.status.run_id
+                    if message.status.node_id:
+                        run = db.get(RunRow, message.status.run_id)
+                        if run is not None and client_id in run.client_ids:
+                            run.node_clients = {**run.node_clients, str(message.status.node_id): client_id}
+                elif message.status.run_id and row.current_run_id == message.status.run_id:
+                    row.current_run_id = ""  # the agent is done with that run
             elif body == "heartbeat" and row.state == S.CLIENT_STATE_OFFLINE:
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "heartbeat"
         if body == "training":
