@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -28,40 +27,37 @@ sys.path.insert(0, str(ROOT / "examples" / "digits"))
 from digits_app.task import write_partitions  # noqa: E402
 
 from fedops_common.net import free_port, wait_for_port  # noqa: E402
+from fedops_common.proc import console_script, flower_env  # noqa: E402
 from fedops_control.devstack import LocalStack  # noqa: E402
 
 APP = ROOT / "examples" / "digits"
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
 def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
     """Seconds per round of the app on plain Flower."""
-    env = dict(os.environ, FLWR_HOME=str(root / "home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+    env = flower_env(root / "home")
     port = free_port()
     (root / "home").mkdir(parents=True)
     (root / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "b"\n[superlink.b]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    procs = [subprocess.Popen([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+    procs = [subprocess.Popen([console_script("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                                "--disable-runtime-dependency-installation"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         wait_for_port("127.0.0.1", port)
         for i, path in enumerate(data):
-            node_env = dict(env, FLWR_HOME=str(root / f"node{i}"))
+            node_env = flower_env(root / f"node{i}")
             procs.append(subprocess.Popen(
-                [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+                [console_script("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
                  str(free_port()), "--node-config", f'data-path="{path}"'], env=node_env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        out = subprocess.run([_bin("flwr"), "run", str(APP), "b", "--format", "json", "--run-config",
+        out = subprocess.run([console_script("flwr"), "run", str(APP), "b", "--format", "json", "--run-config",
                               f"num-server-rounds={rounds} local-epochs=1"], env=env, capture_output=True, text=True,
                              check=True).stdout
         run_id = json.loads(out[out.index("{"):])["run-id"]
         while True:
             time.sleep(1)
-            ls = subprocess.run([_bin("flwr"), "ls", "b", "--run-id", run_id, "--format", "json"], env=env,
+            ls = subprocess.run([console_script("flwr"), "ls", "b", "--run-id", run_id, "--format", "json"], env=env,
                                 capture_output=True, text=True).stdout
             info = json.loads(ls[ls.index("{"):])["runs"][0]
             if info["status"].startswith("finished"):

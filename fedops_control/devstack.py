@@ -10,18 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedops_common.net import free_port, wait_for_port
-
-
-def _bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+from fedops_common.proc import console_script, stop_process_group
 
 
 @dataclass
@@ -40,7 +35,7 @@ class LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         out = open(self.root / "control.out", "ab")  # noqa: SIM115
         self.control = subprocess.Popen(
-            [_bin("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control")],
+            [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control")],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for_port("127.0.0.1", port, 60)
@@ -51,7 +46,7 @@ class LocalStack:
         state = self.root / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
         out = open(state / "agent.out", "ab")  # noqa: SIM115
-        args = [_bin("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
+        args = [console_script("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
                 "--state-dir", str(state), "--device-id", f"demo-{name}"]
         for task_id in task_ids:
             args += ["--task", task_id]
@@ -72,7 +67,7 @@ class LocalStack:
 
     def ctl(self, *args: str, check: bool = True, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         """Run `fedopsctl` against this stack."""
-        result = subprocess.run([_bin("fedopsctl"), "--control", self.control_address, *args],
+        result = subprocess.run([console_script("fedopsctl"), "--control", self.control_address, *args],
                                 capture_output=True, text=True, timeout=timeout_s)
         if check and result.returncode != 0:
             raise RuntimeError(f"fedopsctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
@@ -99,9 +94,9 @@ class LocalStack:
     def stop(self) -> None:
         """Stop agents (they stop their SuperNodes), then the control service (it stops SuperLinks)."""
         for process in self.agents.values():
-            _terminate(process)
+            stop_process_group(process, grace_s=15)
         if self.control is not None:
-            _terminate(self.control)
+            stop_process_group(self.control, grace_s=15)
 
 
 def _descendants_by_marker(agent_dir: Path) -> list[int]:
@@ -119,16 +114,3 @@ def _descendants_by_marker(agent_dir: Path) -> list[int]:
         if marker in cmdline or marker in environ:
             pids.append(int(proc.name))
     return pids
-
-
-def _terminate(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)

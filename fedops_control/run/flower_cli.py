@@ -9,7 +9,8 @@ from typing import Any
 
 import tomli_w
 
-from fedops_control.run.launcher import SuperLinkHandle, flower_bin, flower_env
+from fedops_common.proc import console_script, flower_env
+from fedops_control.run.launcher import SuperLinkHandle
 
 CONNECTION = "fedops"
 
@@ -28,7 +29,7 @@ def write_connection(handle: SuperLinkHandle, cli_home: Path) -> None:
 
 async def _flwr(cli_home: Path, *args: str, timeout_s: float = 120.0) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
-        flower_bin("flwr"), *args, "--format", "json", env=flower_env(cli_home),
+        console_script("flwr"), *args, "--format", "json", env=flower_env(cli_home),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), timeout_s)
     text = out.decode(errors="replace").strip()

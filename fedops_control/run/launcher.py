@@ -6,29 +6,13 @@ A Kubernetes launcher implements the same two methods.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from fedops_common.net import free_port, wait_for_port
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for any Flower process: own FLWR_HOME, no telemetry, no update checks."""
-    env = dict(os.environ)
-    env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               PYTHONUNBUFFERED="1")
-    return env
-
-
-def flower_bin(name: str) -> str:
-    """Path of a Flower console script in this interpreter's environment."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+from fedops_common.proc import console_script, flower_env, stop_process_group
 
 
 @dataclass
@@ -50,28 +34,6 @@ class SuperLinkLauncher(Protocol):
     async def stop(self, handle: SuperLinkHandle) -> None: ...
 
 
-def kill_process_group(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left: no strays."""
-    if process.poll() is not None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except (ProcessLookupError, PermissionError):
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(timeout=grace_s)
-
-
 class LocalProcessLauncher:
     """Runs ``flower-superlink`` as a child process group on this host."""
 
@@ -86,14 +48,14 @@ class LocalProcessLauncher:
         port = free_port(self.bind_host)
         log = open(workdir / "superlink.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
-            [flower_bin("flower-superlink"), "--insecure", "--host", self.bind_host, "--port", str(port),
+            [console_script("flower-superlink"), "--insecure", "--host", self.bind_host, "--port", str(port),
              "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
             env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         try:
             await asyncio.to_thread(wait_for_port, self.bind_host, port, 60.0)
         except TimeoutError:
-            kill_process_group(process)
+            stop_process_group(process)
             raise
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
                                flwr_home=flwr_home, process=process,
@@ -102,4 +64,4 @@ class LocalProcessLauncher:
     async def stop(self, handle: SuperLinkHandle) -> None:
         """Stop the SuperLink and every ServerApp process it spawned."""
         if handle.process is not None:
-            await asyncio.to_thread(kill_process_group, handle.process)
+            await asyncio.to_thread(stop_process_group, handle.process)

@@ -7,7 +7,7 @@ import hashlib
 import re
 
 import grpc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as DbSession, sessionmaker
 
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
@@ -35,7 +35,7 @@ def client_id_for(device_id: str) -> str:
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Implements fedops.v1.AgentService."""
 
-    def __init__(self, sessions: sessionmaker[Session], agents: AgentRegistry, runs: RunManager) -> None:
+    def __init__(self, sessions: sessionmaker[DbSession], agents: AgentRegistry, runs: RunManager) -> None:
         self._sessions = sessions
         self._agents = agents
         self._runs = runs

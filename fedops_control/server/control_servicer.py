@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-import grpc
 
 from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
 from fedops_common.observer import CHUNK_BYTES

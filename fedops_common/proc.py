@@ -1,0 +1,41 @@
+"""Child processes: finding console scripts, Flower's environment, stopping process groups."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def console_script(name: str) -> str:
+    """Path of a console script in this interpreter's environment (else the bare name, via PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for any Flower process: own FLWR_HOME, no telemetry, no update checks."""
+    return dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0",
+                FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
+
+
+def _killpg(pid: int, sig: int) -> bool:
+    try:
+        os.killpg(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop_process_group(process: subprocess.Popen[bytes], hard: bool = False, grace_s: float = 5.0) -> None:
+    """Signal the process's group (SIGTERM, or SIGKILL when hard), SIGKILL it after ``grace_s``,
+    then SIGKILL whatever of the group outlived its leader: no strays."""
+    if process.poll() is None and _killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM):
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=grace_s)
+    _killpg(process.pid, signal.SIGKILL)
