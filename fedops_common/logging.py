@@ -7,12 +7,15 @@ as keyword arguments and land under ``labels.*``-style ECS fields.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+
+from fedops_common.telemetry.writer import EVENT_IDS
 
 # Our keyword names -> ECS field names. Anything else goes under ``labels``.
 _ECS_FIELDS = {
@@ -35,6 +38,7 @@ def _to_ecs(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         "log.level": event.pop("level", method),
         "message": event.pop("event", ""),
         "ecs.version": "8.11.0",
+        "event.id": EVENT_IDS.next(),  # the shipper's _id: replays of this line never duplicate
     }
     component = event.pop("component", None)
     if component:
@@ -47,14 +51,33 @@ def _to_ecs(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
             out[_ECS_FIELDS[key]] = value
         elif key == "exception":
             out["error.stack_trace"] = value
+        elif isinstance(value, dict):  # labels are flat keywords in every index mapping
+            out[f"labels.{key}"] = json.dumps(value, default=str, sort_keys=True)
         else:
             out[f"labels.{key}"] = value
     return out
 
 
+# Libraries that log every HTTP request at INFO: their lines would feed the log shipper's own backlog.
+QUIET_LOGGERS = ("elastic_transport", "elasticsearch", "urllib3")
+
+
 def configure_logging(component: str, log_file: Path | None = None, level: str = "INFO",
                       stream: TextIO | None = sys.stderr) -> None:
-    """Send this process's logs as ECS JSON lines to ``log_file`` and/or ``stream``."""
+    """Send this process's logs as ECS JSON lines to ``log_file`` and/or ``stream``.
+
+    Records of other libraries that use the standard ``logging`` module are rendered the same way.
+    """
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, _to_ecs, structlog.processors.JSONRenderer()])
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -65,18 +88,13 @@ def configure_logging(component: str, log_file: Path | None = None, level: str =
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _to_ecs,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=False,

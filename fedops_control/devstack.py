@@ -24,7 +24,9 @@ class LocalStack:
     """Processes of a local stack under ``root``; stop() leaves nothing behind."""
 
     root: Path
+    elasticsearch_url: str = ""   # "" = telemetry stays in local JSON-lines files
     control_address: str = ""
+    metrics_address: str = ""
     control: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -32,10 +34,12 @@ class LocalStack:
         """Start the control service with a SQLite file and JSON-lines logs under root."""
         port = port or free_port()
         self.control_address = f"127.0.0.1:{port}"
+        self.metrics_address = self.metrics_address or f"127.0.0.1:{free_port()}"
         self.root.mkdir(parents=True, exist_ok=True)
         out = open(self.root / "control.out", "ab")  # noqa: SIM115
         self.control = subprocess.Popen(
-            [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control")],
+            [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control"),
+             "--metrics-listen", self.metrics_address, "--elasticsearch-url", self.elasticsearch_url],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for_port("127.0.0.1", port, 60)
@@ -47,7 +51,8 @@ class LocalStack:
         state.mkdir(parents=True, exist_ok=True)
         out = open(state / "agent.out", "ab")  # noqa: SIM115
         args = [console_script("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
-                "--state-dir", str(state), "--device-id", f"demo-{name}"]
+                "--state-dir", str(state), "--device-id", f"demo-{name}", "--metrics-listen", "127.0.0.1:0",
+                "--elasticsearch-url", self.elasticsearch_url]
         for task_id in task_ids:
             args += ["--task", task_id]
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

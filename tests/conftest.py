@@ -21,3 +21,19 @@ def digits_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     dirs = [root / f"client{i}" for i in range(3)]
     write_partitions(dirs)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real single-node Elasticsearch on loopback, for the whole session."""
+    import shutil
+    import tempfile
+
+    from tests.backends import Elasticsearch
+
+    # Not under pytest's tmp dir: that is private to root, and Elasticsearch runs as its own user.
+    root = Path(tempfile.mkdtemp(prefix="fedops-es-"))
+    server = Elasticsearch(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -27,8 +27,11 @@ class RegisterRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     TASK_IDS_FIELD_NUMBER: _builtins.int
     DATA_PATH_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     data_path: _builtins.str
     """private local data path (stays on device)"""
+    metrics_address: _builtins.str
+    """host:port of the agent's Prometheus /metrics ("" = none)"""
     @_builtins.property
     def device(self) -> _common_pb2.DeviceInfo: ...
     @_builtins.property
@@ -41,10 +44,11 @@ class RegisterRequest(_message.Message):
         device: _common_pb2.DeviceInfo | None = ...,
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
         data_path: _builtins.str = ...,
+        metrics_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "metrics_address", b"metrics_address", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,6 +156,38 @@ class TrainingReport(_message.Message):
 Global___TrainingReport: _TypeAlias = TrainingReport  # noqa: Y015
 
 @_typing.final
+class DataStatusReport(_message.Message):
+    """Aggregates of the local data only (never rows): see fedops_agent/datastatus.py."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """"" at enrolment"""
+    round: _builtins.int
+    """0 at enrolment"""
+    @_builtins.property
+    def summary(self) -> _struct_pb2.Struct:
+        """sample_count, label_histogram, features, schema_hash, freshness_s, ..."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        summary: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "run_id", b"run_id", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataStatusReport: _TypeAlias = DataStatusReport  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -159,6 +195,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    DATA_STATUS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
@@ -166,6 +203,8 @@ class AgentMessage(_message.Message):
     def status(self) -> Global___StatusChange: ...
     @_builtins.property
     def training(self) -> Global___TrainingReport: ...
+    @_builtins.property
+    def data_status(self) -> Global___DataStatusReport: ...
     def __init__(
         self,
         *,
@@ -173,12 +212,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         status: Global___StatusChange | None = ...,
         training: Global___TrainingReport | None = ...,
+        data_status: Global___DataStatusReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data_status", b"data_status", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "data_status", b"data_status", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training", "data_status"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -255,26 +295,61 @@ class StopTraining(_message.Message):
 Global___StopTraining: _TypeAlias = StopTraining  # noqa: Y015
 
 @_typing.final
+class RoundStarted(_message.Message):
+    """A round of a run this agent takes part in has started: tag telemetry, report data status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    round: _builtins.int
+    model_version: _builtins.int
+    """the global model version the round trains from (0 = initial)"""
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        model_version: _builtins.int = ...,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "model_version", b"model_version", "round", b"round", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundStarted: _TypeAlias = RoundStarted  # noqa: Y015
+
+@_typing.final
 class AgentCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TRAINING_FIELD_NUMBER: _builtins.int
     STOP_TRAINING_FIELD_NUMBER: _builtins.int
+    ROUND_STARTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_training(self) -> Global___StartTraining: ...
     @_builtins.property
     def stop_training(self) -> Global___StopTraining: ...
+    @_builtins.property
+    def round_started(self) -> Global___RoundStarted: ...
     def __init__(
         self,
         *,
         start_training: Global___StartTraining | None = ...,
         stop_training: Global___StopTraining | None = ...,
+        round_started: Global___RoundStarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training", "round_started"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

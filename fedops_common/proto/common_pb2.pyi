@@ -337,11 +337,15 @@ class Client(_message.Message):
     ENROLLED_TASK_IDS_FIELD_NUMBER: _builtins.int
     CURRENT_RUN_ID_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    DATA_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___ClientState.ValueType
     state_reason: _builtins.str
     heartbeat_age_s: _builtins.float
     current_run_id: _builtins.str
+    metrics_address: _builtins.str
+    """the agent's Prometheus endpoint"""
     @_builtins.property
     def device(self) -> Global___DeviceInfo: ...
     @_builtins.property
@@ -350,6 +354,10 @@ class Client(_message.Message):
     def enrolled_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def data_status(self) -> Global___DataStatus:
+        """latest data status report"""
+
     def __init__(
         self,
         *,
@@ -362,14 +370,51 @@ class Client(_message.Message):
         enrolled_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         current_run_id: _builtins.str = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        metrics_address: _builtins.str = ...,
+        data_status: Global___DataStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_status", b"data_status", "device", b"device", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_run_id", b"current_run_id", "device", b"device", "enrolled_task_ids", b"enrolled_task_ids", "heartbeat_age_s", b"heartbeat_age_s", "id", b"id", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_run_id", b"current_run_id", "data_status", b"data_status", "device", b"device", "enrolled_task_ids", b"enrolled_task_ids", "heartbeat_age_s", b"heartbeat_age_s", "id", b"id", "last_heartbeat", b"last_heartbeat", "metrics_address", b"metrics_address", "registered_at", b"registered_at", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Client: _TypeAlias = Client  # noqa: Y015
+
+@_typing.final
+class DataStatus(_message.Message):
+    """Privacy-safe aggregates of a client's local data, reported at enrolment and every round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    REPORTED_AT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    run_id: _builtins.str
+    round: _builtins.int
+    @_builtins.property
+    def reported_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def summary(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        reported_at: _timestamp_pb2.Timestamp | None = ...,
+        summary: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reported_at", b"reported_at", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "reported_at", b"reported_at", "round", b"round", "run_id", b"run_id", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataStatus: _TypeAlias = DataStatus  # noqa: Y015
 
 @_typing.final
 class ClientRoundResult(_message.Message):
@@ -401,6 +446,8 @@ class ClientRoundResult(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     DURATION_S_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     node_id: _builtins.int
     phase: _builtins.str
@@ -408,6 +455,10 @@ class ClientRoundResult(_message.Message):
     duration_s: _builtins.float
     error: _builtins.str
     """non-empty when the client failed the phase"""
+    bytes_sent: _builtins.int
+    """model/config bytes the server sent this client in the phase"""
+    bytes_received: _builtins.int
+    """bytes of the client's reply"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
@@ -419,10 +470,12 @@ class ClientRoundResult(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         duration_s: _builtins.float = ...,
         error: _builtins.str = ...,
+        bytes_sent: _builtins.int = ...,
+        bytes_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "duration_s", b"duration_s", "error", b"error", "metrics", b"metrics", "node_id", b"node_id", "phase", b"phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "client_id", b"client_id", "duration_s", b"duration_s", "error", b"error", "metrics", b"metrics", "node_id", b"node_id", "phase", b"phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,6 +75,11 @@ class ControlServiceStub:
                 request_serializer=fedops__common_dot_proto_dot_control__pb2.SetTaskMembershipRequest.SerializeToString,
                 response_deserializer=fedops__common_dot_proto_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.ListDataStatus = channel.unary_unary(
+                '/fedops.v1.ControlService/ListDataStatus',
+                request_serializer=fedops__common_dot_proto_dot_control__pb2.ListDataStatusRequest.SerializeToString,
+                response_deserializer=fedops__common_dot_proto_dot_control__pb2.ListDataStatusResponse.FromString,
+                _registered_method=True)
         self.StartRun = channel.unary_unary(
                 '/fedops.v1.ControlService/StartRun',
                 request_serializer=fedops__common_dot_proto_dot_control__pb2.StartRunRequest.SerializeToString,
@@ -169,6 +174,13 @@ class ControlServiceServicer:
 
     def SetTaskMembership(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDataStatus(self, request, context):
+        """Data status reports, newest first: per client, per run, or both.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -269,6 +281,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.SetTaskMembership,
                     request_deserializer=fedops__common_dot_proto_dot_control__pb2.SetTaskMembershipRequest.FromString,
                     response_serializer=fedops__common_dot_proto_dot_common__pb2.Task.SerializeToString,
+            ),
+            'ListDataStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDataStatus,
+                    request_deserializer=fedops__common_dot_proto_dot_control__pb2.ListDataStatusRequest.FromString,
+                    response_serializer=fedops__common_dot_proto_dot_control__pb2.ListDataStatusResponse.SerializeToString,
             ),
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
@@ -532,6 +549,33 @@ class ControlService:
             '/fedops.v1.ControlService/SetTaskMembership',
             fedops__common_dot_proto_dot_control__pb2.SetTaskMembershipRequest.SerializeToString,
             fedops__common_dot_proto_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDataStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.ControlService/ListDataStatus',
+            fedops__common_dot_proto_dot_control__pb2.ListDataStatusRequest.SerializeToString,
+            fedops__common_dot_proto_dot_control__pb2.ListDataStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -221,6 +221,32 @@ def clients_show(client_id: str) -> None:
          lambda c: render_clients(control_pb2.ListClientsResponse(clients=[c])))
 
 
+def render_data_status(response: control_pb2.ListDataStatusResponse) -> None:
+    table = Table("client", "run", "round", "reported", "samples", "features", "missing", "labels", "schema",
+                  "freshness", title="Data status (aggregates only)")
+    for r in response.reports:
+        summary = json_format.MessageToDict(r.summary)
+        labels = summary.get("label_histogram", {})
+        table.add_row(r.client_id, r.run_id or "(enrolment)", str(r.round), r.reported_at.ToJsonString()[:19],
+                      str(int(summary.get("sample_count", 0))), str(int(summary.get("feature_count", 0))),
+                      f"{summary.get('missing_ratio', 0):.1%}",
+                      " ".join(f"{k}:{int(v)}" for k, v in sorted(labels.items())[:10]),
+                      str(summary.get("schema_hash", "")), f"{summary.get('freshness_s', -1):.0f}s")
+    console.print(table)
+
+
+@clients_app.command("data-status")
+def clients_data_status(
+    client: Annotated[str, typer.Option(help="only this client")] = "",
+    run: Annotated[str, typer.Option(help="only reports made for this run")] = "",
+    latest: Annotated[bool, typer.Option("--latest", help="one report per client: the newest")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """Data status per client and per run: sample count, label histogram, missing values, schema, freshness."""
+    request = control_pb2.ListDataStatusRequest(client_id=client, run_id=run, latest_only=latest, limit=limit)
+    emit(call(Ctx.stub().ListDataStatus, request), render_data_status)
+
+
 # ------------------------------------------------------------------ runs
 def render_run(run: common_pb2.Run) -> None:
     outcome = f" ({state_name(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""

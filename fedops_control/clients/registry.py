@@ -39,6 +39,14 @@ class AgentRegistry:
         """Whether the client holds a session now."""
         return client_id in self._queues
 
+    def connected(self) -> list[str]:
+        """Client ids holding a session now."""
+        return list(self._queues)
+
+    def connected_count(self) -> int:
+        """How many agents hold a session now."""
+        return len(self._queues)
+
     def send(self, client_id: str, command: agent_pb2.AgentCommand) -> bool:
         """Queue a command; False when the client has no session."""
         queue = self._queues.get(client_id)

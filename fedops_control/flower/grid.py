@@ -14,6 +14,13 @@ from fedops_common.proto import agent_pb2, common_pb2
 POLL_INTERVAL_S = 0.1
 
 
+def content_bytes(message: Message) -> int:
+    """Bytes of the arrays a message carries (the model, mostly)."""
+    if message.has_error():
+        return 0
+    return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())
+
+
 class QuorumNotMet(RuntimeError):
     """Fewer successful replies than the task's quorum."""
 
@@ -94,9 +101,11 @@ class ObservedGrid(Grid):
         cap = self._state.round_timeout_s
         timeout = cap if timeout is None else min(timeout, cap)
         node_by_msg: dict[str, int] = {}
+        sent_bytes: dict[str, int] = {}
         msg_ids = list(self._inner.push_messages(messages))
         for msg_id, message in zip(msg_ids, messages):
             node_by_msg[msg_id] = message.metadata.dst_node_id
+            sent_bytes[msg_id] = content_bytes(message)
         self._report("phase_started", round=server_round, phase=phase,
                      node_ids=list(node_by_msg.values()), timeout_s=timeout)
         pending = set(msg_ids)
@@ -110,13 +119,15 @@ class ObservedGrid(Grid):
                 for reply in batch:
                     pending.discard(reply.metadata.reply_to_message_id)
                     node_id = node_by_msg.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+                    result = common_pb2.ClientRoundResult(
+                        node_id=node_id, phase=phase, bytes_sent=sent_bytes.get(reply.metadata.reply_to_message_id, 0),
+                        bytes_received=content_bytes(reply))
                     if reply.has_error():
-                        results.append(common_pb2.ClientRoundResult(
-                            node_id=node_id, phase=phase, error=reply.error.reason or f"error {reply.error.code}"))
+                        result.error = reply.error.reason or f"error {reply.error.code}"
                     else:
                         ok += 1
-                        results.append(common_pb2.ClientRoundResult(
-                            node_id=node_id, phase=phase, metrics=metric_values(reply.content)))
+                        result.metrics.update(metric_values(reply.content))
+                    results.append(result)
                 replies.extend(batch)
                 self._report("replies", round=server_round, phase=phase, results=results)
             else:

@@ -16,9 +16,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.object_ref import load_app
 
-from fedops_common.logging import bind_ids, configure_logging, get_logger
+from fedops_common.logging import bind_ids, get_logger
 from fedops_common.observer import ObserverClient, arrays_to_npz, npz_to_arrays
 from fedops_common.proto import agent_pb2, common_pb2
+from fedops_common.telemetry.actor import app_process_telemetry
 from fedops_control.flower.grid import CooperativeStop, ObservedGrid, RunState
 
 # Keys FedOps adds to the run config of the bundle it builds (see run/bundle.py).
@@ -64,10 +65,14 @@ def _observe_strategy(observer: ObserverClient, state: RunState, resume: ArrayRe
 
         def observed_configure_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
             state.current_round, state.round_from_strategy = server_round, True
+            bind_ids(round=server_round)
+            get_logger(__name__).info("configuring train round", strategy=type(self).__name__)
             return configure_train(server_round, *args, **kwargs)
 
         def observed_configure_evaluate(server_round: int, *args: Any, **kwargs: Any) -> Any:
             state.current_round, state.round_from_strategy = server_round, True
+            bind_ids(round=server_round)
+            get_logger(__name__).info("configuring evaluate round", strategy=type(self).__name__)
             return configure_evaluate(server_round, *args, **kwargs)
 
         self.configure_train = observed_configure_train  # type: ignore[method-assign]
@@ -111,7 +116,7 @@ def main(grid: Grid, context: Context) -> None:
     """Load the user's ServerApp, run it on an observed Grid, report the outcome."""
     cfg = context.run_config
     run_id = str(cfg[KEY_RUN_ID])
-    configure_logging("fedops-serverapp")
+    telemetry = app_process_telemetry("fedops-serverapp")
     bind_ids(run_id=run_id, flower_run_id=str(context.run_id))
     log = get_logger(__name__)
     observer = ObserverClient(str(cfg[KEY_CONTROL]))
@@ -144,3 +149,6 @@ def main(grid: Grid, context: Context) -> None:
     finally:
         undo()
         observer.close()
+        log.info("ServerApp exiting", round=state.current_round)
+        if telemetry is not None:
+            telemetry.close()

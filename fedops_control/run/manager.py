@@ -14,12 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proto import agent_pb2, common_pb2
+from fedops_common.telemetry import TelemetryWriter
+from fedops_control import metrics
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_cli
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
-from fedops_control.state.models import ClientResultRow, ClientRow, MembershipRow, RoundRow, RunRow, TaskRow
+from fedops_control.state.models import (ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow,
+                                         TaskRow)
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.task.spec import KEY_PATTERN
 from fedops_control.task.templating import check_template, render_client_config, render_hyperparameters
@@ -45,8 +48,10 @@ class RunManager:
     """Owns every run of this control service."""
 
     def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentRegistry,
-                 models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str) -> None:
+                 models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str,
+                 writer: TelemetryWriter | None = None) -> None:
         self._sessions = sessions
+        self._writer = writer
         self._bus = bus
         self._agents = agents
         self._models = models
@@ -125,6 +130,7 @@ class RunManager:
                          total_rounds=int(strategy["rounds"]), run_config=hyperparameters, node_configs=node_configs,
                          strategy=strategy, config_hash=config_hash, resumed_from_model_id=resume_from)
             db.add(run)
+        metrics.RUNS_STARTED.labels(task_id).inc()
         await self._bus.publish(run_id, "run_created", f"run created for task {task_id} with {len(client_ids)} clients")
         self._spawn(self._launch(run_id))
         return run
@@ -227,6 +233,7 @@ class RunManager:
                     return
                 run.state, run.outcome, run.reason, run.finished_at = S.RUN_STATE_FINISHED, outcome, reason, utcnow()
                 client_ids = list(run.client_ids)
+                task_id = run.task_id
                 for cid in client_ids:
                     client = db.get(ClientRow, cid)
                     if client is not None and client.current_run_id == run_id:
@@ -243,6 +250,12 @@ class RunManager:
             if handle is not None:
                 await self._launcher.stop(handle)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
+            metrics.RUNS_FINISHED.labels(task_id, name).inc()
+            for status in ("selected", "responded", "failed", "straggling"):
+                try:
+                    metrics.ROUND_CLIENTS.remove(run_id, task_id, status)
+                except KeyError:
+                    pass
             await self._bus.publish(run_id, "run_finished", f"run {name}: {reason}", data={"outcome": name})
         finally:
             self._finishing.discard(run_id)
@@ -265,18 +278,30 @@ class RunManager:
         self._last_report[run.id] = asyncio.get_running_loop().time()
         kind, number = event.kind, event.round
         publish: list[tuple[str, str, int, str, dict[str, Any]]] = []
+        docs: list[dict[str, Any]] = []  # round-metrics telemetry documents
+        notices: list[tuple[str, agent_pb2.AgentCommand]] = []
         with self._sessions.begin() as db:
             run = db.get(RunRow, event.run_id)
+            task_id = run.task_id
             round_row = db.get(RoundRow, (run.id, number)) if number else None
+
+            def doc(scope: str, phase: str = "", client_id: str = "", values: Any = None, **extra: Any) -> None:
+                docs.append({"metric.scope": scope, "fedops.run.id": run.id, "fedops.task.id": task_id,
+                             "fedops.round": number, "fedops.phase": phase, "fedops.client.id": client_id,
+                             "metrics": dict(values or {}), **extra})
+
             if kind == "initial_evaluation":
                 run.initial_central_metrics = dict(event.metrics)
+                doc("central", values=event.metrics, message="initial global model evaluated")
                 publish.append(("central_evaluation", "initial global model evaluated", 0, "", dict(event.metrics)))
             elif kind == "phase_started":
+                clients = [self._client_of(run, n) or f"node:{n}" for n in event.node_ids]
                 if round_row is None:
                     round_row = RoundRow(run_id=run.id, number=number, started_at=utcnow(), selected=[], responded=[],
                                          failed=[], train_metrics={}, evaluate_metrics={}, central_metrics={})
                     db.add(round_row)
-                clients = [self._client_of(run, n) or f"node:{n}" for n in event.node_ids]
+                    notice = self._round_notice(db, run, number)
+                    notices += [(cid, notice) for cid in clients]
                 if event.phase == "train" or not round_row.selected:
                     round_row.selected = sorted(set(round_row.selected) | set(clients))
                 round_row.phase, round_row.phase_started_at = event.phase, utcnow()
@@ -284,19 +309,35 @@ class RunManager:
                 run.current_round = max(run.current_round, number)
                 publish.append(("round_phase", f"round {number} {event.phase}: sent to {len(clients)} clients",
                                 number, "", {"phase": event.phase, "clients": clients}))
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "selected").set(len(round_row.selected))
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(len(clients))
+                if event.phase == "train":
+                    metrics.ROUND_CLIENTS.labels(run.id, task_id, "responded").set(0)
+                    metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(0)
             elif kind == "replies" and round_row is not None:
                 for result in event.results:
                     cid = self._client_of(run, result.node_id) or f"node:{result.node_id}"
                     round_row.phase_received = [*round_row.phase_received, cid]
+                    metrics.CLIENT_BYTES.labels(cid, "sent").inc(result.bytes_sent)
+                    metrics.CLIENT_BYTES.labels(cid, "received").inc(result.bytes_received)
+                    metrics.CLIENT_OUTCOMES.labels(task_id, result.phase, "failed" if result.error else "ok").inc()
+                    doc("client", result.phase, cid, result.metrics, **{
+                        "fedops.flower.node_id": str(result.node_id), "fedops.bytes_sent": result.bytes_sent,
+                        "fedops.bytes_received": result.bytes_received, "error.message": result.error or None})
                     if result.error:
                         round_row.failed = sorted(set(round_row.failed) | {cid})
                         db.add(ClientResultRow(run_id=run.id, round=number, phase=result.phase, client_id=cid,
                                                node_id=str(result.node_id), error=result.error))
                         self._mark_client_failed(db, cid, run.id, f"round {number} {result.phase}: {result.error}")
+                        metrics.CLIENT_FAILURES.labels(cid).inc()
                         publish.append(("client_failed", f"{cid} failed round {number} {result.phase}: {result.error}",
                                         number, cid, {}))
                     else:
                         round_row.responded = sorted(set(round_row.responded) | {cid})
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "responded").set(len(round_row.responded))
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(len(round_row.failed))
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(
+                    len(set(round_row.phase_expected) - set(round_row.phase_received)))
             elif kind == "phase_finished" and round_row is not None:
                 for node_id in event.node_ids:
                     cid = self._client_of(run, node_id) or f"node:{node_id}"
@@ -305,7 +346,14 @@ class RunManager:
                     db.add(ClientResultRow(run_id=run.id, round=number, phase=event.phase, client_id=cid,
                                            node_id=str(node_id), error=reason))
                     self._mark_client_failed(db, cid, run.id, reason)
+                    metrics.CLIENT_FAILURES.labels(cid).inc()
+                    metrics.CLIENT_OUTCOMES.labels(task_id, event.phase, "failed").inc()
                     publish.append(("client_failed", f"{cid}: {reason}", number, cid, {}))
+                if round_row.phase_started_at is not None:
+                    metrics.PHASE_DURATION.labels(event.phase).observe(
+                        (utcnow() - round_row.phase_started_at).total_seconds())
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(len(round_row.failed))
+                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(0)
                 round_row.phase_expected, round_row.phase_received = [], []
                 publish.append(("phase_finished", f"round {number} {event.phase}: {event.message}", number, "", {}))
             elif kind == "aggregated" and round_row is not None:
@@ -313,11 +361,16 @@ class RunManager:
                     round_row.train_metrics = dict(event.metrics)
                 else:
                     round_row.evaluate_metrics = dict(event.metrics)
+                doc("aggregated", event.phase, values=event.metrics)
                 publish.append(("aggregated", f"round {number} {event.phase} metrics aggregated", number, "",
                                 {"phase": event.phase, "metrics": dict(event.metrics)}))
             elif kind == "round_finished" and round_row is not None:
                 round_row.central_metrics = dict(event.metrics) or round_row.central_metrics
                 round_row.phase, round_row.finished_at = "done", utcnow()
+                metrics.ROUNDS_COMPLETED.labels(task_id).inc()
+                metrics.ROUND_DURATION.labels(task_id).observe((round_row.finished_at - round_row.started_at).total_seconds())
+                doc("central", values=round_row.central_metrics, **{
+                    "fedops.clients.responded": list(round_row.responded), "fedops.clients.failed": list(round_row.failed)})
                 publish.append(("round_finished", f"round {number}/{run.total_rounds} finished", number, "",
                                 {"central": dict(round_row.central_metrics), "train": dict(round_row.train_metrics),
                                  "evaluate": dict(round_row.evaluate_metrics), "responded": list(round_row.responded),
@@ -326,6 +379,11 @@ class RunManager:
                 publish.append(("app_started", "ServerApp started", 0, "", {}))
             stop_requested = run.stop_requested == "cooperative"
             stopped = run.stop_requested != ""
+        for cid, notice in notices:  # agents tag their telemetry with the round and report data status
+            self._agents.send(cid, notice)
+        if self._writer is not None:
+            for document in docs:
+                self._writer.write("round-metrics", document)
         for kind_, message, rnd, cid, data in publish:
             await self._bus.publish(event.run_id, kind_, message, round=rnd, client_id=cid, data=data)
         if kind == "app_finished":
@@ -334,6 +392,16 @@ class RunManager:
         elif kind == "app_failed":
             await self.finish(event.run_id, S.RUN_OUTCOME_FAILED, event.message)
         return stop_requested
+
+    def _round_notice(self, db: Session, run: RunRow, number: int) -> agent_pb2.AgentCommand:
+        """The RoundStarted command: which global model version round ``number`` trains from."""
+        previous = (db.query(ModelRow).filter(ModelRow.run_id == run.id, ModelRow.round < number)
+                    .order_by(ModelRow.round.desc()).first())
+        if previous is None and run.resumed_from_model_id:
+            previous = db.get(ModelRow, run.resumed_from_model_id)
+        return agent_pb2.AgentCommand(round_started=agent_pb2.RoundStarted(
+            run_id=run.id, round=number, model_version=previous.version if previous else 0,
+            model_id=previous.id if previous else ""))
 
     def _mark_client_failed(self, db: Session, client_id: str, run_id: str, reason: str) -> None:
         client = db.get(ClientRow, client_id)
@@ -354,6 +422,12 @@ class RunManager:
             db.add(ClientResultRow(run_id=run.id, round=event.round, phase=event.phase, client_id=event.client_id,
                                    node_id=str(event.node_id), metrics=dict(event.metrics),
                                    duration_s=event.duration_s, error=event.error))
+        if self._writer is not None:
+            self._writer.write("round-metrics", {
+                "metric.scope": "client-local", "fedops.run.id": event.run_id, "fedops.round": event.round,
+                "fedops.phase": event.phase, "fedops.client.id": event.client_id,
+                "fedops.flower.node_id": str(event.node_id), "fedops.duration_s": event.duration_s,
+                "metrics": dict(event.metrics), "error.message": event.error or None})
         text = (f"{event.client_id} {event.phase} round {event.round}: "
                 + (f"error {event.error}" if event.error else ", ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())))
         await self._bus.publish(event.run_id, "client_result", text, round=event.round, client_id=event.client_id,
@@ -379,6 +453,7 @@ class RunManager:
             else:
                 client.state, client.state_reason = S.CLIENT_STATE_OFFLINE, "agent disconnected"
         if run_id:
+            metrics.CLIENT_FAILURES.labels(client_id).inc()
             await self._bus.publish(run_id, "client_failed", f"{client_id}: agent disconnected", client_id=client_id)
         await self._bus.notify()
 
@@ -391,6 +466,7 @@ class RunManager:
             if active and not report.succeeded and client is not None:
                 client.state, client.state_reason = S.CLIENT_STATE_FAILED, report.reason
         if active and not report.succeeded:
+            metrics.CLIENT_FAILURES.labels(client_id).inc()
             await self._bus.publish(report.run_id, "client_failed", f"{client_id}: {report.reason}", client_id=client_id)
 
     # ---------------------------------------------------------------- watchdog

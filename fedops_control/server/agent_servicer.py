@@ -9,7 +9,7 @@ import re
 import grpc
 from sqlalchemy.orm import Session as DbSession, sessionmaker
 
-from fedops_common.convert import utcnow
+from fedops_common.convert import struct_to_dict, utcnow
 from fedops_common.logging import get_logger
 from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
@@ -18,13 +18,15 @@ from fedops_control.registry.store import ModelStore
 from fedops_control.run.manager import RunManager
 from fedops_control.server.convert import model_to_proto
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
-from fedops_control.state.models import ClientRow, MembershipRow, RunRow, TaskRow
+from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
 from fedops_control.task.errors import InvalidArgument, NotFound
 
 log = get_logger(__name__)
 S = common_pb2
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 MAX_MODEL_BYTES = 2 * 1024**3
+METRICS_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}$")
+MAX_DATA_STATUS_BYTES = 256 * 1024
 
 
 def client_id_for(device_id: str) -> str:
@@ -47,6 +49,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("device.device_id", "1-64 characters of letters, digits, '_.:@-'")
         if len(device.hostname) > 255 or len(request.data_path) > 4096:
             raise InvalidArgument("device.hostname", "too long")
+        if request.metrics_address and not METRICS_ADDRESS.match(request.metrics_address):
+            raise InvalidArgument("metrics_address", "must be host:port")
         client_id = client_id_for(device.device_id)
         facts = {f.name: getattr(device, f.name) for f in device.DESCRIPTOR.fields}
         with self._sessions.begin() as db:
@@ -58,6 +62,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 row = ClientRow(id=client_id, device=facts, state=S.CLIENT_STATE_ONLINE)
                 db.add(row)
             row.device, row.data_path, row.last_heartbeat = facts, request.data_path, utcnow()
+            row.metrics_address = request.metrics_address
             if row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "registered"
             db.flush()
@@ -123,6 +128,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                             run.node_clients = {**run.node_clients, str(message.status.node_id): client_id}
                 elif message.status.run_id and row.current_run_id == message.status.run_id:
                     row.current_run_id = ""  # the agent is done with that run
+            elif body == "data_status":
+                report = message.data_status
+                if report.ByteSize() <= MAX_DATA_STATUS_BYTES:  # larger reports are dropped, not stored
+                    db.add(DataStatusRow(client_id=client_id, run_id=report.run_id[:64], round=max(report.round, 0),
+                                         reported_at=now, summary=struct_to_dict(report.summary)))
+                else:
+                    log.warning("data status report too large; dropped", client_id=client_id, size=report.ByteSize())
             elif body == "heartbeat" and row.state == S.CLIENT_STATE_OFFLINE:
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "heartbeat"
         if body == "training":

@@ -14,9 +14,10 @@ from fedops_control.registry.store import ModelStore
 from fedops_control.run.diagnosis import diagnose
 from fedops_control.run.events import EventBus
 from fedops_control.run.manager import RunManager
-from fedops_control.server.convert import client_to_proto, model_to_proto, run_to_proto, task_to_proto
+from fedops_control.server.convert import (client_to_proto, data_status_to_proto, model_to_proto, run_to_proto,
+                                           task_to_proto)
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
-from fedops_control.state.models import ClientRow, MembershipRow, RunRow, TaskRow
+from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.task.spec import task_from_proto
 
@@ -122,6 +123,28 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             if row is None:
                 raise NotFound(f"client {request.client_id} not found")
             return client_to_proto(db, row, self._agents)
+
+    @grpc_errors
+    async def ListDataStatus(self, request, context):  # type: ignore[no-untyped-def]
+        """Data status reports, newest first, per client and/or run."""
+        if request.limit < 0 or request.limit > 1000:
+            raise InvalidArgument("limit", "must be between 0 and 1000")
+        limit = request.limit or 100
+        with self._sessions() as db:
+            if request.client_id and db.get(ClientRow, request.client_id) is None:
+                raise NotFound(f"client {request.client_id} not found")
+            if request.run_id and db.get(RunRow, request.run_id) is None:
+                raise NotFound(f"run {request.run_id} not found")
+            query = db.query(DataStatusRow)
+            if request.client_id:
+                query = query.filter(DataStatusRow.client_id == request.client_id)
+            if request.run_id:
+                query = query.filter(DataStatusRow.run_id == request.run_id)
+            rows = query.order_by(DataStatusRow.id.desc()).limit(limit if not request.latest_only else 100000).all()
+            if request.latest_only:
+                seen: set[str] = set()
+                rows = [r for r in rows if not (r.client_id in seen or seen.add(r.client_id))][:limit]
+            return control_pb2.ListDataStatusResponse(reports=[data_status_to_proto(r) for r in rows])
 
     @grpc_errors
     async def SetTaskMembership(self, request, context):  # type: ignore[no-untyped-def]

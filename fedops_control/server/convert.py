@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 from fedops_common.convert import dict_to_struct, to_timestamp
 from fedops_common.proto import common_pb2
 from fedops_control.clients.registry import AgentRegistry
-from fedops_control.state.models import ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow, TaskRow
+from fedops_control.state.models import (ClientResultRow, ClientRow, DataStatusRow, MembershipRow, ModelRow, RoundRow,
+                                         RunRow, TaskRow)
 
 
 def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
@@ -35,10 +36,19 @@ def client_to_proto(db: Session, row: ClientRow, agents: AgentRegistry) -> commo
         state = common_pb2.CLIENT_STATE_OFFLINE
     tasks = [m.task_id for m in db.query(MembershipRow).filter(MembershipRow.client_id == row.id)]
     last = agents.last_seen.get(row.id) or row.last_heartbeat
+    latest = (db.query(DataStatusRow).filter(DataStatusRow.client_id == row.id)
+              .order_by(DataStatusRow.id.desc()).first())
     return common_pb2.Client(
         id=row.id, device=common_pb2.DeviceInfo(**row.device), state=state, state_reason=row.state_reason,
         last_heartbeat=to_timestamp(last), heartbeat_age_s=agents.heartbeat_age_s(row.id, row.last_heartbeat),
-        enrolled_task_ids=sorted(tasks), current_run_id=row.current_run_id, registered_at=to_timestamp(row.registered_at))
+        enrolled_task_ids=sorted(tasks), current_run_id=row.current_run_id, registered_at=to_timestamp(row.registered_at),
+        metrics_address=row.metrics_address, data_status=data_status_to_proto(latest) if latest else None)
+
+
+def data_status_to_proto(row: DataStatusRow) -> common_pb2.DataStatus:
+    """One stored data status report."""
+    return common_pb2.DataStatus(client_id=row.client_id, run_id=row.run_id, round=row.round,
+                                 reported_at=to_timestamp(row.reported_at), summary=dict_to_struct(row.summary))
 
 
 def run_to_proto(db: Session, row: RunRow, with_rounds: bool = True) -> common_pb2.Run:

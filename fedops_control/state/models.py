@@ -39,6 +39,7 @@ class ClientRow(Base):
     last_heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     current_run_id: Mapped[str] = mapped_column(String(64), default="")
     registered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    metrics_address: Mapped[str] = mapped_column(String(128), default="")
 
 
 class MembershipRow(Base):
@@ -135,3 +136,15 @@ class ModelRow(Base):
     path: Mapped[str] = mapped_column(Text)
     parent_id: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DataStatusRow(Base):
+    """One data status report of a client: aggregates only, never rows."""
+
+    __tablename__ = "data_status"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

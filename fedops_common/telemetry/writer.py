@@ -1,0 +1,83 @@
+"""Append telemetry documents as JSON lines: the local default and the shipper's spool."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fedops_common.telemetry.documents import FAMILIES, now_iso
+
+ENV_TELEMETRY_DIR = "FEDOPS_TELEMETRY_DIR"
+
+
+def telemetry_dir_from_env() -> Path | None:
+    """The telemetry directory a parent actor handed down (Flower's app processes inherit it)."""
+    value = os.environ.get(ENV_TELEMETRY_DIR, "")
+    return Path(value) if value else None
+
+
+class EventIds:
+    """Process-unique, deterministic document ids: ``<instance>-<sequence>``.
+
+    The id is written into the document itself, so a replay of the same line after an
+    outage carries the same id and Elasticsearch's ``create`` refuses the duplicate.
+    """
+
+    def __init__(self) -> None:
+        self.instance = uuid.uuid4().hex[:16]
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        """The next id."""
+        with self._lock:
+            return f"{self.instance}-{next(self._seq):010d}"
+
+
+EVENT_IDS = EventIds()
+
+
+class TelemetryWriter:
+    """Writes documents of each family to ``<root>/<family>/<stream>.jsonl``.
+
+    ``base`` fields (service name, client id, ...) are added to every document.
+    """
+
+    def __init__(self, root: Path, stream: str, base: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.stream = stream
+        self.base = dict(base or {})
+        self._lock = threading.Lock()
+        self._files: dict[str, Any] = {}
+
+    def path(self, family: str) -> Path:
+        """The file a family's documents go to."""
+        return self.root / family / f"{self.stream}.jsonl"
+
+    def write(self, family: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Append one document (adds ``@timestamp``, ``event.id`` and the base fields); returns it."""
+        if family not in FAMILIES:
+            raise ValueError(f"unknown telemetry family {family!r}")
+        doc = {"@timestamp": now_iso(), **self.base, **document}
+        doc.setdefault("event.id", EVENT_IDS.next())
+        line = json.dumps(doc, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            handle = self._files.get(family)
+            if handle is None:
+                self.path(family).parent.mkdir(parents=True, exist_ok=True)
+                handle = self._files[family] = open(self.path(family), "a", encoding="utf-8")  # noqa: SIM115
+            handle.write(line)
+            handle.flush()
+        return doc
+
+    def close(self) -> None:
+        """Close every open file."""
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()

@@ -1,0 +1,109 @@
+"""Prometheus metrics of the control service (FL lifecycle and control-plane state).
+
+Counters and histograms are updated as reports arrive; gauges that mirror stored state
+(runs by state, clients by state, heartbeat ages, waiting phases) are read from the
+database at scrape time by :class:`StateCollector`, so they survive restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedops_common.convert import utcnow
+from fedops_common.proto import common_pb2
+from fedops_control.clients.registry import AgentRegistry
+from fedops_control.state.models import ClientRow, RoundRow, RunRow
+
+S = common_pb2
+PHASE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+ROUNDS_COMPLETED = Counter("fedops_rounds_completed", "Rounds finished (global model stored)", ["task_id"])
+ROUND_DURATION = Histogram("fedops_round_duration_seconds", "Wall time of a round, first send to model stored",
+                           ["task_id"], buckets=PHASE_BUCKETS)
+PHASE_DURATION = Histogram("fedops_round_phase_duration_seconds", "Wall time of a round phase (train, evaluate)",
+                           ["phase"], buckets=PHASE_BUCKETS)
+ROUND_CLIENTS = Gauge("fedops_round_clients",
+                      "Clients of the current round of a run: selected, responded, failed, straggling",
+                      ["run_id", "task_id", "status"])
+CLIENT_OUTCOMES = Counter("fedops_round_client_results", "Client results per phase, by outcome (ok, failed)",
+                          ["task_id", "phase", "outcome"])
+CLIENT_FAILURES = Counter("fedops_client_failures", "Failures of a client (phase error, timeout, lost agent)",
+                          ["client_id"])
+CLIENT_BYTES = Counter("fedops_client_transfer_bytes", "Bytes exchanged with a client through Flower",
+                       ["client_id", "direction"])
+RUNS_STARTED = Counter("fedops_runs_started", "Runs started", ["task_id"])
+RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["task_id", "outcome"])
+RPC_ERRORS = Counter("fedops_control_rpc_errors", "RPCs answered with an error status", ["method", "code"])
+
+
+def state_name(enum: Any, value: int) -> str:
+    """``RUN_STATE_RUNNING`` -> ``running``."""
+    return enum.Name(value).split("_", 2)[-1].lower()
+
+
+class StateCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session], agents: AgentRegistry) -> None:
+        self._sessions = sessions
+        self._agents = agents
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        runs = GaugeMetricFamily("fedops_runs", "Runs by state and outcome", labels=["state", "outcome"])
+        clients = GaugeMetricFamily("fedops_clients", "Registered clients by state", labels=["state"])
+        connected = GaugeMetricFamily("fedops_clients_connected", "Agents holding a session now")
+        age = GaugeMetricFamily("fedops_client_heartbeat_age_seconds", "Seconds since a client's last heartbeat",
+                                labels=["client_id"])
+        current = GaugeMetricFamily("fedops_run_current_round", "Current round of an active run",
+                                    labels=["run_id", "task_id"])
+        waiting = GaugeMetricFamily("fedops_run_phase_waiting_seconds",
+                                    "How long the current phase of an active run has waited for replies",
+                                    labels=["run_id", "task_id", "phase"])
+        missing = GaugeMetricFamily("fedops_run_phase_missing_clients",
+                                    "Clients of the current phase that have not replied yet",
+                                    labels=["run_id", "task_id", "phase"])
+        quorum = GaugeMetricFamily("fedops_run_quorum", "Minimum successful clients per round (strategy.min_clients)",
+                                   labels=["run_id", "task_id"])
+        now = utcnow()
+        with self._sessions() as db:
+            counts: dict[tuple[str, str], int] = {}
+            active = []
+            for run in db.query(RunRow).all():
+                outcome = state_name(S.RunOutcome, run.outcome) if run.outcome else ""
+                key = (state_name(S.RunState, run.state), outcome)
+                counts[key] = counts.get(key, 0) + 1
+                if run.state == S.RUN_STATE_RUNNING:
+                    active.append(run)
+            for (state, outcome), count in sorted(counts.items()):
+                runs.add_metric([state, outcome], count)
+            by_state: dict[str, int] = {}
+            for client in db.query(ClientRow).all():
+                name = state_name(S.ClientState, client.state)
+                by_state[name] = by_state.get(name, 0) + 1
+                age.add_metric([client.id], self._agents.heartbeat_age_s(client.id, client.last_heartbeat))
+            for name, count in sorted(by_state.items()):
+                clients.add_metric([name], count)
+            for run in active:
+                current.add_metric([run.id, run.task_id], run.current_round)
+                quorum.add_metric([run.id, run.task_id], int(run.strategy.get("min_clients", 0)))
+                round_row = db.get(RoundRow, (run.id, run.current_round)) if run.current_round else None
+                if round_row is not None and round_row.phase_expected and round_row.phase_started_at:
+                    outstanding = len(set(round_row.phase_expected) - set(round_row.phase_received))
+                    labels = [run.id, run.task_id, round_row.phase]
+                    waiting.add_metric(labels, (now - round_row.phase_started_at).total_seconds() if outstanding else 0)
+                    missing.add_metric(labels, outstanding)
+        connected.add_metric([], self._agents.connected_count())
+        yield from (runs, clients, connected, age, current, waiting, missing, quorum)
+
+
+def register_state_collector(sessions: sessionmaker[Session], agents: AgentRegistry) -> StateCollector:
+    """Add the collector to the default registry (what /metrics serves)."""
+    collector = StateCollector(sessions, agents)
+    REGISTRY.register(collector)
+    return collector

@@ -1,0 +1,150 @@
+"""A real FL run with real Elasticsearch and Prometheus: every actor's telemetry arrives, with ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedops_common.net import free_port
+from fedops_control.devstack import LocalStack
+from tests.backends import Elasticsearch, Prometheus, wait_until
+from tests.test_e2e import create_task, start_clients, wait_finished
+
+pytestmark = pytest.mark.e2e
+ROUNDS = 2
+PROMETHEUS_YML = Path(__file__).resolve().parents[1] / "observability" / "prometheus" / "prometheus.yml"
+
+
+def prometheus_config(control_metrics: str) -> str:
+    """The shipped prometheus.yml with its targets pointed at this stack and 1 s scrapes."""
+    text = PROMETHEUS_YML.read_text(encoding="utf-8")
+    text = text.replace("fedops-control:9464", control_metrics).replace("scrape_interval: 15s", "scrape_interval: 1s")
+    return text.replace("refresh_interval: 15s", "refresh_interval: 1s")
+
+
+@pytest.fixture(scope="module")
+def observed_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path],
+                 elasticsearch: Elasticsearch) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("observed")
+    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url,
+                       metrics_address=f"127.0.0.1:{free_port()}")
+    prometheus = Prometheus(root / "prometheus")
+    try:
+        stack.start_control()
+        prometheus.start(prometheus_config(stack.metrics_address))
+        task_id = create_task(stack, ROUNDS)
+        clients = start_clients(stack, task_id, digits_data, "obs")
+        run = stack.ctl_json("run", "start", task_id)
+        finished = wait_finished(stack, run["id"])
+        assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
+        yield {"stack": stack, "task_id": task_id, "clients": clients, "run_id": run["id"], "es": elasticsearch,
+               "prometheus": prometheus}
+    finally:
+        stack.stop()
+        prometheus.stop()
+
+
+def term(field: str, value: Any) -> dict[str, Any]:
+    return {"term": {field: value}}
+
+
+def terms_of(es: Elasticsearch, index: str, field: str, query: dict[str, Any]) -> set[Any]:
+    answer = es.search(index, query, size=0, aggs={"values": {"terms": {"field": field, "size": 100}}})
+    return {bucket["key"] for bucket in answer["aggregations"]["values"]["buckets"]}
+
+
+def test_logs_of_every_actor_carry_their_ids(observed_run: dict[str, Any]) -> None:
+    es, run_id, clients = observed_run["es"], observed_run["run_id"], observed_run["clients"]
+    run_query = term("fedops.run.id", run_id)
+    services = wait_until(lambda: (s := terms_of(es, "fedops-logs", "service.name", run_query)) >= {
+        "fedops-control", "fedops-agent", "fedops-serverapp", "fedops-clientapp"} and s, 60,
+        "logs of control, agents, ServerApp and ClientApps with the run id")
+    assert services >= {"fedops-control", "fedops-agent", "fedops-serverapp", "fedops-clientapp"}
+    client_logs = {"bool": {"filter": [run_query, term("service.name", "fedops-clientapp")]}}
+    assert terms_of(es, "fedops-logs", "fedops.client.id", client_logs) == set(clients)
+    assert terms_of(es, "fedops-logs", "fedops.round", client_logs) >= set(range(1, ROUNDS + 1))
+    assert len(terms_of(es, "fedops-logs", "fedops.flower.node_id", client_logs)) == len(clients)
+    server_rounds = terms_of(es, "fedops-logs", "fedops.round",
+                             {"bool": {"filter": [run_query, term("service.name", "fedops-serverapp")]}})
+    assert server_rounds >= set(range(1, ROUNDS + 1))
+    agent_clients = terms_of(es, "fedops-logs", "fedops.client.id", term("service.name", "fedops-agent"))
+    assert agent_clients >= set(clients)
+    # The documents keep ECS names: one sample document has them all.
+    sample = es.search("fedops-logs", client_logs, size=1)["hits"]["hits"][0]["_source"]
+    assert {"@timestamp", "log.level", "message", "event.id", "ecs.version"} <= set(sample)
+
+
+def test_data_status_of_every_client_every_round(observed_run: dict[str, Any]) -> None:
+    es, run_id, clients = observed_run["es"], observed_run["run_id"], observed_run["clients"]
+    for client in clients:
+        query = {"bool": {"filter": [term("fedops.client.id", client), term("fedops.run.id", run_id)]}}
+        rounds = wait_until(lambda q=query: (r := terms_of(es, "fedops-data-status", "fedops.round", q))
+                            >= set(range(1, ROUNDS + 1)) and r, 30, f"data status of {client} for every round")
+        assert rounds >= set(range(1, ROUNDS + 1))
+        doc = es.search("fedops-data-status", query, size=1)["hits"]["hits"][0]["_source"]
+        data = doc["data"]
+        assert data["sample_count"] > 0 and data["feature_count"] == 64
+        assert sum(data["label_histogram"].values()) == data["sample_count"]
+        assert len(data["schema_hash"]) == 16 and data["freshness_s"] >= 0
+        assert "x_train" not in json.dumps(doc)  # aggregates only: no arrays, no rows
+    enrolment = terms_of(es, "fedops-data-status", "fedops.client.id", term("fedops.round", 0))
+    assert enrolment >= set(clients)
+    # The control service holds the same reports: per run through the API and CLI.
+    reports = observed_run["stack"].ctl_json("clients", "data-status", "--run", run_id, "--latest")["reports"]
+    assert {r["client_id"] for r in reports} == set(clients)
+    assert all(r["summary"]["sample_count"] > 0 for r in reports)
+
+
+def test_resource_samples_tagged_with_run_round_and_model_version(observed_run: dict[str, Any]) -> None:
+    es, run_id, clients = observed_run["es"], observed_run["run_id"], observed_run["clients"]
+    run_query = term("fedops.run.id", run_id)
+    assert terms_of(es, "fedops-resources", "fedops.client.id", run_query) == set(clients)
+    versions = terms_of(es, "fedops-resources", "fedops.model.version", run_query)
+    assert versions >= set(range(0, ROUNDS))  # round r trains from the version stored after round r-1
+    stats = es.search("fedops-resources", run_query, size=0,
+                      aggs={"cpu": {"max": {"field": "host.cpu.usage"}}, "rss": {"min": {"field": "process.memory.rss"}}})
+    assert stats["aggregations"]["cpu"]["value"] > 0
+    assert stats["aggregations"]["rss"]["value"] > 10 * 1024 * 1024
+
+
+def test_round_metrics_and_run_events(observed_run: dict[str, Any]) -> None:
+    es, run_id, clients = observed_run["es"], observed_run["run_id"], observed_run["clients"]
+    run_query = term("fedops.run.id", run_id)
+    central = es.search("fedops-round-metrics", {"bool": {"filter": [run_query, term("metric.scope", "central")]}},
+                        sort=[{"fedops.round": "asc"}])["hits"]["hits"]
+    assert [h["_source"]["fedops.round"] for h in central] == list(range(0, ROUNDS + 1))
+    assert all("accuracy" in h["_source"]["metrics"] for h in central)
+    client_docs = {"bool": {"filter": [run_query, term("metric.scope", "client"), term("fedops.phase", "train")]}}
+    assert terms_of(es, "fedops-round-metrics", "fedops.client.id", client_docs) == set(clients)
+    transfer = es.search("fedops-round-metrics", client_docs, size=0,
+                         aggs={"sent": {"min": {"field": "fedops.bytes_sent"}}})
+    assert transfer["aggregations"]["sent"]["value"] > 1000  # the model went to every client
+    actions = terms_of(es, "fedops-run-events", "event.action", run_query)
+    assert {"run_created", "round_phase", "round_finished", "model_stored", "run_finished"} <= actions
+
+
+def test_prometheus_scrapes_control_and_every_agent(observed_run: dict[str, Any]) -> None:
+    prometheus, clients, task_id = observed_run["prometheus"], observed_run["clients"], observed_run["task_id"]
+    agent_targets = wait_until(
+        lambda: (t := [t for t in prometheus.targets() if t["labels"].get("job") == "fedops-agents"
+                       and t["health"] == "up"]) and len(t) == len(clients) and t, 30,
+        "Prometheus to discover and scrape every agent through /sd/agents")
+    assert {t["labels"]["client_id"] for t in agent_targets} == set(clients)
+    rounds = wait_until(lambda: prometheus.query(f'fedops_rounds_completed_total{{task_id="{task_id}"}}'), 30,
+                        "fedops_rounds_completed_total")
+    assert float(rounds[0]["value"][1]) == ROUNDS
+    cpu = prometheus.query("fedops_agent_cpu_usage_ratio")
+    assert {s["metric"]["client_id"] for s in cpu} == set(clients)
+    sent = prometheus.query('sum by (client_id) (fedops_client_transfer_bytes_total{direction="sent"})')
+    assert {s["metric"]["client_id"] for s in sent} == set(clients) and all(float(s["value"][1]) > 0 for s in sent)
+    phases = prometheus.query("sum by (phase) (fedops_round_phase_duration_seconds_count)")
+    assert {s["metric"]["phase"]: float(s["value"][1]) for s in phases} == {"train": ROUNDS, "evaluate": ROUNDS}
+    finished = prometheus.query('fedops_runs{state="finished",outcome="completed"}')
+    assert float(finished[0]["value"][1]) >= 1
+    ages = prometheus.query("fedops_client_heartbeat_age_seconds")
+    assert {s["metric"]["client_id"] for s in ages} >= set(clients)
