@@ -218,6 +218,8 @@ def run(
     elasticsearch_url: Annotated[str | None, typer.Option(
         envvar=ENV_ELASTICSEARCH_URL, help="ship logs, data status and resource samples here")] = None,
     metrics_listen: Annotated[str | None, typer.Option(help="host:port of /metrics (port 0: any free port)")] = None,
+    metrics_advertise: Annotated[str | None, typer.Option(
+        help="host:port Prometheus reaches /metrics at, when not the listen address (containers, NAT)")] = None,
     sample_interval: Annotated[float | None, typer.Option(help="seconds between resource samples")] = None,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
@@ -235,6 +237,7 @@ def run(
         _, metrics_address = serve_metrics(listen)
     except (OSError, ValueError) as err:
         raise typer.BadParameter(f"cannot serve metrics on {listen!r}: {err}", param_hint="--metrics-listen") from None
+    metrics_address = metrics_advertise or file_cfg.get("metrics_advertise", "") or metrics_address
     sampler = ResourceSampler(telemetry.writer, state, interval).start()
     agent = Agent(
         control=control or file_cfg.get("control", "127.0.0.1:50051"),

@@ -25,6 +25,7 @@ class LocalStack:
 
     root: Path
     elasticsearch_url: str = ""   # "" = telemetry stays in local JSON-lines files
+    database_url: str = ""        # "" = SQLite file under root
     control_address: str = ""
     metrics_address: str = ""
     control: subprocess.Popen[bytes] | None = None
@@ -39,7 +40,8 @@ class LocalStack:
         out = open(self.root / "control.out", "ab")  # noqa: SIM115
         self.control = subprocess.Popen(
             [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control"),
-             "--metrics-listen", self.metrics_address, "--elasticsearch-url", self.elasticsearch_url],
+             "--metrics-listen", self.metrics_address, "--elasticsearch-url", self.elasticsearch_url,
+             "--database-url", self.database_url],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for_port("127.0.0.1", port, 60)

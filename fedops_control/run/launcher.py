@@ -52,14 +52,15 @@ class LocalProcessLauncher:
              "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
             env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        local = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
         try:
-            await asyncio.to_thread(wait_for_port, self.bind_host, port, 60.0)
+            await asyncio.to_thread(wait_for_port, local, port, 60.0)
         except TimeoutError:
             stop_process_group(process)
             raise
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
                                flwr_home=flwr_home, process=process,
-                               extra={"local_address": f"{self.bind_host}:{port}"})
+                               extra={"local_address": f"{local}:{port}"})
 
     async def stop(self, handle: SuperLinkHandle) -> None:
         """Stop the SuperLink and every ServerApp process it spawned."""

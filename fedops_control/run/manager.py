@@ -196,7 +196,7 @@ class RunManager:
             await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
         except Exception as err:  # any launch failure fails the run with the reason
             log.exception("run launch failed", run_id=run_id)
-            reason = err.message if isinstance(err, InvalidArgument) else str(err)
+            reason = str(err)  # InvalidArgument: "field: message"
             await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"launch failed: {reason}")
 
     # ---------------------------------------------------------------- stop / finish

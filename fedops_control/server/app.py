@@ -51,7 +51,7 @@ def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> lis
 
 
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
-                writer: TelemetryWriter | None = None, metrics_listen: str = "",
+                writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
                 ready: asyncio.Event | None = None) -> None:
     """Run the control service until cancelled or signalled."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     port = server.add_insecure_port(listen)
     host = listen.rsplit(":", 1)[0]
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
-    runs = RunManager(sessions, bus, agents, models, LocalProcessLauncher(advertised_host=superlink_host),
+    runs = RunManager(sessions, bus, agents, models, LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host),
                       data_dir, control_address=f"{local_host}:{port}", writer=writer)
     control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(sessions, runs, agents, models, bus), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs), server)
@@ -102,6 +102,8 @@ def run(
     data_dir: Annotated[Path, typer.Option(help="state, models and run directories")] = Path(".fedops/control"),
     database_url: Annotated[str, typer.Option(help="SQLAlchemy URL; default: SQLite file in data-dir")] = "",
     superlink_host: Annotated[str, typer.Option(help="host agents use to reach run SuperLinks")] = "127.0.0.1",
+    superlink_bind: Annotated[str, typer.Option(
+        help="interface run SuperLinks listen on (0.0.0.0 when agents are on other hosts)")] = "127.0.0.1",
     elasticsearch_url: Annotated[str, typer.Option(
         envvar=ENV_ELASTICSEARCH_URL, help="ship logs, run events and round metrics here")] = "",
     metrics_listen: Annotated[str, typer.Option(
@@ -112,7 +114,8 @@ def run(
     telemetry = start_telemetry("fedops-control", data_dir / "telemetry", elasticsearch_url=elasticsearch_url,
                                 log_level=log_level)
     try:
-        asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen))
+        asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
+                          superlink_bind))
     finally:
         telemetry.close()
 
