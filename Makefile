@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[examples,dev]"
+	$(PY) -m pip install -q -e ".[examples,dev,dashboard]"
 	touch $@
 
 demo: $(VENV)/.installed  ## a real 3-round FL run across 3 local agents (SQLite, logs to files)

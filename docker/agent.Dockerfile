@@ -15,6 +15,7 @@ COPY pyproject.toml README.md ./
 COPY fedops_common ./fedops_common
 COPY fedops_control ./fedops_control
 COPY fedops_agent ./fedops_agent
+COPY fedops_dash ./fedops_dash
 COPY observability ./observability
 COPY examples ./examples
 # The project itself: its pins are in pyproject.toml.

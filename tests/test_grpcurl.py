@@ -76,7 +76,7 @@ def test_task_crud_and_bad_input(stack: LocalStack) -> None:
     assert updated["title"] == "renamed" and updated["strategy"]["rounds"] == 4
     assert call(stack, "GetTask", {"taskId": task["id"]})["title"] == "renamed"
     bad = grpcurl(stack, f"{SVC}/CreateTask", {"task": {"title": "x", "app": {"localPath": str(DIGITS_APP)},
-                                                       "strategy": {"rounds": 0, "minClients": 1}}}, check=False)
+                                                       "strategy": {"rounds": -1, "minClients": 1}}}, check=False)
     assert bad.returncode != 0 and "InvalidArgument" in bad.stderr and "strategy.rounds" in bad.stderr
     assert call(stack, "DeleteTask", {"taskId": task["id"]}) == {"deleted": True}
     missing = grpcurl(stack, f"{SVC}/GetTask", {"taskId": task["id"]}, check=False)
@@ -92,12 +92,13 @@ def test_select_start_watch_diagnose_and_stop(stack: LocalStack, digits_data: li
                       and all(x["state"] == "CLIENT_STATE_ONLINE" for x in c) and len(c) == 2 and c, 30)
     assert {c["id"] for c in listed} == set(clients)
     selected = call(stack, "SetTaskMembership", {"taskId": task_id, "clientIds": clients})
-    assert sorted(selected["selectedClientIds"]) == sorted(clients)
+    assert sorted(selected["selected_client_ids"]) == sorted(clients)
 
     run = call(stack, "StartRun", {"taskId": task_id})
     diagnosis = call(stack, "DiagnoseRun", {"runId": run["id"]})
-    assert diagnosis["runId"] == run["id"] and diagnosis["summary"]
-    # WatchRun replays and streams events until the run finishes: grpcurl prints one JSON object each.
+    assert diagnosis["run_id"] == run["id"] and diagnosis["summary"]
+    # WatchRun replays and streams events until the run finishes: grpcurl prints one JSON object each
+    # (grpcurl prints proto field names; it accepts JSON or proto names in requests).
     stream = grpcurl(stack, f"{SVC}/WatchRun", {"runId": run["id"]}).stdout
     events = [json.loads(chunk) for chunk in stream.replace("}\n{", "}\x00{").split("\x00") if chunk.strip()]
     kinds = [e["kind"] for e in events]

@@ -32,6 +32,9 @@ app.add_typer(task_app, name="task")
 app.add_typer(clients_app, name="clients")
 app.add_typer(run_app, name="run")
 app.add_typer(models_app, name="models")
+logs_app = typer.Typer(help="Logs of every actor, searched in Elasticsearch.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+ElasticsearchUrl = Annotated[str, typer.Option(envvar="FEDOPS_ELASTICSEARCH_URL", help="Elasticsearch URL")]
 console = Console()
 S = common_pb2
 
@@ -474,6 +477,68 @@ def models_download(model_id: str, out: Annotated[Path, typer.Option("--out", "-
         print(json.dumps(result, indent=2))
     else:
         console.print(f"wrote {result['bytes']} bytes of {result['model_id']} to {out}")
+
+
+# ------------------------------------------------------------------ telemetry (Elasticsearch)
+def _require_elasticsearch(url: str) -> str:
+    if not url:
+        fail("no Elasticsearch: pass --elasticsearch-url or set FEDOPS_ELASTICSEARCH_URL")
+    return url
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    if Ctx.output == Output.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    console.print(table)
+
+
+@logs_app.command("search")
+def logs_search(
+    elasticsearch_url: ElasticsearchUrl = "",
+    client: Annotated[str, typer.Option(help="client id")] = "",
+    run: Annotated[str, typer.Option(help="run id")] = "",
+    round_number: Annotated[int | None, typer.Option("--round", min=0, help="round number")] = None,
+    level: Annotated[str, typer.Option(help="debug, info, warning, error, critical")] = "",
+    text: Annotated[str, typer.Option(help="words the message must contain")] = "",
+    size: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+) -> None:
+    """Newest log lines of every actor, filtered by client, run, round, level and text."""
+    from fedops_common.telemetry.queries import QueryError, search_logs
+
+    if level and level not in ("debug", "info", "warning", "error", "critical"):
+        raise typer.BadParameter(f"unknown level {level!r}", param_hint="--level")
+    try:
+        hits = search_logs(_require_elasticsearch(elasticsearch_url), client, run, round_number, level, text, size)
+    except QueryError as err:
+        fail(str(err), 1)
+    rows = [{"time": h.get("@timestamp", ""), "level": h.get("log.level", ""), "service": h.get("service.name", ""),
+             "client": h.get("fedops.client.id", ""), "run": h.get("fedops.run.id", ""),
+             "round": h.get("fedops.round", ""), "message": h.get("message", "")} for h in hits]
+    _print_rows(rows, ["time", "level", "service", "client", "run", "round", "message"], f"{len(rows)} log lines")
+
+
+@clients_app.command("resources")
+def clients_resources(
+    client_id: str,
+    elasticsearch_url: ElasticsearchUrl = "",
+    size: Annotated[int, typer.Option(min=1, max=10_000, help="latest samples")] = 60,
+) -> None:
+    """A client's latest resource samples (CPU, memory, RSS), with run, round and model version."""
+    from fedops_common.telemetry.queries import QueryError, resource_timeline
+
+    try:
+        samples = resource_timeline(_require_elasticsearch(elasticsearch_url), client_id, size)
+    except QueryError as err:
+        fail(str(err), 1)
+    rows = [{"time": s.get("@timestamp", ""), "cpu": s.get("host.cpu.usage"), "memory": s.get("system.memory.used.pct"),
+             "rss_bytes": s.get("process.memory.rss"), "run": s.get("fedops.run.id", ""),
+             "round": s.get("fedops.round", 0), "model_version": s.get("fedops.model.version", 0)} for s in samples]
+    _print_rows(rows, ["time", "cpu", "memory", "rss_bytes", "run", "round", "model_version"],
+                f"resources of {client_id}")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,9 @@ from fedops_control.task.spec import task_from_proto
 
 S = common_pb2
 UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters", "client_config"}
+
+
+RUN_FINISHED_GRACE_S = 30.0
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -198,6 +202,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def WatchRun(self, request, context) -> AsyncIterator[common_pb2.RunEvent]:  # type: ignore[no-untyped-def]
         self._runs.get_run_row(request.run_id)
         last = request.after_seq
+        finished_since = None
         while True:
             events = self._bus.since(request.run_id, last)
             for event in events:
@@ -205,8 +210,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 yield common_pb2.RunEvent(seq=event.seq, run_id=event.run_id, time=to_timestamp(event.time),
                                           kind=event.kind, round=event.round, client_id=event.client_id,
                                           message=event.message, data=dict_to_struct(event.data))
+                if event.kind == "run_finished":
+                    return
             if not events and self._runs.get_run_row(request.run_id).state == S.RUN_STATE_FINISHED:
-                return
+                # The state flips before the processes are stopped and `run_finished` is published:
+                # wait for that last event, but not forever (runs of a crashed service may lack it).
+                finished_since = finished_since or asyncio.get_running_loop().time()
+                if asyncio.get_running_loop().time() - finished_since > RUN_FINISHED_GRACE_S:
+                    return
             await self._bus.wait(1.0)
 
     @grpc_errors

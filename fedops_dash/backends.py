@@ -1,0 +1,145 @@
+"""Everything the dashboard reads or changes, behind small functions: the control service (gRPC),
+Elasticsearch (logs, resource samples) and Prometheus. Settings come from the environment.
+
+Each call opens what it needs and returns plain dicts, so pages stay declarative and the
+dashboard keeps no state between reruns.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from fedops_common.convert import dict_to_struct
+from fedops_common.grpc_channel import control_channel
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_common.telemetry.queries import QueryError as BackendError
+from fedops_common.telemetry.queries import prometheus_query, resource_timeline, search_logs
+
+ENV_CONTROL = "FEDOPS_CONTROL"
+ENV_ELASTICSEARCH = "FEDOPS_ELASTICSEARCH_URL"
+ENV_PROMETHEUS = "FEDOPS_PROMETHEUS_URL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the backends are."""
+
+    control: str = "127.0.0.1:50051"
+    elasticsearch_url: str = ""
+    prometheus_url: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(control=os.environ.get(ENV_CONTROL, cls.control),
+                   elasticsearch_url=os.environ.get(ENV_ELASTICSEARCH, ""),
+                   prometheus_url=os.environ.get(ENV_PROMETHEUS, ""))
+
+
+# Telemetry reads are shared with fedopsctl: one error type for every backend the dashboard uses.
+__all__ = ["BackendError", "Control", "Settings", "prometheus_query", "resource_timeline", "search_logs"]
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+class Control:
+    """The control service's ControlService."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._stub = control_pb2_grpc.ControlServiceStub(control_channel(address))
+
+    def _call(self, method: str, request: Any, timeout: float = 15) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return [to_dict(t) for t in self._call("ListTasks", control_pb2.ListTasksRequest()).tasks]
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return to_dict(self._call("GetTask", control_pb2.GetTaskRequest(task_id=task_id)))
+
+    def create_task(self, title: str, app: dict[str, Any], strategy: dict[str, Any], hyperparameters: dict[str, Any],
+                    description: str = "", tags: list[str] | None = None) -> dict[str, Any]:
+        task = common_pb2.Task(title=title, description=description, tags=tags or [],
+                               hyperparameters=dict_to_struct(hyperparameters))
+        json_format.ParseDict(app, task.app)
+        json_format.ParseDict(strategy, task.strategy)
+        return to_dict(self._call("CreateTask", control_pb2.CreateTaskRequest(task=task)))
+
+    def update_task(self, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """``changes``: title, description, tags, strategy (merged into the current), hyperparameters."""
+        current = self._call("GetTask", control_pb2.GetTaskRequest(task_id=task_id))
+        task = common_pb2.Task(id=task_id)
+        for key in ("title", "description"):
+            if key in changes:
+                setattr(task, key, changes[key])
+        if "tags" in changes:
+            task.tags.extend(changes["tags"])
+        if "strategy" in changes:
+            task.strategy.CopyFrom(current.strategy)
+            json_format.ParseDict(changes["strategy"], task.strategy)
+        if "hyperparameters" in changes:
+            task.hyperparameters.CopyFrom(dict_to_struct(changes["hyperparameters"]))
+        request = control_pb2.UpdateTaskRequest(task=task, update_paths=sorted(changes))
+        return to_dict(self._call("UpdateTask", request))
+
+    def select_clients(self, task_id: str, client_ids: list[str]) -> dict[str, Any]:
+        return to_dict(self._call("SetTaskMembership",
+                                  control_pb2.SetTaskMembershipRequest(task_id=task_id, client_ids=client_ids)))
+
+    def clients(self, task_id: str = "") -> list[dict[str, Any]]:
+        return [to_dict(c) for c in self._call("ListClients", control_pb2.ListClientsRequest(task_id=task_id)).clients]
+
+    def data_status(self, client_id: str = "", run_id: str = "", latest_only: bool = False) -> list[dict[str, Any]]:
+        request = control_pb2.ListDataStatusRequest(client_id=client_id, run_id=run_id, latest_only=latest_only)
+        return [to_dict(r) for r in self._call("ListDataStatus", request).reports]
+
+    def runs(self, task_id: str = "") -> list[dict[str, Any]]:
+        return [to_dict(r) for r in self._call("ListRuns", control_pb2.ListRunsRequest(task_id=task_id)).runs]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return to_dict(self._call("GetRun", control_pb2.GetRunRequest(run_id=run_id)))
+
+    def start_run(self, task_id: str) -> dict[str, Any]:
+        return to_dict(self._call("StartRun", control_pb2.StartRunRequest(task_id=task_id), timeout=60))
+
+    def stop_run(self, run_id: str, hard: bool) -> dict[str, Any]:
+        mode = control_pb2.STOP_MODE_HARD if hard else control_pb2.STOP_MODE_COOPERATIVE
+        return to_dict(self._call("StopRun", control_pb2.StopRunRequest(run_id=run_id, mode=mode), timeout=60))
+
+    def diagnose(self, run_id: str) -> dict[str, Any]:
+        return to_dict(self._call("DiagnoseRun", control_pb2.DiagnoseRunRequest(run_id=run_id)))
+
+    def events(self, run_id: str, wait_s: float = 2.0) -> list[dict[str, Any]]:
+        """The run's events so far. WatchRun replays them, then streams; a finished run's stream ends,
+        an active run's is cut after ``wait_s`` and what arrived is returned."""
+        events: list[dict[str, Any]] = []
+        try:
+            for event in self._stub.WatchRun(control_pb2.WatchRunRequest(run_id=run_id), timeout=wait_s):
+                events.append(to_dict(event))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+        return events
+
+    def models(self, task_id: str = "", run_id: str = "") -> list[dict[str, Any]]:
+        return [to_dict(m) for m in self._call("ListModels", control_pb2.ListModelsRequest(task_id=task_id,
+                                                                                          run_id=run_id)).models]
+
+    def download_model(self, model_id: str) -> bytes:
+        try:
+            return b"".join(c.data for c in self._stub.DownloadModel(control_pb2.GetModelRequest(model_id=model_id),
+                                                                     timeout=120))
+        except grpc.RpcError as err:
+            raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+
+

@@ -1,0 +1,33 @@
+"""`fedops-dash`: start the dashboard with one command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedops_dash.backends import ENV_CONTROL, ENV_ELASTICSEARCH, ENV_PROMETHEUS
+
+
+def run(
+    control: Annotated[str, typer.Option(envvar=ENV_CONTROL, help="control service host:port")] = "127.0.0.1:50051",
+    elasticsearch_url: Annotated[str, typer.Option(envvar=ENV_ELASTICSEARCH, help="for logs and resources")] = "",
+    prometheus_url: Annotated[str, typer.Option(envvar=ENV_PROMETHEUS, help="for metrics")] = "",
+    address: Annotated[str, typer.Option(help="interface to serve on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
+) -> None:
+    """Serve the FedOps dashboard."""
+    os.environ.update({ENV_CONTROL: control, ENV_ELASTICSEARCH: elasticsearch_url, ENV_PROMETHEUS: prometheus_url})
+    from streamlit.web import cli as streamlit_cli
+
+    sys.argv = ["streamlit", "run", str(Path(__file__).parent / "app.py"), "--server.address", address,
+                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    sys.exit(streamlit_cli.main())
+
+
+def main() -> None:
+    """Console entry point."""
+    typer.run(run)

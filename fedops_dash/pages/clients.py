@@ -1,0 +1,52 @@
+"""Clients: status, heartbeat age, data status, resource timelines."""
+
+import streamlit as st
+
+from fedops_dash.backends import resource_timeline
+from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, pick, short
+
+st.header("Clients")
+ctl = control()
+clients = attempt("Listing clients", ctl.clients, [])
+metrics_table([{"client": c["id"], "host": c["device"].get("hostname", ""), "state": short(c.get("state", "")),
+                "reason": c.get("state_reason", ""), "heartbeat age s": round(c.get("heartbeat_age_s", -1), 1),
+                "run": c.get("current_run_id", ""), "tasks": ", ".join(c.get("enrolled_task_ids", []))}
+               for c in clients])
+client_id = pick("Client", [c["id"] for c in clients], "client")
+if client_id is None:
+    st.info("No client has registered yet: start `fedops-agent`.")
+    st.stop()
+client = next(c for c in clients if c["id"] == client_id)
+st.caption(f"device {client['device'].get('device_id', '')}, {client['device'].get('os', '')}, "
+           f"{client['device'].get('cpu_count', '?')} CPUs, metrics at {client.get('metrics_address') or '-'}")
+
+st.subheader("Data status (aggregates only)")
+status = client.get("data_status", {})
+summary = status.get("summary", {})
+if summary:
+    d1, d2, d3, d4 = st.columns(4)
+    d1.metric("Samples", int(summary.get("sample_count", 0)))
+    d2.metric("Features", int(summary.get("feature_count", 0)))
+    d3.metric("Missing", f"{summary.get('missing_ratio', 0):.1%}")
+    d4.metric("Freshness", f"{summary.get('freshness_s', -1):.0f} s")
+    histogram = summary.get("label_histogram", {})
+    if histogram:
+        st.bar_chart([{"label": k, "count": v} for k, v in histogram.items()], x="label", y="count")
+    st.caption(f"schema {summary.get('schema_hash', '')}; reported for run {status.get('run_id') or '(enrolment)'} "
+               f"round {status.get('round', 0)}")
+else:
+    st.caption("no data status reported yet")
+
+st.subheader("Resources")
+es_url = elasticsearch_or_notice("the resource timeline")
+if es_url:
+    samples = attempt("Reading resource samples", lambda: resource_timeline(es_url, client_id), [])
+    if samples:
+        st.line_chart([{"time": s["@timestamp"][11:19], "CPU usage": s.get("host.cpu.usage", 0),
+                        "memory usage": s.get("system.memory.used.pct", 0)} for s in samples], x="time")
+        st.line_chart([{"time": s["@timestamp"][11:19], "agent + SuperNode RSS MiB": s.get("process.memory.rss", 0) / 2**20}
+                       for s in samples], x="time")
+        st.caption(f"{len(samples)} samples; model versions: "
+                   f"{sorted({s.get('fedops.model.version', 0) for s in samples})}")
+    else:
+        st.caption("no resource samples yet")

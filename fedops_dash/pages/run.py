@@ -1,0 +1,64 @@
+"""Run: live round progress, global metrics per round, per-client metrics, participation, diagnosis."""
+
+import streamlit as st
+
+from fedops_dash.ui import attempt, control, metrics_table, pick, short
+
+st.header("Run")
+ctl = control()
+runs = attempt("Listing runs", ctl.runs, [])
+run_id = pick("Run", [r["id"] for r in runs], "run")
+if run_id is None:
+    st.info("No runs yet: start one on the Tasks page.")
+    st.stop()
+run = attempt("Reading the run", lambda: ctl.run(run_id), None)
+if run is None:
+    st.stop()
+state, outcome = short(run.get("state", "")), short(run.get("outcome", ""))
+current, total = int(run.get("current_round", 0)), int(run.get("total_rounds", 0))
+st.markdown(f"**{run_id}** of task `{run['task_id']}`: **{state}**" + (f" ({outcome})" if outcome else "")
+            + (f" — {run['reason']}" if run.get("reason") else ""))
+st.progress(min(current / total, 1.0) if total else 0.0, text=f"round {current} of {total}")
+if state != "finished":
+    st.button("Refresh")
+
+rounds = run.get("rounds", [])
+global_rows = []
+if run.get("initial_central_metrics"):
+    global_rows.append({"round": 0, **{f"central {k}": v for k, v in run["initial_central_metrics"].items()}})
+for r in rounds:
+    row = {"round": r["number"]}
+    row.update({f"central {k}": v for k, v in r.get("central_metrics", {}).items()})
+    row.update({f"train {k}": v for k, v in r.get("train_metrics", {}).items()})
+    row.update({f"evaluate {k}": v for k, v in r.get("evaluate_metrics", {}).items()})
+    global_rows.append(row)
+st.subheader("Global model per round")
+if global_rows:
+    loss_acc = [{k: v for k, v in row.items() if k == "round" or k in ("central loss", "central accuracy")}
+                for row in global_rows]
+    st.line_chart(loss_acc, x="round")
+metrics_table(global_rows)
+
+st.subheader("Participation per round")
+metrics_table([{"round": r["number"], "phase": r.get("phase", ""),
+                "selected": ", ".join(r.get("selected_client_ids", [])),
+                "responded": ", ".join(r.get("responded_client_ids", [])),
+                "failed": ", ".join(r.get("failed_client_ids", [])),
+                "model": r.get("model_version_id", "")} for r in rounds])
+
+st.subheader("Per-client local metrics")
+metrics_table([{"round": r["number"], "client": c.get("client_id", ""), "phase": c.get("phase", ""),
+                "duration s": round(c.get("duration_s", 0.0), 2), "error": c.get("error", ""),
+                **c.get("metrics", {})} for r in rounds for c in r.get("client_results", [])])
+
+st.subheader("Diagnosis")
+diagnosis = attempt("Diagnosing", lambda: ctl.diagnose(run_id), None)
+if diagnosis:
+    (st.warning if diagnosis.get("waiting") else st.info)(diagnosis.get("summary", ""))
+    if diagnosis.get("missing"):
+        metrics_table(diagnosis["missing"])
+
+with st.expander("Events"):
+    metrics_table([{"seq": e.get("seq"), "time": e.get("time", "")[:19], "kind": e.get("kind"),
+                    "round": e.get("round", 0), "client": e.get("client_id", ""), "message": e.get("message", "")}
+                   for e in attempt("Reading events", lambda: ctl.events(run_id), [])])

@@ -1,0 +1,99 @@
+"""Tasks: create and edit with validation, select clients, start and stop runs."""
+
+import tomllib
+
+import streamlit as st
+
+from fedops_dash.backends import BackendError
+from fedops_dash.ui import attempt, control, pick, short
+
+st.header("Tasks")
+ctl = control()
+
+
+def parse_hyperparameters(text: str) -> dict:
+    """TOML lines ``key = value``; raises ValueError with the reason."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"hyperparameters: {err}") from None
+
+
+with st.expander("Create a task", expanded=False):
+    with st.form("create-task"):
+        title = st.text_input("Title")
+        description = st.text_area("Description", height=68)
+        tags = st.text_input("Tags (comma separated)")
+        source = st.radio("Flower app", ["local directory", "git"], horizontal=True)
+        app_path = st.text_input("App directory (on the control host)")
+        git_url, git_ref, git_subdir = st.text_input("Git URL"), st.text_input("Git ref", "main"), st.text_input(
+            "Subdirectory")
+        c1, c2, c3, c4 = st.columns(4)
+        rounds = c1.number_input("Rounds", 1, 100_000, 3)
+        min_clients = c2.number_input("Quorum (min clients)", 1, 10_000, 2)
+        fraction = c3.number_input("Fraction train", 0.0, 1.0, 1.0)
+        timeout = c4.number_input("Round timeout (s)", 1.0, 86_400.0, 300.0)
+        hp_text = st.text_area("Hyperparameters (TOML: key = value; ${...} templating allowed)",
+                               'local-epochs = 1\nlearning-rate = 0.1', height=90)
+        if st.form_submit_button("Create task"):
+            try:
+                app = {"local_path": app_path} if source == "local directory" else {
+                    "git": {"url": git_url, "ref": git_ref, "subdirectory": git_subdir}}
+                created = ctl.create_task(
+                    title, app, {"name": "FedAvg", "rounds": int(rounds), "min_clients": int(min_clients),
+                                 "fraction_train": fraction, "fraction_evaluate": fraction,
+                                 "round_timeout_s": timeout},
+                    parse_hyperparameters(hp_text), description,
+                    [t.strip() for t in tags.split(",") if t.strip()])
+                st.success(f"Created {created['id']}")
+            except (BackendError, ValueError) as err:
+                st.error(f"Not created: {err}")
+
+tasks = attempt("Listing tasks", ctl.tasks, [])
+task_id = pick("Task", [t["id"] for t in tasks], "task")
+if task_id is None:
+    st.info("No tasks yet: create one above, or with `fedopsctl task create`.")
+    st.stop()
+task = attempt("Reading the task", lambda: ctl.task(task_id), None)
+if task is None:
+    st.stop()
+strategy = task.get("strategy", {})
+st.subheader(task["title"])
+st.write(task.get("description", ""))
+st.json({"app": task.get("app"), "strategy": strategy, "hyperparameters": task.get("hyperparameters", {})},
+        expanded=False)
+
+with st.form("edit-task"):
+    st.markdown("**Edit**")
+    new_title = st.text_input("Title", task["title"])
+    e1, e2, e3 = st.columns(3)
+    new_rounds = e1.number_input("Rounds", 1, 100_000, int(strategy.get("rounds", 1)))
+    new_quorum = e2.number_input("Quorum", 1, 10_000, int(strategy.get("min_clients", 1)))
+    new_timeout = e3.number_input("Round timeout (s)", 1.0, 86_400.0, float(strategy.get("round_timeout_s", 300)))
+    if st.form_submit_button("Save"):
+        try:
+            ctl.update_task(task_id, {"title": new_title, "strategy": {
+                "rounds": int(new_rounds), "min_clients": int(new_quorum), "round_timeout_s": new_timeout}})
+            st.success("Saved")
+        except BackendError as err:
+            st.error(f"Not saved: {err}")
+
+clients = attempt("Listing clients", ctl.clients, [])
+labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {short(c.get('state', ''))})" for c in clients}
+chosen = st.multiselect("Clients taking part", list(labels), default=[c for c in task.get("selected_client_ids", [])
+                                                                      if c in labels], format_func=labels.get)
+b1, b2, b3, b4 = st.columns(4)
+if b1.button("Save selection"):
+    attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None) and st.success("Selection saved")
+if b2.button("Start FL", type="primary"):
+    run = attempt("Starting the run", lambda: ctl.start_run(task_id), None)
+    if run:
+        st.success(f"Run {run['id']} started: open it on the Run page")
+runs = attempt("Listing runs", lambda: ctl.runs(task_id), [])
+active = [r["id"] for r in runs if short(r.get("state", "")) in ("pending", "starting", "running")]
+if active:
+    if b3.button("Stop after this round"):
+        attempt("Stopping", lambda: ctl.stop_run(active[0], hard=False), None) and st.success("Stop requested")
+    if b4.button("Stop now"):
+        attempt("Stopping", lambda: ctl.stop_run(active[0], hard=True), None) and st.success("Stopped")
+st.caption(f"Runs of this task: {len(runs)}; active: {', '.join(active) or 'none'}")
