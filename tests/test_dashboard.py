@@ -71,8 +71,9 @@ def test_overview(finished_run: dict[str, Any]) -> None:
     values = {m.label: m.value for m in app.metric}
     assert int(values["Tasks"]) >= 1 and values["Active runs"] == "0"
     assert int(values["Clients online"]) + int(values["Clients training"]) >= 0
-    recent = app.dataframe[1].value
+    recent = next(df.value for df in app.dataframe if "outcome" in df.value.columns)
     assert finished_run["run_id"] in list(recent["run"])
+    assert list(recent[recent["run"] == finished_run["run_id"]]["outcome"]) == ["completed"]
 
 
 def test_run_page_shows_rounds_participation_metrics_and_diagnosis(finished_run: dict[str, Any]) -> None:
@@ -85,7 +86,7 @@ def test_run_page_shows_rounds_participation_metrics_and_diagnosis(finished_run:
     assert set(participation["responded"].iloc[0].split(", ")) == set(finished_run["clients"])
     per_client = app.dataframe[2].value
     assert set(per_client["client"]) == set(finished_run["clients"])
-    assert app.info and "finished" in app.info[0].value.lower()
+    assert app.info and "completed after 1 rounds" in app.info[0].value
     assert len(app.get("arrow_line_chart")) >= 1 or len(app.get("vega_lite_chart")) >= 1
 
 
