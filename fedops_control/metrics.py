@@ -39,7 +39,6 @@ CLIENT_BYTES = Counter("fedops_client_transfer_bytes", "Bytes exchanged with a c
                        ["client_id", "direction"])
 RUNS_STARTED = Counter("fedops_runs_started", "Runs started", ["task_id"])
 RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["task_id", "outcome"])
-RPC_ERRORS = Counter("fedops_control_rpc_errors", "RPCs answered with an error status", ["method", "code"])
 
 
 def state_name(enum: Any, value: int) -> str:

@@ -188,6 +188,14 @@ class Prometheus:
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
 
+    def query_range(self, promql: str, start: float, end: float, step_s: float = 2) -> list[dict[str, Any]]:
+        """Range query (what a Grafana panel runs); returns the result matrix."""
+        url = f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(
+            {"query": promql, "start": start, "end": end, "step": step_s})
+        answer = http_json(url)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
     def targets(self) -> list[dict[str, Any]]:
         return http_json(f"{self.url}/api/v1/targets")["data"]["activeTargets"]
 

@@ -85,13 +85,11 @@ def test_compose_commands_use_flags_the_clis_accept() -> None:
         entry = service.get("entrypoint") or []
         if entry and entry[0] in helps:
             script = entry[0]
+        if script == "fedops-telemetry":  # flags belong to its subcommand
+            helps[script] = subprocess.run([tool(script), entry[1], "--help"], capture_output=True, text=True,
+                                           env={**os.environ, "COLUMNS": "300"}).stdout
         for flag in [a for a in [*(service.get("command") or []), *entry] if str(a).startswith("--")]:
-            if script == "fedops-telemetry":
-                continue  # checked below on its subcommand
             assert flag in helps[script], f"{name}: {script} has no {flag}"
-    setup = subprocess.run([tool("fedops-telemetry"), "setup", "--help"], capture_output=True, text=True,
-                           env={**os.environ, "COLUMNS": "300"}).stdout
-    assert "--elasticsearch-url" in setup
 
 
 def test_agent_compose_refuses_missing_settings() -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fedops_common.net import free_port
 from fedops_control.devstack import LocalStack
-from tests.backends import Elasticsearch, Prometheus, wait_until
+from tests.backends import Elasticsearch, Prometheus, http_json, wait_until
 from tests.test_e2e import create_task, start_clients, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +26,8 @@ def prometheus_config(control_metrics: str) -> str:
     """The shipped prometheus.yml with its targets pointed at this stack and 1 s scrapes."""
     text = PROMETHEUS_YML.read_text(encoding="utf-8")
     text = text.replace("fedops-control:9464", control_metrics).replace("scrape_interval: 15s", "scrape_interval: 1s")
+    text = text.replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+    text = text.replace("rules/fedops.rules.yml", str(PROMETHEUS_YML.parent / "rules" / "fedops.rules.yml"))
     return text.replace("refresh_interval: 15s", "refresh_interval: 1s")
 
 
@@ -37,13 +41,21 @@ def observed_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Pat
     try:
         stack.start_control()
         prometheus.start(prometheus_config(stack.metrics_address))
+        started = time.time()
         task_id = create_task(stack, ROUNDS)
         clients = start_clients(stack, task_id, digits_data, "obs")
         run = stack.ctl_json("run", "start", task_id)
         finished = wait_finished(stack, run["id"])
         assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
+        # A run whose app cannot be fetched: a real error, logged with its run id (for "errors by run").
+        broken = stack.ctl_json("task", "create", "--title", "broken app", "--git-url", f"file://{root}/no-repo",
+                                "--rounds", "1", "--min-clients", "1")
+        stack.ctl("task", "select", broken["id"], clients[0])
+        failed = wait_finished(stack, stack.ctl_json("run", "start", broken["id"])["id"], 60)
+        assert failed["outcome"] == "RUN_OUTCOME_FAILED"
+        time.sleep(3)  # a few more scrapes of the finished state
         yield {"stack": stack, "task_id": task_id, "clients": clients, "run_id": run["id"], "es": elasticsearch,
-               "prometheus": prometheus}
+               "prometheus": prometheus, "started": started, "finished": time.time()}
     finally:
         stack.stop()
         prometheus.stop()
@@ -148,3 +160,101 @@ def test_prometheus_scrapes_control_and_every_agent(observed_run: dict[str, Any]
     assert float(finished[0]["value"][1]) >= 1
     ages = prometheus.query("fedops_client_heartbeat_age_seconds")
     assert {s["metric"]["client_id"] for s in ages} >= set(clients)
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "observability" / "grafana"
+RULES = PROMETHEUS_YML.parent / "rules" / "fedops.rules.yml"
+# Grafana's built-in variables and our template variables, as Grafana would expand them for "All".
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "2s", "$__range": "10m", "$client": ".*",
+                     "$model_version": ".*"}
+
+
+def expand(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
+
+
+def as_signal(expr: str) -> str:
+    """An alert expression with every comparison made a `bool` one: it then returns the signal it
+    compares (0/1 per series) instead of nothing while the alert does not fire."""
+    return re.sub(r"\s(>=|<=|==|!=|>|<)\s+(?!bool\b)", r" \1 bool ", expr)
+
+
+def grafana_targets() -> list[tuple[str, str, dict[str, Any]]]:
+    found = []
+    for board in sorted((GRAFANA / "dashboards").glob("*.json")):
+        for panel in json.loads(board.read_text())["panels"]:
+            for target in panel["targets"]:
+                found.append((f"{board.stem}: {panel['title']} {target['refId']}", target["datasource"]["type"], target))
+    return found
+
+
+def test_rules_load_and_every_rule_expression_returns_data(observed_run: dict[str, Any]) -> None:
+    prometheus = observed_run["prometheus"]
+    groups = http_json(f"{prometheus.url}/api/v1/rules")["data"]["groups"]
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    assert {r.get("record") or r["alert"] for r in rules} == set(loaded)
+    assert all(rule["health"] == "ok" for rule in loaded.values()), [r for r in loaded.values() if r["health"] != "ok"]
+    start, end = observed_run["started"], observed_run["finished"]
+    for rule in rules:
+        expr = rule["expr"] if "record" in rule else as_signal(rule["expr"])
+        result = prometheus.query_range(expr, start, end)
+        assert result, f"{rule.get('record') or rule['alert']}: no data for {expr}"
+
+
+def test_every_grafana_panel_query_returns_data(observed_run: dict[str, Any]) -> None:
+    prometheus, es = observed_run["prometheus"], observed_run["es"]
+    start, end = observed_run["started"], observed_run["finished"]
+    targets = grafana_targets()
+    assert len(targets) >= 20
+    for name, kind, target in targets:
+        if kind == "prometheus":
+            assert prometheus.query_range(expand(target["expr"]), start, end), f"{name}: no data for {target['expr']}"
+        else:
+            hits = es.search("fedops-logs", {"query_string": {"query": target["query"]}}, size=1)
+            assert hits["hits"]["total"]["value"] > 0, f"{name}: no documents for {target['query']}"
+    variables = [v for board in (GRAFANA / "dashboards").glob("*.json")
+                 for v in json.loads(board.read_text())["templating"]["list"]]
+    for variable in variables:  # label_values(metric, label) as Grafana resolves it
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()
+        values = http_json(f"{prometheus.url}/api/v1/label/{label}/values?match[]={metric}")["data"]
+        assert values, variable["name"]
+
+
+KIBANA_OBJECTS = Path(__file__).resolve().parents[1] / "observability" / "elk" / "kibana" / "saved_objects.ndjson"
+
+
+def mapped_fields(es: Elasticsearch, index: str) -> set[str]:
+    """Every field path of the real mapping behind an index or alias."""
+    fields: set[str] = set()
+
+    def walk(properties: dict[str, Any], prefix: str) -> None:
+        for name, spec in properties.items():
+            fields.add(prefix + name)
+            walk(spec.get("properties", {}), f"{prefix}{name}.")
+
+    for mapping in http_json(f"{es.url}/{index}/_mapping").values():
+        walk(mapping["mappings"].get("properties", {}), "")
+    return fields
+
+
+def test_kibana_objects_use_real_fields_and_their_queries_find_documents(observed_run: dict[str, Any]) -> None:
+    es = observed_run["es"]
+    objects = {o["id"]: o for o in map(json.loads, KIBANA_OBJECTS.read_text().splitlines())}
+    patterns = {o["id"]: o["attributes"] for o in objects.values() if o["type"] == "index-pattern"}
+    for attributes in patterns.values():
+        assert attributes["timeFieldName"] in mapped_fields(es, attributes["title"])
+    searches = [o for o in objects.values() if o["type"] == "search"]
+    assert len(searches) >= 3
+    for search in searches:
+        index = patterns[search["references"][0]["id"]]["title"]
+        fields = mapped_fields(es, index)
+        source = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+        query = source["query"]["query"]
+        used = set(search["attributes"]["columns"]) | {f for f, _ in search["attributes"]["sort"]} | set(
+            re.findall(r"([\w.@]+):", query))
+        assert used <= fields, f"{search['id']}: {sorted(used - fields)} not in the {index} mapping"
+        hits = es.search(index, {"query_string": {"query": query}}, size=1)["hits"]["total"]["value"]
+        assert hits > 0, f"{search['id']}: no documents for {query}"

@@ -13,6 +13,7 @@ from elasticsearch import ApiError
 
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL
 from fedops_common.telemetry.elastic import TEMPLATES_DIR, apply_templates
+from fedops_common.telemetry.kibana import SAVED_OBJECTS, KibanaError, import_saved_objects
 from fedops_common.telemetry.shipper import Shipper, elasticsearch_client
 
 app = typer.Typer(help="FedOps telemetry: Elasticsearch setup and shipping.", no_args_is_help=True)
@@ -36,6 +37,20 @@ def setup(elasticsearch_url: URL = "http://127.0.0.1:9200",
     except (ApiError, TransportError) as err:
         _fail(f"Elasticsearch at {elasticsearch_url}: {err}")
     typer.echo(json.dumps({"applied": applied}, indent=2))
+
+
+@app.command("kibana-import")
+def kibana_import(kibana_url: Annotated[str, typer.Option(envvar="FEDOPS_KIBANA_URL", help="Kibana URL")] =
+                  "http://127.0.0.1:5601",
+                  file: Annotated[Path, typer.Option(help="saved objects NDJSON")] = SAVED_OBJECTS) -> None:
+    """Import the data views, saved searches and dashboard into Kibana (overwrites; idempotent)."""
+    if not file.is_file():
+        _fail(f"{file} not found", 2)
+    try:
+        answer = import_saved_objects(kibana_url, file)
+    except KibanaError as err:
+        _fail(str(err))
+    typer.echo(json.dumps({"imported": answer.get("successCount", 0)}))
 
 
 @app.command()

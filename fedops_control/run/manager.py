@@ -309,6 +309,8 @@ class RunManager:
                 run.current_round = max(run.current_round, number)
                 publish.append(("round_phase", f"round {number} {event.phase}: sent to {len(clients)} clients",
                                 number, "", {"phase": event.phase, "clients": clients}))
+                for outcome in ("ok", "failed"):  # export 0 before the first failure: rates and alerts see it
+                    metrics.CLIENT_OUTCOMES.labels(task_id, event.phase, outcome)
                 metrics.ROUND_CLIENTS.labels(run.id, task_id, "selected").set(len(round_row.selected))
                 metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(len(clients))
                 if event.phase == "train":
