@@ -68,7 +68,14 @@ def configure_logging(component: str, log_file: Path | None = None, level: str =
 
     Records of other libraries that use the standard ``logging`` module are rendered the same way.
     """
+    def add_component(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        # Not a context variable: threads that do not inherit the context (Streamlit's script
+        # runner, library threads) must name the component too.
+        event.setdefault("component", component)
+        return event
+
     shared: list[Any] = [
+        add_component,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -99,7 +106,6 @@ def configure_logging(component: str, log_file: Path | None = None, level: str =
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=False,
     )
-    structlog.contextvars.bind_contextvars(component=component)
 
 
 def bind_ids(**ids: Any) -> None:

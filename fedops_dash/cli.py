@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from fedops_common.logging import get_logger
+from fedops_common.telemetry.actor import start_telemetry
+from fedops_common.telemetry.metrics_http import serve_metrics
 from fedops_dash.backends import ENV_CONTROL, ENV_ELASTICSEARCH, ENV_PROMETHEUS
 
 
@@ -18,9 +21,21 @@ def run(
     prometheus_url: Annotated[str, typer.Option(envvar=ENV_PROMETHEUS, help="for metrics")] = "",
     address: Annotated[str, typer.Option(help="interface to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
+    telemetry_dir: Annotated[Path, typer.Option(help="the dashboard's own logs")] = Path(".fedops/dash/telemetry"),
+    metrics_listen: Annotated[str, typer.Option(help="host:port of the dashboard's /metrics ('' = off)")] = "",
 ) -> None:
     """Serve the FedOps dashboard."""
     os.environ.update({ENV_CONTROL: control, ENV_ELASTICSEARCH: elasticsearch_url, ENV_PROMETHEUS: prometheus_url})
+    # Its own logs go where every actor's go (and to Elasticsearch when configured).
+    start_telemetry("fedops-dash", telemetry_dir, elasticsearch_url=elasticsearch_url, inherit=False)
+    get_logger(__name__).info("dashboard starting", address=f"{address}:{port}", control=control,
+                              elasticsearch=elasticsearch_url or None, prometheus=prometheus_url or None)
+    if metrics_listen:
+        try:
+            serve_metrics(metrics_listen)
+        except (OSError, ValueError) as err:
+            raise typer.BadParameter(f"cannot serve metrics on {metrics_listen!r}: {err}",
+                                     param_hint="--metrics-listen") from None
     from streamlit.web import cli as streamlit_cli
 
     sys.argv = ["streamlit", "run", str(Path(__file__).parent / "app.py"), "--server.address", address,

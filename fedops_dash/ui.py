@@ -6,10 +6,23 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import streamlit as st
+from prometheus_client import Counter
 
+from fedops_common.logging import get_logger
 from fedops_dash.backends import BackendError, Control, Settings
 
 T = TypeVar("T")
+log = get_logger("fedops_dash")
+BACKEND_ERRORS = Counter("fedops_dash_backend_errors", "Dashboard calls that failed, by what was attempted", ["what"])
+ACTIONS = Counter("fedops_dash_actions", "State-changing actions taken from the dashboard", ["action"])
+
+
+def page(name: str) -> None:
+    """Title the page and log the view with the ids it was opened for (the dashboard's access log)."""
+    st.header(name)
+    ids = {key: st.query_params.get(query) for key, query in (("run_id", "run"), ("task_id", "task"),
+                                                             ("client_id", "client"))}
+    log.info("page viewed", page=name, **{k: v for k, v in ids.items() if v})
 
 
 def settings() -> Settings:
@@ -25,8 +38,16 @@ def attempt(what: str, action: Callable[[], T], default: T) -> T:
     try:
         return action()
     except BackendError as err:
+        log.warning("dashboard backend call failed", what=what, error=str(err))
+        BACKEND_ERRORS.labels(what).inc()
         st.error(f"{what} failed: {err}")
         return default
+
+
+def acted(action: str, **ids: Any) -> None:
+    """Log (with ids) and count a state-changing action taken from the dashboard."""
+    log.info(f"dashboard: {action}", **ids)
+    ACTIONS.labels(action).inc()
 
 
 def short(enum_name: str) -> str:
@@ -54,6 +75,6 @@ def pick(label: str, options: list[str], query_key: str, key: str | None = None)
 
 def metrics_table(rows: list[dict[str, Any]]) -> None:
     if rows:
-        st.dataframe(rows, use_container_width=True, hide_index=True)
+        st.dataframe(rows, width="stretch", hide_index=True)
     else:
         st.caption("nothing yet")

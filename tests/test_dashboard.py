@@ -174,8 +174,10 @@ def test_real_browser_clicks_through_a_run(finished_run: dict[str, Any], tmp_pat
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = free_port()
-    dash = subprocess.Popen([console_script("fedops-dash"), "--port", str(port)], start_new_session=True,
+    port, metrics_port = free_port(), free_port()
+    dash = subprocess.Popen([console_script("fedops-dash"), "--port", str(port), "--telemetry-dir",
+                             str(tmp_path / "dash-telemetry"), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+                            start_new_session=True,
                             stdout=open(tmp_path / "dash.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -202,6 +204,11 @@ def test_real_browser_clicks_through_a_run(finished_run: dict[str, Any], tmp_pat
         artifacts = Path(os.environ.get("FEDOPS_TEST_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, artifacts / "dashboard-run-page.png")
+        # The dashboard is an actor like the others: ECS logs in its telemetry dir, and /metrics.
+        lines = (tmp_path / "dash-telemetry" / "logs" / "fedops-dash.jsonl").read_text().splitlines()
+        assert lines and all('"service.name": "fedops-dash"' in line for line in lines)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert "process_cpu_seconds_total" in metrics
     finally:
         if browser is not None:
             browser.quit()

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from fedops_dash.backends import resource_timeline
-from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, pick, short
+from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, page, pick, short
 
-st.header("Clients")
+page("Clients")
 ctl = control()
 clients = attempt("Listing clients", ctl.clients, [])
 metrics_table([{"client": c["id"], "host": c["device"].get("hostname", ""), "state": short(c.get("state", "")),

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from fedops_dash.backends import search_logs
-from fedops_dash.ui import attempt, elasticsearch_or_notice, metrics_table
+from fedops_dash.ui import attempt, elasticsearch_or_notice, metrics_table, page
 
-st.header("Logs")
+page("Logs")
 es_url = elasticsearch_or_notice("log search")
 if es_url:
     with st.form("log-search"):

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, pick
+from fedops_dash.ui import attempt, control, metrics_table, page, pick
 
-st.header("Models")
+page("Models")
 ctl = control()
 tasks = attempt("Listing tasks", ctl.tasks, [])
 task_id = pick("Task", [t["id"] for t in tasks], "task", key="models-task")

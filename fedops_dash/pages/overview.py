@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, short
+from fedops_dash.ui import attempt, control, metrics_table, page, short
 
-st.header("Overview")
+page("Overview")
 ctl = control()
 tasks = attempt("Listing tasks", ctl.tasks, [])
 runs = attempt("Listing runs", ctl.runs, [])

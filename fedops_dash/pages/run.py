@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, pick, short
+from fedops_dash.ui import attempt, control, metrics_table, page, pick, short
 
-st.header("Run")
+page("Run")
 ctl = control()
 runs = attempt("Listing runs", ctl.runs, [])
 run_id = pick("Run", [r["id"] for r in runs], "run")

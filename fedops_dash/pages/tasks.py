@@ -5,9 +5,9 @@ import tomllib
 import streamlit as st
 
 from fedops_dash.backends import BackendError
-from fedops_dash.ui import attempt, control, pick, short
+from fedops_dash.ui import acted, attempt, control, page, pick, short
 
-st.header("Tasks")
+page("Tasks")
 ctl = control()
 
 
@@ -45,6 +45,7 @@ with st.expander("Create a task", expanded=False):
                                  "round_timeout_s": timeout},
                     parse_hyperparameters(hp_text), description,
                     [t.strip() for t in tags.split(",") if t.strip()])
+                acted("task created", task_id=created["id"])
                 st.success(f"Created {created['id']}")
             except (BackendError, ValueError) as err:
                 st.error(f"Not created: {err}")
@@ -74,6 +75,7 @@ with st.form("edit-task"):
         try:
             ctl.update_task(task_id, {"title": new_title, "strategy": {
                 "rounds": int(new_rounds), "min_clients": int(new_quorum), "round_timeout_s": new_timeout}})
+            acted("task edited", task_id=task_id)
             st.success("Saved")
         except BackendError as err:
             st.error(f"Not saved: {err}")
@@ -84,16 +86,21 @@ chosen = st.multiselect("Clients taking part", list(labels), default=[c for c in
                                                                       if c in labels], format_func=labels.get)
 b1, b2, b3, b4 = st.columns(4)
 if b1.button("Save selection"):
-    attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None) and st.success("Selection saved")
+    if attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None):
+        acted("clients selected", task_id=task_id, clients=",".join(chosen))
+        st.success("Selection saved")
 if b2.button("Start FL", type="primary"):
     run = attempt("Starting the run", lambda: ctl.start_run(task_id), None)
     if run:
+        acted("run started", task_id=task_id, run_id=run["id"])
         st.success(f"Run {run['id']} started: open it on the Run page")
 runs = attempt("Listing runs", lambda: ctl.runs(task_id), [])
 active = [r["id"] for r in runs if short(r.get("state", "")) in ("pending", "starting", "running")]
 if active:
-    if b3.button("Stop after this round"):
-        attempt("Stopping", lambda: ctl.stop_run(active[0], hard=False), None) and st.success("Stop requested")
-    if b4.button("Stop now"):
-        attempt("Stopping", lambda: ctl.stop_run(active[0], hard=True), None) and st.success("Stopped")
+    if b3.button("Stop after this round") and attempt("Stopping", lambda: ctl.stop_run(active[0], hard=False), None):
+        acted("run stop requested", task_id=task_id, run_id=active[0])
+        st.success("Stop requested")
+    if b4.button("Stop now") and attempt("Stopping", lambda: ctl.stop_run(active[0], hard=True), None):
+        acted("run stopped", task_id=task_id, run_id=active[0])
+        st.success("Stopped")
 st.caption(f"Runs of this task: {len(runs)}; active: {', '.join(active) or 'none'}")
