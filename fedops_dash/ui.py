@@ -73,6 +73,20 @@ def pick(label: str, options: list[str], query_key: str, key: str | None = None)
     return st.selectbox(label, options, index=index, key=key or f"pick-{query_key}")
 
 
+def pick_or_stop(label: str, items: list[dict[str, Any]], query_key: str, empty: str,
+                 read: Callable[[str], T], key: str | None = None) -> T:
+    """Choose one item by id (default from the URL) and read it in full; stop the page with ``empty``
+    when there is none, or after the error notice when it cannot be read."""
+    chosen = pick(label, [item["id"] for item in items], query_key, key)
+    if chosen is None:
+        st.info(empty)
+        st.stop()
+    value = attempt(f"Reading {label.lower()} {chosen}", lambda: read(chosen), None)
+    if value is None:
+        st.stop()
+    return value
+
+
 def metrics_table(rows: list[dict[str, Any]]) -> None:
     if rows:
         st.dataframe(rows, width="stretch", hide_index=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,16 @@ def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def control_stack(root: Path, **options: str) -> Iterator["LocalStack"]:  # noqa: UP037
+    """A LocalStack with its control service started; everything stopped afterwards."""
+    from fedops_control.devstack import LocalStack
+
+    stack = LocalStack(root, **options)
+    try:
+        stack.start_control()
+        yield stack
+    finally:
+        stack.stop()

@@ -12,7 +12,7 @@ import pytest
 from fedops_control.devstack import LocalStack
 from fedops_control.run.bundle import fetch_app
 from fedops_control.task.errors import InvalidArgument
-from tests.conftest import DIGITS_APP
+from tests.conftest import DIGITS_APP, control_stack
 from tests.test_e2e import wait_finished, wait_for
 
 
@@ -49,12 +49,8 @@ def test_fetch_by_branch_tag_and_commit(app_repo: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("git-stack"))
-    try:
-        local.start_control()
+    with control_stack(tmp_path_factory.mktemp("git-stack")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.mark.e2e

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from fedops_common.grpc_channel import MAX_MESSAGE_BYTES, control_channel
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
 from fedops_control.devstack import LocalStack
-from tests.conftest import DIGITS_APP
+from tests.conftest import DIGITS_APP, control_stack
 
 pytestmark = pytest.mark.e2e
 EXAMPLES_PER_RPC = 40
@@ -117,15 +117,11 @@ def _jsonable(value: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    stack = LocalStack(tmp_path_factory.mktemp("fuzz"))
-    try:
-        stack.start_control()
+    with control_stack(tmp_path_factory.mktemp("fuzz")) as stack:
         task = stack.ctl_json("task", "create", "--title", "kept intact", "--app", str(DIGITS_APP), "--rounds", "2")
         channel = control_channel(stack.control_address)
         yield {"stack": stack, "task": task, "channel": channel}
         channel.close()
-    finally:
-        stack.stop()
 
 
 def rpcs() -> list[tuple[str, Any, Any, Any, bool]]:

@@ -15,7 +15,7 @@ import pytest
 
 from fedops_control.devstack import LocalStack
 from tests.backends import BACKENDS
-from tests.conftest import DIGITS_APP
+from tests.conftest import DIGITS_APP, control_stack
 from tests.test_e2e import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -27,12 +27,8 @@ SVC = "fedops.v1.ControlService"
 def stack(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]) -> Iterator[LocalStack]:
     if not GRPCURL.exists():
         raise AssertionError(f"grpcurl is not installed at {GRPCURL}: run scripts/install_backends.sh")
-    local = LocalStack(tmp_path_factory.mktemp("grpcurl"))
-    try:
-        local.start_control()
+    with control_stack(tmp_path_factory.mktemp("grpcurl")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def grpcurl(stack: LocalStack, method: str, data: dict[str, Any] | None = None,

@@ -2,18 +2,13 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, page, pick, short
+from fedops_dash.ui import attempt, control, metrics_table, page, pick_or_stop, short
 
 page("Run")
 ctl = control()
-runs = attempt("Listing runs", ctl.runs, [])
-run_id = pick("Run", [r["id"] for r in runs], "run")
-if run_id is None:
-    st.info("No runs yet: start one on the Tasks page.")
-    st.stop()
-run = attempt("Reading the run", lambda: ctl.run(run_id), None)
-if run is None:
-    st.stop()
+run = pick_or_stop("Run", attempt("Listing runs", ctl.runs, []), "run", "No runs yet: start one on the Tasks page.",
+                   ctl.run)
+run_id = run["id"]
 state, outcome = short(run.get("state", "")), short(run.get("outcome", ""))
 current, total = int(run.get("current_round", 0)), int(run.get("total_rounds", 0))
 st.markdown(f"**{run_id}** of task `{run['task_id']}`: **{state}**" + (f" ({outcome})" if outcome else "")

@@ -5,7 +5,7 @@ import tomllib
 import streamlit as st
 
 from fedops_dash.backends import BackendError
-from fedops_dash.ui import acted, attempt, control, page, pick, short
+from fedops_dash.ui import acted, attempt, control, page, pick_or_stop, short
 
 page("Tasks")
 ctl = control()
@@ -50,14 +50,9 @@ with st.expander("Create a task", expanded=False):
             except (BackendError, ValueError) as err:
                 st.error(f"Not created: {err}")
 
-tasks = attempt("Listing tasks", ctl.tasks, [])
-task_id = pick("Task", [t["id"] for t in tasks], "task")
-if task_id is None:
-    st.info("No tasks yet: create one above, or with `fedopsctl task create`.")
-    st.stop()
-task = attempt("Reading the task", lambda: ctl.task(task_id), None)
-if task is None:
-    st.stop()
+task = pick_or_stop("Task", attempt("Listing tasks", ctl.tasks, []), "task",
+                    "No tasks yet: create one above, or with `fedopsctl task create`.", ctl.task)
+task_id = task["id"]
 strategy = task.get("strategy", {})
 st.subheader(task["title"])
 st.write(task.get("description", ""))
