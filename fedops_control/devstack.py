@@ -99,11 +99,18 @@ class LocalStack:
         process.wait(timeout=10)
 
     def stop(self) -> None:
-        """Stop agents (they stop their SuperNodes), then the control service (it stops SuperLinks)."""
+        """Stop agents (they stop their SuperNodes), the control service, then any SuperLink of a run
+        still active: the control service leaves those running for its next start."""
         for process in self.agents.values():
             stop_process_group(process, grace_s=15)
         if self.control is not None:
             stop_process_group(self.control, grace_s=15)
+        for pid in _descendants_by_marker(self.root):
+            for kill in (os.killpg, os.kill):  # the group if it leads one, else the process itself
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 def _descendants_by_marker(agent_dir: Path) -> list[int]:

@@ -1,7 +1,8 @@
-"""Faults with real processes: a quorum that can never be met."""
+"""Faults with real processes: a quorum that can never be met, a control service restarted mid-run."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -34,3 +35,32 @@ def test_unreachable_quorum_fails_within_the_round_timeout_with_a_diagnosis(tmp_
         assert clients[1] in final["rounds"][0]["failed_client_ids"]
         after = stack.ctl_json("run", "diagnose", run["id"])
         assert not after.get("waiting") and "failed" in after["summary"].lower()
+
+
+def test_control_service_restart_mid_run(tmp_path: Path, digits_data: list[Path]) -> None:
+    """SIGTERM the control service after round 1 and start it again on the same port and state:
+    the run goes on, agents reconnect, the run finishes with a complete history."""
+    from fedops_common.proc import stop_process_group
+
+    with control_stack(tmp_path / "restart") as stack:
+        task_id = create_task(stack, rounds=3, timeout_s=120, quorum=2)
+        clients = start_clients(stack, task_id, digits_data[:2], "r")
+        run = stack.ctl_json("run", "start", task_id)
+        wait_for(lambda: any(r.get("phase") == "done" for r in get_run(stack, run["id"]).get("rounds", [])), 180, 0.2)
+        assert stack.control is not None
+        port = int(stack.control_address.rsplit(":", 1)[1])
+        stop_process_group(stack.control, grace_s=15)
+        time.sleep(2)
+        stack.start_control(port=port)
+        final = wait_finished(stack, run["id"], timeout_s=300)
+        assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+        assert [r["number"] for r in final["rounds"]] == [1, 2, 3]
+        assert all(sorted(r["responded_client_ids"]) == sorted(clients) for r in final["rounds"])
+        assert sorted(m["round"] for m in stack.ctl_json("models", "list", "--run", run["id"])["models"]) == [1, 2, 3]
+        events = [e["kind"] for e in map(json.loads, stack.ctl("--output", "json", "run", "watch", run["id"])
+                                          .stdout.splitlines())]
+        assert "control_restarted" in events and events[-1] == "run_finished"
+        assert "client_failed" not in events
+        states = wait_for(lambda: (c := stack.ctl_json("clients", "list", "--task", task_id)["clients"])
+                          and all(x["state"] != "CLIENT_STATE_OFFLINE" for x in c) and c, 60)
+        assert {c["state"] for c in states} <= {"CLIENT_STATE_ONLINE", "CLIENT_STATE_FINISHED"}

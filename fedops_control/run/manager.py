@@ -20,7 +20,7 @@ from fedops_control.clients.registry import AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_cli
 from fedops_control.run.events import EventBus
-from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
+from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher, pid_alive
 from fedops_control.state.models import (ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow,
                                          TaskRow)
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -62,6 +62,7 @@ class RunManager:
         self._last_report: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finishing: set[str] = set()
+        self._closing = False  # set on exit: agents' sessions then end because we do, not they
 
     # ---------------------------------------------------------------- start
     async def start_run(self, task_id: str, client_ids: list[str], resume_from: str,
@@ -443,6 +444,8 @@ class RunManager:
 
     async def on_agent_lost(self, client_id: str) -> None:
         """An agent's session ended: offline, or failed when it was in an active run."""
+        if self._closing:
+            return
         run_id = ""
         with self._sessions.begin() as db:
             client = db.get(ClientRow, client_id)
@@ -482,7 +485,9 @@ class RunManager:
                     run = self.get_run_row(run_id)
                     if run.state != S.RUN_STATE_RUNNING:
                         continue
-                    if handle.process is not None and handle.process.poll() is not None:
+                    exited = (handle.process.poll() is not None if handle.process is not None
+                              else not pid_alive(int(handle.extra.get("pid", 0))))
+                    if exited:
                         await self.finish(run_id, S.RUN_OUTCOME_FAILED, "SuperLink process exited")
                         continue
                     if now - self._last_report.get(run_id, now) < SILENCE_BEFORE_STATUS_CHECK_S:
@@ -495,10 +500,35 @@ class RunManager:
                 except Exception as err:  # keep watching the other runs
                     log.warning("watchdog check failed", run_id=run_id, error=str(err))
 
-    async def shutdown(self) -> None:
-        """Stop every SuperLink this process started (runs stay recorded)."""
-        for run_id in list(self._links):
-            await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service shut down")
+    async def shutdown(self, stop_runs: bool = False) -> None:
+        """On exit: by default leave active runs going (their SuperLinks, ServerApps and SuperNodes
+        keep training and the next start of this service re-attaches them); with ``stop_runs``,
+        fail and stop them."""
+        self._closing = True
+        if stop_runs:
+            for run_id in list(self._links):
+                await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service shut down")
+        elif self._links:
+            log.info("leaving active runs to the next start of the control service", runs=sorted(self._links))
+        self._links.clear()
+
+    async def recover(self) -> None:
+        """After a restart: re-attach running runs to their SuperLinks; fail those that cannot go on."""
+        with self._sessions() as db:
+            active = [(r.id, r.state, r.superlink_address, r.flower_run_id)
+                      for r in db.query(RunRow).filter(RunRow.state.in_(ACTIVE_STATES))]
+        for run_id, state, address, flower_run_id in active:
+            handle = None
+            if state == S.RUN_STATE_RUNNING and address and flower_run_id:
+                handle = self._launcher.adopt(run_id, self._data_dir / "runs" / run_id, address)
+            if handle is None:
+                await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service restarted while the run was "
+                                  + ("starting" if state != S.RUN_STATE_RUNNING else "running and its SuperLink is gone"))
+                continue
+            self._links[run_id] = handle
+            self._last_report[run_id] = asyncio.get_running_loop().time()
+            await self._bus.publish(run_id, "control_restarted",
+                                    "control service restarted; run re-attached to its SuperLink")
 
 
 def _toml_literal(value: Any) -> str:

@@ -52,7 +52,7 @@ def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> lis
 
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
-                ready: asyncio.Event | None = None) -> None:
+                stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None) -> None:
     """Run the control service until cancelled or signalled."""
     data_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(database_url or sqlite_url(data_dir / "control.db"))
@@ -81,6 +81,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control service listening", address=f"{host}:{port}", data_dir=str(data_dir))
     print(f"fedops-control listening on {host}:{port}", flush=True)
+    await runs.recover()
     watchdog = asyncio.create_task(runs.watchdog())
     if ready is not None:
         ready.set()
@@ -93,7 +94,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
         await stop.wait()
     finally:
         watchdog.cancel()
-        await runs.shutdown()
+        await runs.shutdown(stop_runs=stop_runs_on_exit)
         await server.stop(grace=2)
 
 
@@ -108,6 +109,8 @@ def run(
         envvar=ENV_ELASTICSEARCH_URL, help="ship logs, run events and round metrics here")] = "",
     metrics_listen: Annotated[str, typer.Option(
         help="host:port of /metrics and /sd/agents ('' = off, port 0 = any free port)")] = "127.0.0.1:9464",
+    stop_runs_on_exit: Annotated[bool, typer.Option(
+        help="fail and stop active runs on exit; by default they go on and are re-attached on the next start")] = False,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""
@@ -115,7 +118,7 @@ def run(
                                 log_level=log_level)
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
-                          superlink_bind))
+                          superlink_bind, stop_runs_on_exit))
     finally:
         telemetry.close()
 
