@@ -18,8 +18,9 @@ from streamlit.testing.v1 import AppTest
 from fedops_control.devstack import LocalStack
 from fedops_common.net import free_port
 from fedops_common.proc import console_script, stop_process_group
-from tests.backends import Elasticsearch, wait_until
+from tests.backends import Elasticsearch, Prometheus, wait_until
 from tests.test_e2e import create_task, start_clients, wait_finished
+from tests.test_observability_e2e import prometheus_config
 
 pytestmark = pytest.mark.e2e
 PAGES = Path(__file__).resolve().parents[1] / "fedops_dash" / "pages"
@@ -28,10 +29,13 @@ PAGES = Path(__file__).resolve().parents[1] / "fedops_dash" / "pages"
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path],
                  elasticsearch: Elasticsearch) -> Iterator[dict[str, Any]]:
-    stack = LocalStack(tmp_path_factory.mktemp("dash"), elasticsearch_url=elasticsearch.url)
+    root = tmp_path_factory.mktemp("dash")
+    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url, metrics_address=f"127.0.0.1:{free_port()}")
+    prometheus = Prometheus(root / "prometheus")
     saved = dict(os.environ)
     try:
         stack.start_control()
+        prometheus.start(prometheus_config(stack.metrics_address))
         task_id = create_task(stack, rounds=1)
         clients = start_clients(stack, task_id, digits_data[:2], "dash")
         run = stack.ctl_json("run", "start", task_id)
@@ -39,13 +43,15 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Pat
         assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
         wait_until(lambda: elasticsearch.count("fedops-logs", {"term": {"fedops.run.id": run["id"]}}) > 0, 60,
                    "the run's logs in Elasticsearch")
-        os.environ.update({"FEDOPS_CONTROL": stack.control_address, "FEDOPS_ELASTICSEARCH_URL": elasticsearch.url})
-        os.environ.pop("FEDOPS_PROMETHEUS_URL", None)
+        wait_until(lambda: prometheus.query("fedops_rounds_completed_total"), 30, "Prometheus to scrape the run")
+        os.environ.update({"FEDOPS_CONTROL": stack.control_address, "FEDOPS_ELASTICSEARCH_URL": elasticsearch.url,
+                           "FEDOPS_PROMETHEUS_URL": prometheus.url})
         yield {"stack": stack, "task_id": task_id, "run_id": run["id"], "clients": clients, "es": elasticsearch}
     finally:
         os.environ.clear()
         os.environ.update(saved)
         stack.stop()
+        prometheus.stop()
 
 
 def page(name: str, **query: str) -> AppTest:
@@ -71,6 +77,7 @@ def test_overview(finished_run: dict[str, Any]) -> None:
     values = {m.label: m.value for m in app.metric}
     assert int(values["Tasks"]) >= 1 and values["Active runs"] == "0"
     assert int(values["Clients online"]) + int(values["Clients training"]) >= 0
+    assert int(values["Rounds completed"]) >= 1 and int(values["Scrape targets up"]) >= 1
     recent = next(df.value for df in app.dataframe if "outcome" in df.value.columns)
     assert finished_run["run_id"] in list(recent["run"])
     assert list(recent[recent["run"] == finished_run["run_id"]]["outcome"]) == ["completed"]
@@ -159,6 +166,9 @@ def test_pages_degrade_with_a_notice_when_backends_are_absent(finished_run: dict
     monkeypatch.delenv("FEDOPS_ELASTICSEARCH_URL")
     app = page("logs")
     assert not app.exception and "Elasticsearch is not configured" in app.info[0].value
+    monkeypatch.delenv("FEDOPS_PROMETHEUS_URL")
+    app = page("overview")
+    assert not app.exception and any("Prometheus is not configured" in i.value for i in app.info)
     monkeypatch.setenv("FEDOPS_CONTROL", f"127.0.0.1:{free_port()}")
     app = page("overview")
     assert not app.exception and app.error and "UNAVAILABLE" in app.error[0].value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,9 @@ def test_csv_with_missing_values_and_schema_change(tmp_path: Path) -> None:
     assert abs(status["missing_ratio"] - 2 / 6) < 1e-9
     (tmp_path / "a.csv").write_text("age,income,label\n1,2,x\n", encoding="utf-8")
     assert compute_data_status(str(tmp_path))["schema_hash"] != status["schema_hash"]
-    assert "30" not in json.dumps(compute_data_status(str(tmp_path)))
+    # Aggregates only: one entry per feature, and nothing shaped like the rows.
+    assert len(status["features"]) == status["feature_count"]
+    assert all(len(v) != status["sample_count"] for v in status.values() if isinstance(v, list))
 
 
 def test_missing_data_is_reported_not_raised(tmp_path: Path) -> None:

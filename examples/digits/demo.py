@@ -5,6 +5,7 @@ Run with `make demo` (it creates the environment first). Everything lives under 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +27,12 @@ def main(root: Path = Path(".fedops/demo"), rounds: int = 3, agents: int = 3) ->
     histograms = write_partitions(data_dirs)
     for i, hist in enumerate(histograms):
         print(f"client{i} local data (label: count): {hist}")
-    stack = LocalStack(root)
+    # Telemetry stays in local JSON-lines files unless FEDOPS_ELASTICSEARCH_URL names an Elasticsearch.
+    stack = LocalStack(root, elasticsearch_url=os.environ.get("FEDOPS_ELASTICSEARCH_URL", ""))
     try:
         address = stack.start_control()
-        print(f"control service on {address} (SQLite: {root / 'control' / 'control.db'}, logs: {root}/**/*.jsonl)")
+        print(f"control service on {address} (SQLite: {root / 'control' / 'control.db'}; telemetry: "
+              f"{root}/control/telemetry and {root}/agents/*/telemetry; metrics: http://{stack.metrics_address}/metrics)")
         task = stack.ctl_json("task", "create", "--title", "Digits FedAvg demo", "--app", str(HERE),
                               "--description", "FedAvg on non-IID partitions of scikit-learn digits",
                               "--tag", "demo", "--rounds", str(rounds), "--min-clients", "2",

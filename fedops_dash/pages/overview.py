@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, page, short
+from fedops_dash.backends import prometheus_query
+from fedops_dash.ui import attempt, control, metrics_table, page, settings, short
 
 page("Overview")
 ctl = control()
@@ -28,3 +29,17 @@ st.subheader("Tasks")
 metrics_table([{"task": t["id"], "title": t["title"], "tags": ", ".join(t.get("tags", [])),
                 "rounds": t["strategy"].get("rounds", 0), "enrolled": len(t.get("enrolled_client_ids", [])),
                 "selected": len(t.get("selected_client_ids", []))} for t in tasks])
+
+st.subheader("Platform metrics (Prometheus)")
+prometheus_url = settings().prometheus_url
+if not prometheus_url:
+    st.info("Prometheus is not configured (FEDOPS_PROMETHEUS_URL), so platform metrics are unavailable.")
+else:
+    def value(promql: str) -> float:
+        result = attempt("Querying Prometheus", lambda: prometheus_query(prometheus_url, promql), [])
+        return sum(float(sample["value"][1]) for sample in result)
+
+    p1, p2, p3 = st.columns(3)
+    p1.metric("Rounds completed", int(value("sum(fedops_rounds_completed_total)")))
+    p2.metric("Scrape targets up", int(value('sum(up{job=~"fedops-.*"})')))
+    p3.metric("Client failures", int(value("sum(fedops_client_failures_total)")))

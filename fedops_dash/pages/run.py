@@ -1,9 +1,12 @@
 """Run: live round progress, global metrics per round, per-client metrics, participation, diagnosis."""
 
+import time
+
 import streamlit as st
 
 from fedops_dash.ui import attempt, control, metrics_table, page, pick_or_stop, short
 
+REFRESH_S = 3
 page("Run")
 ctl = control()
 run = pick_or_stop("Run", attempt("Listing runs", ctl.runs, []), "run", "No runs yet: start one on the Tasks page.",
@@ -14,8 +17,6 @@ current, total = int(run.get("current_round", 0)), int(run.get("total_rounds", 0
 st.markdown(f"**{run_id}** of task `{run['task_id']}`: **{state}**" + (f" ({outcome})" if outcome else "")
             + (f" — {run['reason']}" if run.get("reason") else ""))
 st.progress(min(current / total, 1.0) if total else 0.0, text=f"round {current} of {total}")
-if state != "finished":
-    st.button("Refresh")
 
 rounds = run.get("rounds", [])
 global_rows = []
@@ -57,3 +58,7 @@ with st.expander("Events"):
     metrics_table([{"seq": e.get("seq"), "time": e.get("time", "")[:19], "kind": e.get("kind"),
                     "round": e.get("round", 0), "client": e.get("client_id", ""), "message": e.get("message", "")}
                    for e in attempt("Reading events", lambda: ctl.events(run_id), [])])
+
+if state != "finished":  # live: follow the run until it finishes
+    time.sleep(REFRESH_S)
+    st.rerun()
