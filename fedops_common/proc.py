@@ -16,8 +16,14 @@ def console_script(name: str) -> str:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for any Flower process: own FLWR_HOME, no telemetry, no update checks."""
-    return dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0",
+    """Environment for any Flower process: own FLWR_HOME, no telemetry, no update checks, and this
+    environment's scripts first on PATH (the SuperLink and SuperNode start `flower-superexec` by name,
+    so an unactivated virtualenv must still be found)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        path = os.pathsep.join([bin_dir, path]) if path else bin_dir
+    return dict(os.environ, PATH=path, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0",
                 FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
 
 

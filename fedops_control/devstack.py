@@ -105,7 +105,7 @@ class LocalStack:
             stop_process_group(process, grace_s=15)
         if self.control is not None:
             stop_process_group(self.control, grace_s=15)
-        for pid in _descendants_by_marker(self.root):
+        for pid in _descendants_by_marker(self.root, flower_only=True):
             for kill in (os.killpg, os.kill):  # the group if it leads one, else the process itself
                 try:
                     kill(pid, signal.SIGKILL)
@@ -113,17 +113,20 @@ class LocalStack:
                     pass
 
 
-def _descendants_by_marker(agent_dir: Path) -> list[int]:
-    """PIDs whose command line mentions the agent's state dir (SuperNodes run in own groups)."""
-    marker = str(agent_dir)
+def _descendants_by_marker(directory: Path, flower_only: bool = False) -> list[int]:
+    """PIDs (never this process) whose command line or environment mentions ``directory``; with
+    ``flower_only``, only Flower's processes (SuperLink, SuperNode, SuperExec, apps)."""
+    marker = str(directory)
     pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = (proc / "environ").read_bytes().decode(errors="replace")
         except OSError:
+            continue
+        if flower_only and not ("flower-" in cmdline or "flwr-" in cmdline):
             continue
         if marker in cmdline or marker in environ:
             pids.append(int(proc.name))
