@@ -239,3 +239,13 @@ def test_fedopsctl_covers_the_dashboards_telemetry_views(finished_run: dict[str,
     assert no_es.returncode == 2 and "Elasticsearch" in no_es.stderr
     bad = stack.ctl("logs", "search", "--elasticsearch-url", es_url, "--level", "loud", check=False)
     assert bad.returncode == 2 and "level" in bad.stderr
+
+
+def test_fedopsctl_shows_the_overviews_prometheus_figures(finished_run: dict[str, Any]) -> None:
+    stack: LocalStack = finished_run["stack"]
+    rows = {r["name"]: r["value"] for r in stack.ctl_json("metrics")}  # FEDOPS_PROMETHEUS_URL from the fixture
+    assert rows["rounds_completed"] >= 1 and rows["scrape_targets_up"] >= 1 and "client_failures" in rows
+    custom = stack.ctl_json("metrics", "--query", "fedops_clients_connected")
+    assert custom and custom[0]["value"] >= 1
+    bad = stack.ctl("metrics", "--query", "sum(", check=False)
+    assert bad.returncode == 2 and "error" in bad.stderr

@@ -52,6 +52,8 @@ def test_dockerfile_is_small_non_root_with_healthcheck_and_real_sources(dockerfi
     assert re.search(r"^USER 10001$", text, re.M) and "HEALTHCHECK" in text
     for source in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which is not in the repo"
+    # Installed code lives in site-packages: it finds the templates and Kibana objects through this.
+    assert "FEDOPS_OBSERVABILITY_DIR=/opt/fedops/observability" in text and "COPY observability ./observability" in text
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"', text, re.M)
     assert entry and entry.group(1) in SCRIPTS
 
@@ -107,3 +109,13 @@ def test_prometheus_config_and_grafana_datasources_are_valid() -> None:
     assert {s["type"] for s in sources["datasources"]} == {"prometheus", "elasticsearch"}
     assert {s["jsonData"]["index"] for s in sources["datasources"] if s["type"] == "elasticsearch"} <= {
         p.stem for p in (ROOT / "observability/elk/index-templates").glob("fedops-*.json")}
+
+
+def test_observability_dir_is_found_outside_the_source_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedops_common.telemetry.documents import observability_dir
+
+    (tmp_path / "observability").mkdir()
+    monkeypatch.setenv("FEDOPS_OBSERVABILITY_DIR", str(tmp_path / "observability"))
+    assert observability_dir() == tmp_path / "observability"
+    monkeypatch.delenv("FEDOPS_OBSERVABILITY_DIR")
+    assert (observability_dir() / "elk" / "index-templates" / "fedops-logs.json").is_file()

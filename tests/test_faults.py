@@ -1,4 +1,4 @@
-"""Faults with real processes: a quorum that can never be met, a control service restarted mid-run."""
+"""Faults with real processes: an unreachable quorum, a control service restart, telemetry backends down."""
 
 from __future__ import annotations
 
@@ -64,3 +64,48 @@ def test_control_service_restart_mid_run(tmp_path: Path, digits_data: list[Path]
         states = wait_for(lambda: (c := stack.ctl_json("clients", "list", "--task", task_id)["clients"])
                           and all(x["state"] != "CLIENT_STATE_OFFLINE" for x in c) and c, 60)
         assert {c["state"] for c in states} <= {"CLIENT_STATE_ONLINE", "CLIENT_STATE_FINISHED"}
+
+
+def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, digits_data: list[Path]) -> None:
+    """Both telemetry backends go down after round 1 and come back: training is unaffected, every
+    spooled document reaches Elasticsearch once, and Prometheus' counters are whole again."""
+    import shutil
+    import tempfile
+
+    from fedops_common.net import free_port
+    from tests.backends import Elasticsearch, Prometheus, wait_until
+    from tests.test_observability_e2e import prometheus_config
+
+    es = Elasticsearch(Path(tempfile.mkdtemp(prefix="fedops-es-"))).start()
+    prometheus = Prometheus(tmp_path / "prometheus")
+    try:
+        with control_stack(tmp_path / "stack", elasticsearch_url=es.url,
+                           metrics_address=f"127.0.0.1:{free_port()}") as stack:
+            prometheus.start(prometheus_config(stack.metrics_address))
+            task_id = create_task(stack, rounds=3, timeout_s=120, quorum=2)
+            start_clients(stack, task_id, digits_data[:2], "t")
+            run = stack.ctl_json("run", "start", task_id)
+            wait_for(lambda: any(r.get("phase") == "done" for r in get_run(stack, run["id"]).get("rounds", [])),
+                     180, 0.2)
+            es.stop()
+            prometheus.stop()
+            time.sleep(15)
+            es.start()
+            prometheus.start(prometheus_config(stack.metrics_address))
+            final = wait_finished(stack, run["id"])
+            assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+            assert len(final["rounds"]) == 3
+            rounds = wait_until(lambda: prometheus.query(f'fedops_rounds_completed_total{{task_id="{task_id}"}}'),
+                                60, "Prometheus to scrape again")
+            assert float(rounds[0]["value"][1]) == 3
+            events = len(stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines())
+        # The stack has stopped (each actor flushes its shipper on exit): every line every actor spooled,
+        # during the outage too, is in Elasticsearch exactly once.
+        spool = [p for p in (tmp_path / "stack").glob("**/telemetry/*/*.jsonl") if ".shipper" not in p.parts]
+        lines = sum(sum(1 for line in path.open() if line.strip()) for path in spool)
+        wait_until(lambda: es.count("fedops-*") == lines, 60, f"all {lines} spooled documents in Elasticsearch")
+        assert es.count("fedops-run-events", {"term": {"fedops.run.id": run["id"]}}) == events
+    finally:
+        prometheus.stop()
+        es.stop()
+        shutil.rmtree(es.root, ignore_errors=True)

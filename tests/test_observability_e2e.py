@@ -81,6 +81,9 @@ def test_logs_of_every_actor_carry_their_ids(observed_run: dict[str, Any]) -> No
     assert terms_of(es, "fedops-logs", "fedops.client.id", client_logs) == set(clients)
     assert terms_of(es, "fedops-logs", "fedops.round", client_logs) >= set(range(1, ROUNDS + 1))
     assert len(terms_of(es, "fedops-logs", "fedops.flower.node_id", client_logs)) == len(clients)
+    for service in ("fedops-control", "fedops-serverapp", "fedops-clientapp"):  # and the task, everywhere
+        with_service = {"bool": {"filter": [run_query, term("service.name", service)]}}
+        assert terms_of(es, "fedops-logs", "fedops.task.id", with_service) == {observed_run["task_id"]}, service
     server_rounds = terms_of(es, "fedops-logs", "fedops.round",
                              {"bool": {"filter": [run_query, term("service.name", "fedops-serverapp")]}})
     assert server_rounds >= set(range(1, ROUNDS + 1))

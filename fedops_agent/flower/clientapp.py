@@ -21,6 +21,7 @@ KEY_INNER = "fedops-clientapp"
 NODE_KEY_CLIENT_ID = "fedops-client-id"
 NODE_KEY_CONTROL = "fedops-control-address"
 NODE_KEY_RUN_ID = "fedops-run-id"
+NODE_KEY_TASK_ID = "fedops-task-id"
 
 
 def _round_of(message: Message) -> int:
@@ -62,7 +63,8 @@ class ObservedClientApp(ClientApp):
             round=_round_of(message),
             phase=message.metadata.message_type,
         )
-        bind_ids(run_id=event.run_id, client_id=event.client_id, node_id=str(event.node_id),
+        bind_ids(run_id=event.run_id, task_id=str(context.node_config.get(NODE_KEY_TASK_ID, "")),
+                 client_id=event.client_id, node_id=str(event.node_id),
                  round=event.round or None, flower_run_id=str(context.run_id))
         log = get_logger(__name__)
         start = time.monotonic()

@@ -7,6 +7,8 @@ Each family lands in daily indices ``fedops-<family>-YYYY.MM.DD`` behind the ali
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 
 FAMILIES = ("logs", "data-status", "resources", "round-metrics", "run-events")
 INDEX_PREFIX = "fedops-"
@@ -26,3 +28,12 @@ def index_for(family: str, timestamp: str | None) -> str:
 def now_iso() -> str:
     """UTC now as ISO-8601 with a Z suffix, the form every document's ``@timestamp`` takes."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def observability_dir() -> Path:
+    """The repository's ``observability/`` folder (index templates, Kibana objects): named by
+    ``FEDOPS_OBSERVABILITY_DIR``, else beside the source tree, else in the working directory (images)."""
+    named = os.environ.get("FEDOPS_OBSERVABILITY_DIR", "")
+    candidates = [Path(named)] if named else []
+    candidates += [Path(__file__).resolve().parents[2] / "observability", Path.cwd() / "observability"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from elasticsearch import ApiError, Elasticsearch
 
-from fedops_common.telemetry.documents import FAMILIES, alias_for, index_for
+from fedops_common.telemetry.documents import FAMILIES, alias_for, index_for, observability_dir
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "observability" / "elk" / "index-templates"
+TEMPLATES_DIR = observability_dir() / "elk" / "index-templates"
 COMPONENT_PREFIX = "component-"
 
 

@@ -10,7 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SAVED_OBJECTS = Path(__file__).resolve().parents[2] / "observability" / "elk" / "kibana" / "saved_objects.ndjson"
+from fedops_common.telemetry.documents import observability_dir
+
+SAVED_OBJECTS = observability_dir() / "elk" / "kibana" / "saved_objects.ndjson"
 
 
 class KibanaError(RuntimeError):

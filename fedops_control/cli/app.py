@@ -521,6 +521,33 @@ def logs_search(
     _print_rows(rows, ["time", "level", "service", "client", "run", "round", "message"], f"{len(rows)} log lines")
 
 
+PLATFORM_METRICS = {"rounds_completed": "sum(fedops_rounds_completed_total)",
+                    "scrape_targets_up": 'sum(up{job=~"fedops-.*"})',
+                    "client_failures": "sum(fedops_client_failures_total)"}
+
+
+@app.command("metrics")
+def platform_metrics(
+    prometheus_url: Annotated[str, typer.Option(envvar="FEDOPS_PROMETHEUS_URL", help="Prometheus URL")] = "",
+    query: Annotated[str, typer.Option(help="any PromQL instead of the platform summary")] = "",
+) -> None:
+    """Platform metrics from Prometheus (what the dashboard's Overview shows), or any PromQL query."""
+    from fedops_common.telemetry.queries import QueryError, prometheus_query
+
+    if not prometheus_url:
+        fail("no Prometheus: pass --prometheus-url or set FEDOPS_PROMETHEUS_URL")
+    queries = {"query": query} if query else PLATFORM_METRICS
+    rows = []
+    try:
+        for name, promql in queries.items():
+            for sample in prometheus_query(prometheus_url, promql) or [{"metric": {}, "value": [0, "0"]}]:
+                rows.append({"name": name, "labels": ",".join(f"{k}={v}" for k, v in sorted(sample["metric"].items())),
+                             "value": float(sample["value"][1])})
+    except QueryError as err:
+        fail(str(err), 2 if "bad_data" in str(err) or "400" in str(err) else 1)
+    _print_rows(rows, ["name", "labels", "value"], "Platform metrics")
+
+
 @clients_app.command("resources")
 def clients_resources(
     client_id: str,

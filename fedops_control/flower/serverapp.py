@@ -25,6 +25,7 @@ from fedops_control.flower.grid import CooperativeStop, ObservedGrid, RunState
 # Keys FedOps adds to the run config of the bundle it builds (see run/bundle.py).
 KEY_INNER = "fedops-serverapp"
 KEY_RUN_ID = "fedops-run-id"
+KEY_TASK_ID = "fedops-task-id"
 KEY_CONTROL = "fedops-control-address"
 KEY_TIMEOUT = "fedops-round-timeout"
 KEY_QUORUM = "fedops-quorum"
@@ -117,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     run_id = str(cfg[KEY_RUN_ID])
     telemetry = app_process_telemetry("fedops-serverapp")
-    bind_ids(run_id=run_id, flower_run_id=str(context.run_id))
+    bind_ids(run_id=run_id, task_id=str(cfg.get(KEY_TASK_ID, "")), flower_run_id=str(context.run_id))
     log = get_logger(__name__)
     observer = ObserverClient(str(cfg[KEY_CONTROL]))
     state = RunState(run_id, float(cfg[KEY_TIMEOUT]), int(cfg[KEY_QUORUM]))

@@ -38,8 +38,8 @@ class EventBus:
                 "event.action": kind, "event.sequence": seq, "message": message or kind, "fedops.run.id": run_id,
                 "fedops.task.id": task_id, "fedops.round": round, "fedops.client.id": client_id,
                 "fedops.event.data": data or {}})
-        log.info(message or kind, run_id=run_id, round=round or None, client_id=client_id or None,
-                 event_kind=kind)
+        log.info(message or kind, run_id=run_id, task_id=task_id or None, round=round or None,
+                 client_id=client_id or None, event_kind=kind)
         await self.notify()
 
     async def notify(self) -> None:

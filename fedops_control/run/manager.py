@@ -155,14 +155,14 @@ class RunManager:
             with self._sessions() as db:
                 run = db.get(RunRow, run_id)
                 task = db.get(TaskRow, run.task_id)
-                app, strategy = dict(task.app), dict(run.strategy)
+                app, strategy, task_id = dict(task.app), dict(run.strategy), task.id
                 run_config, node_configs, client_ids = dict(run.run_config), dict(run.node_configs), list(run.client_ids)
                 resume = run.resumed_from_model_id
             workdir = self._data_dir / "runs" / run_id
             workdir.mkdir(parents=True, exist_ok=True)
             source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
             fedops_config = {
-                "fedops-run-id": run_id, "fedops-control-address": self._control_address,
+                "fedops-run-id": run_id, "fedops-task-id": task_id, "fedops-control-address": self._control_address,
                 "fedops-round-timeout": float(strategy["round_timeout_s"]),
                 "fedops-quorum": int(strategy["min_clients"]), "fedops-resume-model-id": resume,
             }
@@ -179,6 +179,7 @@ class RunManager:
             for cid in client_ids:
                 node_config = {k: _toml_literal(v) for k, v in node_configs[cid].items()}
                 node_config["fedops-run-id"] = _toml_literal(run_id)
+                node_config["fedops-task-id"] = _toml_literal(task_id)
                 command = agent_pb2.AgentCommand(start_training=agent_pb2.StartTraining(
                     run_id=run_id, superlink_address=handle.address, node_config=node_config))
                 if not self._agents.send(cid, command):
