@@ -30,6 +30,7 @@ SHIPPED = Counter("fedops_shipper_documents", "Telemetry documents handled by th
 BACKLOG = Gauge("fedops_shipper_backlog_bytes", "Spooled telemetry bytes not yet in Elasticsearch")
 STATE_DIR = ".shipper"
 UNAVAILABLE = (TransportConnectionError, ConnectionTimeout)
+FINAL_PASSES = 5
 
 
 @dataclass
@@ -224,7 +225,11 @@ class Shipper:
         if flush:
             try:
                 self._stop.clear()
-                self.ship_once()
+                # A pass can itself log (e.g. the client noting Elasticsearch is back): ship those too.
+                for _ in range(FINAL_PASSES):
+                    self.ship_once()
+                    if self.backlog_bytes() == 0:
+                        break
             except Exception as err:  # stays spooled; the next shipper of this directory sends it
                 log.warning("final telemetry flush failed; documents stay spooled", error=str(err)[:200])
             finally:
