@@ -87,7 +87,9 @@ class Agent:
             if self.sampler is not None:
                 self.sampler.client_id = self.client_id
             log.info("registered", device_id=self.device_id, tasks=self.task_ids)
-            (self.state_dir / "client-id").write_text(self.client_id, encoding="utf-8")
+            partial = self.state_dir / "client-id.tmp"  # readers never see a half-written id
+            partial.write_text(self.client_id, encoding="utf-8")
+            partial.replace(self.state_dir / "client-id")
             self._outbox = asyncio.Queue()
             active = next(iter(self.nodes), "")
             if active:

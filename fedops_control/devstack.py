@@ -66,11 +66,11 @@ class LocalStack:
         """The client id an agent got at registration."""
         path = self.root / "agents" / name / "client-id"
         deadline = time.monotonic() + timeout_s
-        while not path.exists():
+        while not (client_id := path.read_text(encoding="utf-8").strip() if path.exists() else ""):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agent {name} did not register within {timeout_s}s")
             time.sleep(0.1)
-        return path.read_text(encoding="utf-8").strip()
+        return client_id
 
     def ctl(self, *args: str, check: bool = True, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         """Run `fedopsctl` against this stack."""
