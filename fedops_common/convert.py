@@ -35,3 +35,13 @@ def to_timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 def utcnow() -> dt.datetime:
     """Naive UTC now, as stored in the database."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def short_name(enum_name: str) -> str:
+    """``RUN_STATE_RUNNING`` -> ``running`` (``""`` stays ``""``)."""
+    return enum_name.split("_", 2)[-1].lower() if enum_name else ""
+
+
+def enum_label(enum: Any, value: int) -> str:
+    """The short lower-case name of a proto enum value, e.g. ``running``."""
+    return short_name(enum.Name(value))

@@ -1,4 +1,4 @@
-"""Child processes: finding console scripts, Flower's environment, stopping process groups."""
+"""Child processes: finding console scripts, Flower's environment, finding and stopping processes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -45,3 +47,33 @@ def stop_process_group(process: subprocess.Popen[bytes], hard: bool = False, gra
             _killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=grace_s)
     _killpg(process.pid, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_group_by_pid(pid: int, grace_s: float = 5.0) -> None:
+    """:func:`stop_process_group` for a group leader we did not start (no Popen): SIGTERM, then SIGKILL."""
+    if not _killpg(pid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    _killpg(pid, signal.SIGKILL)
+
+
+def scan_processes() -> Iterator[tuple[int, Path, bytes]]:
+    """(pid, /proc dir, raw NUL-separated command line) of every readable process but this one."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            yield int(proc.name), proc, (proc / "cmdline").read_bytes()
+        except OSError:
+            continue

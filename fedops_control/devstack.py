@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops_common.net import free_port, wait_for_port
-from fedops_common.proc import console_script, stop_process_group
+from fedops_common.proc import console_script, scan_processes, stop_process_group
 
 
 @dataclass
@@ -118,16 +118,14 @@ def _descendants_by_marker(directory: Path, flower_only: bool = False) -> list[i
     ``flower_only``, only Flower's processes (SuperLink, SuperNode, SuperExec, apps)."""
     marker = str(directory)
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
+    for pid, proc, raw in scan_processes():
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = (proc / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
         if flower_only and not ("flower-" in cmdline or "flwr-" in cmdline):
             continue
         if marker in cmdline or marker in environ:
-            pids.append(int(proc.name))
+            pids.append(pid)
     return pids

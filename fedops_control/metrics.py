@@ -8,13 +8,13 @@ database at scrape time by :class:`StateCollector`, so they survive restarts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
+from fedops_common.convert import enum_label
 from fedops_common.convert import utcnow
 from fedops_common.proto import common_pb2
 from fedops_control.clients.registry import AgentRegistry
@@ -39,11 +39,6 @@ CLIENT_BYTES = Counter("fedops_client_transfer_bytes", "Bytes exchanged with a c
                        ["client_id", "direction"])
 RUNS_STARTED = Counter("fedops_runs_started", "Runs started", ["task_id"])
 RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["task_id", "outcome"])
-
-
-def state_name(enum: Any, value: int) -> str:
-    """``RUN_STATE_RUNNING`` -> ``running``."""
-    return enum.Name(value).split("_", 2)[-1].lower()
 
 
 class StateCollector(Collector):
@@ -74,8 +69,8 @@ class StateCollector(Collector):
             counts: dict[tuple[str, str], int] = {}
             active = []
             for run in db.query(RunRow).all():
-                outcome = state_name(S.RunOutcome, run.outcome) if run.outcome else ""
-                key = (state_name(S.RunState, run.state), outcome)
+                outcome = enum_label(S.RunOutcome, run.outcome) if run.outcome else ""
+                key = (enum_label(S.RunState, run.state), outcome)
                 counts[key] = counts.get(key, 0) + 1
                 if run.state == S.RUN_STATE_RUNNING:
                     active.append(run)
@@ -83,7 +78,7 @@ class StateCollector(Collector):
                 runs.add_metric([state, outcome], count)
             by_state: dict[str, int] = {}
             for client in db.query(ClientRow).all():
-                name = state_name(S.ClientState, client.state)
+                name = enum_label(S.ClientState, client.state)
                 by_state[name] = by_state.get(name, 0) + 1
                 age.add_metric([client.id], self._agents.heartbeat_age_s(client.id, client.last_heartbeat))
             for name, count in sorted(by_state.items()):

@@ -50,11 +50,6 @@ def acted(action: str, **ids: Any) -> None:
     ACTIONS.labels(action).inc()
 
 
-def short(enum_name: str) -> str:
-    """``RUN_STATE_RUNNING`` -> ``running``."""
-    return enum_name.split("_", 2)[-1].lower() if enum_name else ""
-
-
 def elasticsearch_or_notice(purpose: str) -> str:
     """The Elasticsearch URL, or "" after a notice saying what is unavailable without it."""
     url = settings().elasticsearch_url

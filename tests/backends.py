@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ROOT / ".cache" / "backends"
 ES_HOME = BACKENDS / "elasticsearch"
 ES_USER = "fedops-es"
+PROMETHEUS_YML = ROOT / "observability" / "prometheus" / "prometheus.yml"
 
 
 def _missing(what: str) -> AssertionError:
@@ -150,6 +151,15 @@ class Elasticsearch:
                              method="POST")["count"])
 
 
+def prometheus_config(control_metrics: str) -> str:
+    """The shipped prometheus.yml with its targets pointed at this stack and 1 s scrapes."""
+    text = PROMETHEUS_YML.read_text(encoding="utf-8")
+    text = text.replace("fedops-control:9464", control_metrics).replace("scrape_interval: 15s", "scrape_interval: 1s")
+    text = text.replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+    text = text.replace("rules/fedops.rules.yml", str(PROMETHEUS_YML.parent / "rules" / "fedops.rules.yml"))
+    return text.replace("refresh_interval: 15s", "refresh_interval: 1s")
+
+
 @dataclass
 class Prometheus:
     """A Prometheus server (Debian package) under ``root`` with a given configuration."""
@@ -157,7 +167,6 @@ class Prometheus:
     root: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:

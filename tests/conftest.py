@@ -6,8 +6,12 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fedops_control.devstack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_APP = ROOT / "examples" / "digits"
@@ -42,7 +46,7 @@ def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 @contextlib.contextmanager
-def control_stack(root: Path, **options: str) -> Iterator["LocalStack"]:  # noqa: UP037
+def control_stack(root: Path, **options: str) -> Iterator[LocalStack]:
     """A LocalStack with its control service started; everything stopped afterwards."""
     from fedops_control.devstack import LocalStack
 

@@ -18,9 +18,8 @@ from streamlit.testing.v1 import AppTest
 from fedops_control.devstack import LocalStack
 from fedops_common.net import free_port
 from fedops_common.proc import console_script, stop_process_group
-from tests.backends import Elasticsearch, Prometheus, wait_until
+from tests.backends import Elasticsearch, Prometheus, prometheus_config, wait_until
 from tests.test_e2e import create_task, start_clients, wait_finished
-from tests.test_observability_e2e import prometheus_config
 
 pytestmark = pytest.mark.e2e
 PAGES = Path(__file__).resolve().parents[1] / "fedops_dash" / "pages"

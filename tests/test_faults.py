@@ -73,8 +73,7 @@ def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, dig
     import tempfile
 
     from fedops_common.net import free_port
-    from tests.backends import Elasticsearch, Prometheus, wait_until
-    from tests.test_observability_e2e import prometheus_config
+    from tests.backends import Elasticsearch, Prometheus, prometheus_config, wait_until
 
     es = Elasticsearch(Path(tempfile.mkdtemp(prefix="fedops-es-"))).start()
     prometheus = Prometheus(tmp_path / "prometheus")

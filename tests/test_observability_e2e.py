@@ -14,21 +14,11 @@ import yaml
 
 from fedops_common.net import free_port
 from fedops_control.devstack import LocalStack
-from tests.backends import Elasticsearch, Prometheus, http_json, wait_until
+from tests.backends import PROMETHEUS_YML, Elasticsearch, Prometheus, http_json, prometheus_config, wait_until
 from tests.test_e2e import create_task, start_clients, wait_finished
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 2
-PROMETHEUS_YML = Path(__file__).resolve().parents[1] / "observability" / "prometheus" / "prometheus.yml"
-
-
-def prometheus_config(control_metrics: str) -> str:
-    """The shipped prometheus.yml with its targets pointed at this stack and 1 s scrapes."""
-    text = PROMETHEUS_YML.read_text(encoding="utf-8")
-    text = text.replace("fedops-control:9464", control_metrics).replace("scrape_interval: 15s", "scrape_interval: 1s")
-    text = text.replace("evaluation_interval: 15s", "evaluation_interval: 1s")
-    text = text.replace("rules/fedops.rules.yml", str(PROMETHEUS_YML.parent / "rules" / "fedops.rules.yml"))
-    return text.replace("refresh_interval: 15s", "refresh_interval: 1s")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class ShipStats:
     created: int = 0
     already_there: int = 0
     rejected: int = 0
-    by_family: dict[str, int] = field(default_factory=dict)
 
 
 def elasticsearch_client(url: str, timeout_s: float = 30.0) -> Elasticsearch:
@@ -149,7 +148,6 @@ class Shipper:
                 rejected.append({"_id": result.get("_id"), "_index": result.get("_index"), "status": status,
                                  "error": result.get("error")})
         created = len(actions) - len(rejected)
-        stats.by_family[family] = stats.by_family.get(family, 0) + created
         if rejected:  # kept with the reason, not dropped silently
             stats.rejected += len(rejected)
             dead = self.state / "rejected.jsonl"

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from fedops_common.convert import dict_to_struct
+from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 
@@ -105,10 +105,6 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = raw
     return out
-
-
-def state_name(enum: Any, value: int) -> str:
-    return enum.Name(value).split("_", 2)[-1].lower()
 
 
 def fmt_metrics(metrics: Any, keys: tuple[str, ...] = ()) -> str:
@@ -280,7 +276,7 @@ def render_clients(resp: control_pb2.ListClientsResponse) -> None:
     table = Table("id", "hostname", "state", "reason", "heartbeat age", "tasks", "run", title="Clients")
     for c in resp.clients:
         age = f"{c.heartbeat_age_s:.1f}s" if c.heartbeat_age_s >= 0 else "-"
-        table.add_row(c.id, c.device.hostname, state_name(S.ClientState, c.state), c.state_reason, age,
+        table.add_row(c.id, c.device.hostname, enum_label(S.ClientState, c.state), c.state_reason, age,
                       ", ".join(c.enrolled_task_ids), c.current_run_id)
     console.print(table)
 
@@ -326,8 +322,8 @@ def clients_data_status(
 
 # ------------------------------------------------------------------ runs
 def render_run(run: common_pb2.Run) -> None:
-    outcome = f" ({state_name(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
-    console.print(f"[bold]Run {run.id}[/bold] task={run.task_id} state={state_name(S.RunState, run.state)}{outcome} "
+    outcome = f" ({enum_label(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
+    console.print(f"[bold]Run {run.id}[/bold] task={run.task_id} state={enum_label(S.RunState, run.state)}{outcome} "
                   f"round {run.current_round}/{run.total_rounds}  {run.reason}")
     table = Table("round", "phase", "participants", "failed", "central loss", "central acc", "train", "evaluate",
                   "model", title="Rounds")
@@ -384,8 +380,8 @@ def run_list(task: Annotated[str, typer.Option()] = "") -> None:
     def render(resp: control_pb2.ListRunsResponse) -> None:
         table = Table("id", "task", "state", "outcome", "round", "clients", "reason", title="Runs")
         for r in resp.runs:
-            table.add_row(r.id, r.task_id, state_name(S.RunState, r.state),
-                          state_name(S.RunOutcome, r.outcome) if r.outcome else "", f"{r.current_round}/{r.total_rounds}",
+            table.add_row(r.id, r.task_id, enum_label(S.RunState, r.state),
+                          enum_label(S.RunOutcome, r.outcome) if r.outcome else "", f"{r.current_round}/{r.total_rounds}",
                           str(len(r.client_ids)), r.reason)
         console.print(table)
 
@@ -425,7 +421,7 @@ def run_diagnose(run_id: str) -> None:
         if d.missing:
             table = Table("client", "state", "heartbeat age", "reason", title="Missing")
             for m in d.missing:
-                table.add_row(m.client_id, state_name(S.ClientState, m.state), f"{m.heartbeat_age_s:.1f}s", m.reason)
+                table.add_row(m.client_id, enum_label(S.ClientState, m.state), f"{m.heartbeat_age_s:.1f}s", m.reason)
             console.print(table)
 
     emit(call(Ctx.stub().DiagnoseRun, control_pb2.DiagnoseRunRequest(run_id=run_id)), render)

@@ -6,16 +6,13 @@ A Kubernetes launcher implements the same two methods.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from fedops_common.net import free_port, wait_for_port
-from fedops_common.proc import console_script, flower_env, stop_process_group
+from fedops_common.proc import console_script, flower_env, scan_processes, stop_group_by_pid, stop_process_group
 
 
 @dataclass
@@ -74,46 +71,17 @@ class LocalProcessLauncher:
         if handle.process is not None:
             await asyncio.to_thread(stop_process_group, handle.process)
         elif handle.extra.get("pid"):
-            await asyncio.to_thread(_stop_group_by_pid, int(handle.extra["pid"]))
+            await asyncio.to_thread(stop_group_by_pid, int(handle.extra["pid"]))
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The SuperLink process of ``run_id`` is found by its database path, which names the run's workdir."""
         flwr_home = workdir / "superlink"
         marker = f"--database\0{flwr_home / 'state.db'}\0".encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
+        for pid, _, cmdline in scan_processes():
             if b"flower-superlink" in cmdline and marker in cmdline:
                 port = address.rsplit(":", 1)[1]
                 local = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
                 return SuperLinkHandle(run_id=run_id, address=address, flwr_home=flwr_home, process=None,
-                                       extra={"local_address": f"{local}:{port}", "pid": proc.name})
+                                       extra={"local_address": f"{local}:{port}", "pid": str(pid)})
         return None
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (and is not a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _stop_group_by_pid(pid: int, grace_s: float = 5.0) -> None:
-    """Stop an adopted SuperLink's process group (it leads its own session): SIGTERM, then SIGKILL."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

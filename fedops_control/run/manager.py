@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
+from fedops_common.proc import pid_alive
 from fedops_common.proto import agent_pb2, common_pb2
 from fedops_common.telemetry import TelemetryWriter
 from fedops_control import metrics
@@ -20,7 +21,7 @@ from fedops_control.clients.registry import AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_cli
 from fedops_control.run.events import EventBus
-from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher, pid_alive
+from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
 from fedops_control.state.models import (ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow,
                                          TaskRow)
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound

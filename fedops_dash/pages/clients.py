@@ -2,13 +2,14 @@
 
 import streamlit as st
 
+from fedops_common.convert import short_name
 from fedops_dash.backends import resource_timeline
-from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, page, pick, short
+from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, page, pick
 
 page("Clients")
 ctl = control()
 clients = attempt("Listing clients", ctl.clients, [])
-metrics_table([{"client": c["id"], "host": c["device"].get("hostname", ""), "state": short(c.get("state", "")),
+metrics_table([{"client": c["id"], "host": c["device"].get("hostname", ""), "state": short_name(c.get("state", "")),
                 "reason": c.get("state_reason", ""), "heartbeat age s": round(c.get("heartbeat_age_s", -1), 1),
                 "run": c.get("current_run_id", ""), "tasks": ", ".join(c.get("enrolled_task_ids", []))}
                for c in clients])

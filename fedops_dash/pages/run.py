@@ -4,7 +4,8 @@ import time
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, page, pick_or_stop, short
+from fedops_common.convert import short_name
+from fedops_dash.ui import attempt, control, metrics_table, page, pick_or_stop
 
 REFRESH_S = 3
 page("Run")
@@ -12,7 +13,7 @@ ctl = control()
 run = pick_or_stop("Run", attempt("Listing runs", ctl.runs, []), "run", "No runs yet: start one on the Tasks page.",
                    ctl.run)
 run_id = run["id"]
-state, outcome = short(run.get("state", "")), short(run.get("outcome", ""))
+state, outcome = short_name(run.get("state", "")), short_name(run.get("outcome", ""))
 current, total = int(run.get("current_round", 0)), int(run.get("total_rounds", 0))
 st.markdown(f"**{run_id}** of task `{run['task_id']}`: **{state}**" + (f" ({outcome})" if outcome else "")
             + (f" — {run['reason']}" if run.get("reason") else ""))

@@ -4,8 +4,9 @@ import tomllib
 
 import streamlit as st
 
+from fedops_common.convert import short_name
 from fedops_dash.backends import BackendError
-from fedops_dash.ui import acted, attempt, control, page, pick_or_stop, short
+from fedops_dash.ui import acted, attempt, control, page, pick_or_stop
 
 page("Tasks")
 ctl = control()
@@ -76,7 +77,7 @@ with st.form("edit-task"):
             st.error(f"Not saved: {err}")
 
 clients = attempt("Listing clients", ctl.clients, [])
-labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {short(c.get('state', ''))})" for c in clients}
+labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {short_name(c.get('state', ''))})" for c in clients}
 chosen = st.multiselect("Clients taking part", list(labels), default=[c for c in task.get("selected_client_ids", [])
                                                                       if c in labels], format_func=labels.get)
 b1, b2, b3, b4 = st.columns(4)
@@ -90,7 +91,7 @@ if b2.button("Start FL", type="primary"):
         acted("run started", task_id=task_id, run_id=run["id"])
         st.success(f"Run {run['id']} started: open it on the Run page")
 runs = attempt("Listing runs", lambda: ctl.runs(task_id), [])
-active = [r["id"] for r in runs if short(r.get("state", "")) in ("pending", "starting", "running")]
+active = [r["id"] for r in runs if short_name(r.get("state", "")) in ("pending", "starting", "running")]
 if active:
     if b3.button("Stop after this round") and attempt("Stopping", lambda: ctl.stop_run(active[0], hard=False), None):
         acted("run stop requested", task_id=task_id, run_id=active[0])
