@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import signal
@@ -23,11 +24,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from fedops_agent.datastatus import compute_data_status
 from fedops_agent.device import device_info, stable_device_id
+from fedops_agent.identity import load_credential, save_credential, supernode_keypair
 from fedops_agent.resources import ResourceSampler, TrainingTags
 from fedops_agent.supernode import SuperNodeProcess, start_supernode, stop_supernode, wait_exit
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
+from fedops_common.observer import KEY_CONTROL, KEY_CREDENTIAL_FILE, KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_common.security import ChannelSecurity
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, Telemetry, start_telemetry
 from fedops_common.telemetry.metrics_http import serve_metrics
 
@@ -39,6 +43,12 @@ SESSION_UP = Gauge("fedops_agent_session_connected", "1 while the agent holds a 
 SUPERNODES = Gauge("fedops_agent_supernodes_running", "SuperNodes this agent supervises now")
 SESSIONS = Counter("fedops_agent_sessions_opened", "Sessions opened with the control service (reconnects included)")
 DATA_REPORTS = Counter("fedops_agent_data_status_reports", "Data status reports sent")
+SUPERNODE_RESTARTS = Counter("fedops_agent_supernode_restarts", "SuperNodes restarted after failing (retry policy)")
+USED_TOKENS_FILE = "used-enrolment-tokens"  # hashes of tokens already redeemed: never sent twice
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Agent:
@@ -46,8 +56,12 @@ class Agent:
 
     def __init__(self, control: str, task_ids: list[str], data_path: str, state_dir: Path, device_id: str,
                  telemetry: Telemetry | None = None, sampler: ResourceSampler | None = None,
-                 metrics_address: str = "") -> None:
+                 metrics_address: str = "", enrolment_tokens: list[str] | None = None,
+                 security: ChannelSecurity | None = None) -> None:
         self.control = control
+        self.enrolment_tokens = list(enrolment_tokens or [])
+        self.security = security or ChannelSecurity()
+        self.supernode_key, self.supernode_public_key = supernode_keypair(state_dir)
         self.telemetry = telemetry
         self.sampler = sampler
         self.metrics_address = metrics_address
@@ -58,6 +72,7 @@ class Agent:
         self.client_id = ""
         self.heartbeat_s = 2.0
         self.nodes: dict[str, SuperNodeProcess] = {}
+        self._starts: dict[str, agent_pb2.StartTraining] = {}
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
 
     def _send(self, **body: Any) -> None:
@@ -74,19 +89,51 @@ class Agent:
             with attempt:
                 await self._session()
 
-    async def _session(self) -> None:
-        async with control_aio_channel(self.control) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            response = await stub.Register(agent_pb2.RegisterRequest(
+    def _pending_tokens(self) -> list[str]:
+        used_file = self.state_dir / USED_TOKENS_FILE
+        used = set(used_file.read_text(encoding="utf-8").split()) if used_file.exists() else set()
+        return [token for token in self.enrolment_tokens if _token_hash(token) not in used]
+
+    def _mark_used(self, tokens: list[str]) -> None:
+        with open(self.state_dir / USED_TOKENS_FILE, "a", encoding="utf-8") as out:
+            out.writelines(_token_hash(token) + "\n" for token in tokens)
+
+    def _channel_security(self) -> ChannelSecurity:
+        """TLS settings plus this agent's credential (none before its first enrolment)."""
+        return ChannelSecurity(ca_file=self.security.ca_file, cert_file=self.security.cert_file,
+                               key_file=self.security.key_file, token=load_credential(self.state_dir))
+
+    async def _register(self) -> agent_pb2.RegisterResponse:
+        """Register; on first enrolment keep the credential the control service issues."""
+        tokens = self._pending_tokens()
+        async with control_aio_channel(self.control, self._channel_security()) as channel:
+            response = await agent_pb2_grpc.AgentServiceStub(channel).Register(agent_pb2.RegisterRequest(
                 device=device_info(self.device_id), task_ids=self.task_ids, data_path=self.data_path,
-                metrics_address=self.metrics_address), timeout=10)
+                metrics_address=self.metrics_address, enrolment_tokens=tokens,
+                supernode_public_key=self.supernode_public_key), timeout=10)
+        if response.credential:
+            save_credential(self.state_dir, response.credential)
+            log.info("enrolled: credential stored", tasks=list(response.task_ids))
+        if tokens:
+            self._mark_used(tokens)
+        return response
+
+    async def _session(self) -> None:
+        try:
+            response = await self._register()
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):  # type: ignore[attr-defined]
+                log.error("registration refused", code=err.code().name, reason=err.details())  # type: ignore[attr-defined]
+            raise
+        async with control_aio_channel(self.control, self._channel_security()) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
             self.client_id, self.heartbeat_s = response.client_id, float(response.heartbeat_interval_s or 2)
             bind_ids(client_id=self.client_id)
             if self.telemetry is not None:
                 self.telemetry.writer.base["fedops.client.id"] = self.client_id
             if self.sampler is not None:
                 self.sampler.client_id = self.client_id
-            log.info("registered", device_id=self.device_id, tasks=self.task_ids)
+            log.info("registered", device_id=self.device_id, tasks=list(response.task_ids) or self.task_ids)
             partial = self.state_dir / "client-id.tmp"  # readers never see a half-written id
             partial.write_text(self.client_id, encoding="utf-8")
             partial.replace(self.state_dir / "client-id")
@@ -149,30 +196,50 @@ class Agent:
             start = command.start_training
             if start.run_id in self.nodes:
                 return
-            node_config = dict(start.node_config)
-            node_config.setdefault("data-path", json.dumps(self.data_path))
-            node_config["fedops-client-id"] = json.dumps(self.client_id)
-            node_config["fedops-control-address"] = json.dumps(self.control)
-            workdir = self.state_dir / "runs" / start.run_id
-            node = start_supernode(start.run_id, start.superlink_address, node_config, workdir)
-            self.nodes[start.run_id] = node
-            SUPERNODES.set(len(self.nodes))
-            if self.sampler is not None:
-                self.sampler.retag(TrainingTags(run_id=start.run_id))
+            self._starts[start.run_id] = start
+            self._launch(start)
             self._status(S.CLIENT_STATE_TRAINING, f"SuperNode started for run {start.run_id}", start.run_id)
-            asyncio.create_task(self._supervise(node))
-            asyncio.create_task(self._report_node_id(node, workdir / "supernode.log"))
         elif body == "stop_training":
             node = self.nodes.get(command.stop_training.run_id)
+            self._starts.pop(command.stop_training.run_id, None)  # no restart after a stop
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
+
+    def _launch(self, start: agent_pb2.StartTraining, restarts: int = 0) -> SuperNodeProcess:
+        """Start (or restart) the SuperNode of a run and watch it."""
+        workdir = self.state_dir / "runs" / start.run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        node_config = dict(start.node_config)
+        node_config.setdefault("data-path", json.dumps(self.data_path))
+        node_config["fedops-client-id"] = json.dumps(self.client_id)
+        node_config[KEY_CONTROL] = json.dumps(self.control)
+        # The ClientApp reports to the control service as this agent, over the same TLS settings.
+        absolute = {KEY_CREDENTIAL_FILE: self.state_dir / "credential", KEY_TLS_CA_FILE: self.security.ca_file,
+                    KEY_TLS_CERT_FILE: self.security.cert_file, KEY_TLS_KEY_FILE: self.security.key_file}
+        for key, path in absolute.items():
+            node_config[key] = json.dumps(str(Path(path).resolve()) if path and Path(path).exists() else "")
+        root_certificates = None
+        if start.superlink_root_certificates:
+            root_certificates = workdir / "superlink-ca.pem"
+            root_certificates.write_bytes(start.superlink_root_certificates)
+        node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
+                               root_certificates=root_certificates, auth_key=self.supernode_key)
+        node.restarts = restarts
+        self.nodes[start.run_id] = node
+        SUPERNODES.set(len(self.nodes))
+        if self.sampler is not None:
+            self.sampler.retag(TrainingTags(run_id=start.run_id))
+        asyncio.create_task(self._supervise(node))
+        asyncio.create_task(self._report_node_id(node, workdir / "supernode.log"))
+        return node
 
     async def _report_node_id(self, node: SuperNodeProcess, log_path: Path, timeout_s: float = 120) -> None:
         """Tell the control service our Flower node id as soon as the SuperNode logs it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline and node.process.poll() is None:
-            match = NODE_ID_LINE.search(log_path.read_text(errors="replace")) if log_path.exists() else None
+            text = log_path.read_bytes()[node.log_offset:].decode(errors="replace") if log_path.exists() else ""
+            match = NODE_ID_LINE.search(text)
             if match:
                 self._send(status=agent_pb2.StatusChange(
                     state=S.CLIENT_STATE_TRAINING, reason=f"SuperNode connected as node {match.group(1)}",
@@ -182,18 +249,35 @@ class Agent:
 
     async def _supervise(self, node: SuperNodeProcess) -> None:
         code = await wait_exit(node)
-        self.nodes.pop(node.run_id, None)
+        if self.nodes.get(node.run_id) is node:
+            self.nodes.pop(node.run_id)
         SUPERNODES.set(len(self.nodes))
         if self.sampler is not None and self.sampler.tags.run_id == node.run_id:
             self.sampler.retag(TrainingTags())
         if node.stop_requested:
+            self._starts.pop(node.run_id, None)
             self._send(training=agent_pb2.TrainingReport(run_id=node.run_id, succeeded=True, exit_code=code))
             self._status(S.CLIENT_STATE_FINISHED, f"run {node.run_id} finished", node.run_id)
-        else:
-            reason = f"SuperNode exited unexpectedly with code {code}"
-            self._send(training=agent_pb2.TrainingReport(run_id=node.run_id, succeeded=False, reason=reason,
-                                                         exit_code=code))
-            self._status(S.CLIENT_STATE_FAILED, reason, node.run_id)
+            return
+        reason = f"SuperNode exited unexpectedly with code {code}"
+        start = self._starts.get(node.run_id)
+        if start is not None and node.restarts < start.retry.max_restarts:
+            # Retry policy of the task: exponential backoff, then the same SuperNode identity rejoins.
+            delay = min(start.retry.backoff_initial_s * 2 ** node.restarts, start.retry.backoff_max_s or 30.0)
+            attempt = node.restarts + 1
+            self._status(S.CLIENT_STATE_FAILED, f"{reason}; restart {attempt}/{start.retry.max_restarts} "
+                                                f"in {delay:.1f}s", node.run_id)
+            await asyncio.sleep(delay)
+            if self._starts.get(node.run_id) is start and node.run_id not in self.nodes:
+                SUPERNODE_RESTARTS.inc()
+                self._launch(start, restarts=attempt)
+                self._status(S.CLIENT_STATE_TRAINING, f"SuperNode restarted for run {node.run_id} "
+                                                      f"(attempt {attempt})", node.run_id)
+                return
+        self._starts.pop(node.run_id, None)
+        self._send(training=agent_pb2.TrainingReport(run_id=node.run_id, succeeded=False, reason=reason,
+                                                     exit_code=code))
+        self._status(S.CLIENT_STATE_FAILED, reason, node.run_id)
 
     def shutdown(self) -> None:
         """Stop every SuperNode this agent started."""
@@ -223,10 +307,22 @@ def run(
     metrics_advertise: Annotated[str | None, typer.Option(
         help="host:port Prometheus reaches /metrics at, when not the listen address (containers, NAT)")] = None,
     sample_interval: Annotated[float | None, typer.Option(help="seconds between resource samples")] = None,
+    enrolment_token: Annotated[list[str] | None, typer.Option(
+        envvar="FEDOPS_ENROLMENT_TOKEN", help="one-time token enrolling this device in a task (repeatable)")] = None,
+    tls_ca: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the control service (TLS)")] = None,
+    tls_cert: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")] = None,
+    tls_key: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_KEY", help="key of --tls-cert")] = None,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps device agent."""
     file_cfg = _load_config(config)
+    security = ChannelSecurity(ca_file=tls_ca or file_cfg.get("tls_ca", ""), cert_file=tls_cert or file_cfg.get("tls_cert", ""),
+                               key_file=tls_key or file_cfg.get("tls_key", ""))
+    try:
+        security.check()
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--tls-ca/--tls-cert/--tls-key") from None
+    tokens = list(enrolment_token or file_cfg.get("enrolment_tokens", []))
     state = state_dir or Path(file_cfg.get("state_dir", ".fedops/agent"))
     interval = sample_interval if sample_interval is not None else float(file_cfg.get("sample_interval", 1.0))
     if interval <= 0:
@@ -246,7 +342,8 @@ def run(
         task_ids=list(task or file_cfg.get("tasks", [])),
         data_path=data_path if data_path is not None else str(file_cfg.get("data_path", "")),
         state_dir=state, device_id=device_id or file_cfg.get("device_id", ""),
-        telemetry=telemetry, sampler=sampler, metrics_address=metrics_address)
+        telemetry=telemetry, sampler=sampler, metrics_address=metrics_address, enrolment_tokens=tokens,
+        security=security)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

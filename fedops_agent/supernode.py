@@ -21,21 +21,35 @@ class SuperNodeProcess:
     run_id: str
     process: subprocess.Popen[bytes]
     stop_requested: bool = False
+    restarts: int = 0
+    log_offset: int = 0  # where this process's lines start in supernode.log
 
 
-def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path) -> SuperNodeProcess:
-    """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port."""
+def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
+                    root_certificates: Path | None = None, auth_key: Path | None = None) -> SuperNodeProcess:
+    """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
+
+    With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
+    (Flower's SuperNode authentication); without, plaintext.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
     env = flower_env(workdir / "flwr")
-    log_file = open(workdir / "supernode.log", "ab")  # noqa: SIM115 - owned by the child
+    security = ["--insecure"]
+    if root_certificates is not None:
+        security = ["--root-certificates", str(root_certificates)]
+        if auth_key is not None:
+            security += ["--auth-supernode-private-key", str(auth_key)]
+    log_path = workdir / "supernode.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(
-        [console_script("flower-supernode"), "--insecure", "--superlink", superlink,
+        [console_script("flower-supernode"), *security, "--superlink", superlink,
          "--port", str(free_port()), "--node-config", config, "--max-wait-time", "60"],
         env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     log_file.close()
-    log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink)
-    return SuperNodeProcess(run_id=run_id, process=process)
+    log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink, tls=root_certificates is not None)
+    return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset)
 
 
 def stop_supernode(node: SuperNodeProcess, hard: bool, grace_s: float = 5.0) -> None:

@@ -7,6 +7,7 @@ break a training run.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,15 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponenti
 
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_common.security import ChannelSecurity, read_secret
 
 CHUNK_BYTES = 1024 * 1024
+# Keys of a run config (ServerApp) or node config (ClientApp) that say how to reach the control service.
+KEY_CONTROL = "fedops-control-address"
+KEY_CREDENTIAL_FILE = "fedops-credential-file"
+KEY_TLS_CA_FILE = "fedops-tls-ca-file"
+KEY_TLS_CERT_FILE = "fedops-tls-cert-file"
+KEY_TLS_KEY_FILE = "fedops-tls-key-file"
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -45,9 +53,19 @@ def npz_to_arrays(data: bytes) -> dict[str, np.ndarray]:
 class ObserverClient:
     """Blocking client for ObserverService."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = control_channel(address)
+    def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
+        self._channel = control_channel(address, security or ChannelSecurity())
         self._stub = agent_pb2_grpc.ObserverServiceStub(self._channel)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ObserverClient:
+        """A client for the address, credential file and TLS files named in a run or node config."""
+        credential = str(config.get(KEY_CREDENTIAL_FILE, "") or "")
+        security = ChannelSecurity(
+            ca_file=str(config.get(KEY_TLS_CA_FILE, "") or ""), cert_file=str(config.get(KEY_TLS_CERT_FILE, "") or ""),
+            key_file=str(config.get(KEY_TLS_KEY_FILE, "") or ""),
+            token=read_secret(Path(credential)) if credential else "")
+        return cls(str(config[KEY_CONTROL]), security)
 
     @_retrying
     def server_event(self, event: agent_pb2.ServerEvent) -> agent_pb2.ServerEventAck:

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedops_common.grpc_channel import control_channel
 from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import console_script, scan_processes, stop_process_group
+from fedops_common.proto import access_pb2, access_pb2_grpc
+from fedops_common.security import ENV_TOKEN, ChannelSecurity, read_secret
 
 
 @dataclass
@@ -30,6 +33,25 @@ class LocalStack:
     metrics_address: str = ""
     control: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    auth: bool = True             # the control service's default: tokens and roles on every RPC
+    admin_token: str = ""         # the bootstrap admin token, read once the service is up
+    control_args: list[str] = field(default_factory=list)  # extra `fedops-control` flags
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the control service writes its bootstrap admin token."""
+        return self.root / "control" / "admin.token"
+
+    def security(self, token: str | None = None) -> ChannelSecurity:
+        """How tests and tools reach this stack (the admin token unless another is given)."""
+        return ChannelSecurity(token=self.admin_token if token is None else token)
+
+    def enrolment_token(self, task_id: str, name: str = "") -> str:
+        """A one-time enrolment token for ``task_id`` (as an operator would create it)."""
+        with control_channel(self.control_address, self.security()) as channel:
+            issued = access_pb2_grpc.AccessServiceStub(channel).CreateEnrolmentToken(
+                access_pb2.CreateEnrolmentTokenRequest(task_id=task_id, name=name), timeout=30)
+        return issued.token
 
     def start_control(self, port: int | None = None) -> str:
         """Start the control service with a SQLite file and JSON-lines logs under root."""
@@ -41,22 +63,33 @@ class LocalStack:
         self.control = subprocess.Popen(
             [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control"),
              "--metrics-listen", self.metrics_address, "--elasticsearch-url", self.elasticsearch_url,
-             "--database-url", self.database_url],
+             "--database-url", self.database_url, "--auth" if self.auth else "--no-auth", *self.control_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for_port("127.0.0.1", port, 60)
+        if self.auth:
+            deadline = time.monotonic() + 30
+            while not self.admin_token_file.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.admin_token_file} was not written")
+                time.sleep(0.05)
+            self.admin_token = read_secret(self.admin_token_file)
         return self.control_address
 
-    def start_agent(self, name: str, task_ids: list[str], data_path: Path) -> subprocess.Popen[bytes]:
-        """Start one agent with its own state dir and data path."""
+    def start_agent(self, name: str, task_ids: list[str], data_path: Path,
+                    extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one agent with its own state dir and data path, and an enrolment token per task
+        (it enrols with them once, then acts with the credential it keeps)."""
         state = self.root / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
         out = open(state / "agent.out", "ab")  # noqa: SIM115
         args = [console_script("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
                 "--state-dir", str(state), "--device-id", f"demo-{name}", "--metrics-listen", "127.0.0.1:0",
-                "--elasticsearch-url", self.elasticsearch_url]
+                "--elasticsearch-url", self.elasticsearch_url, *(extra_args or [])]
         for task_id in task_ids:
             args += ["--task", task_id]
+            if self.auth:
+                args += ["--enrolment-token", self.enrolment_token(task_id, name)]
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         self.agents[name] = process
@@ -74,8 +107,9 @@ class LocalStack:
 
     def ctl(self, *args: str, check: bool = True, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         """Run `fedopsctl` against this stack."""
+        env = {**os.environ, ENV_TOKEN: self.admin_token}
         result = subprocess.run([console_script("fedopsctl"), "--control", self.control_address, *args],
-                                capture_output=True, text=True, timeout=timeout_s)
+                                capture_output=True, text=True, timeout=timeout_s, env=env)
         if check and result.returncode != 0:
             raise RuntimeError(f"fedopsctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result

@@ -19,7 +19,6 @@ from fedops_common.telemetry.actor import app_process_telemetry
 
 KEY_INNER = "fedops-clientapp"
 NODE_KEY_CLIENT_ID = "fedops-client-id"
-NODE_KEY_CONTROL = "fedops-control-address"
 NODE_KEY_RUN_ID = "fedops-run-id"
 NODE_KEY_TASK_ID = "fedops-task-id"
 
@@ -49,7 +48,7 @@ class ObservedClientApp(ClientApp):
             if not isinstance(inner, ClientApp):
                 raise TypeError(f"{context.run_config[KEY_INNER]} is not a flwr ClientApp")
             self._inner = inner
-            self._observer = ObserverClient(str(context.node_config[NODE_KEY_CONTROL]))
+            self._observer = ObserverClient.from_config(context.node_config)
             app_process_telemetry("fedops-clientapp")  # logs land in the agent's telemetry dir
         assert self._observer is not None
         return self._inner, self._observer

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from fedops_common.proto import common_pb2 as fedops__common_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64ops_common/proto/agent.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"v\n\x0fRegisterRequest\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.fedops.v1.DeviceInfo\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"C\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\"8\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\"f\n\x0cStatusChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\"V\n\x0eTrainingReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"[\n\x10\x44\x61taStatusReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe2\x01\n\x0c\x41gentMessage\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.fedops.v1.HeartbeatH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.fedops.v1.StatusChangeH\x00\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x19.fedops.v1.TrainingReportH\x00\x12\x32\n\x0b\x64\x61ta_status\x18\x05 \x01(\x0b\x32\x1b.fedops.v1.DataStatusReportH\x00\x42\x06\n\x04\x62ody\"\xac\x01\n\rStartTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x19\n\x11superlink_address\x18\x02 \x01(\t\x12=\n\x0bnode_config\x18\x03 \x03(\x0b\x32(.fedops.v1.StartTraining.NodeConfigEntry\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0cStopTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"V\n\x0cRoundStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\"\xae\x01\n\x0c\x41gentCommand\x12\x32\n\x0estart_training\x18\x01 \x01(\x0b\x32\x18.fedops.v1.StartTrainingH\x00\x12\x30\n\rstop_training\x18\x02 \x01(\x0b\x32\x17.fedops.v1.StopTrainingH\x00\x12\x30\n\rround_started\x18\x03 \x01(\x0b\x32\x17.fedops.v1.RoundStartedH\x00\x42\x06\n\x04\x62ody\"\xbb\x02\n\x0bServerEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x10\n\x08node_ids\x18\x05 \x03(\x04\x12-\n\x07results\x18\x06 \x03(\x0b\x32\x1c.fedops.v1.ClientRoundResult\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ServerEvent.MetricsEntry\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12%\n\x04\x64\x61ta\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x0eServerEventAck\x12\x16\n\x0estop_requested\x18\x01 \x01(\x08\"\xe8\x01\n\x0b\x43lientEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x05\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ClientEvent.MetricsEntry\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x10\n\x0e\x43lientEventAck\"%\n\x11\x46\x65tchModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t2\x94\x01\n\x0c\x41gentService\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12?\n\x07Session\x12\x17.fedops.v1.AgentMessage\x1a\x17.fedops.v1.AgentCommand(\x01\x30\x01\x32\xa7\x02\n\x0fObserverService\x12\x46\n\x11ReportServerEvent\x12\x16.fedops.v1.ServerEvent\x1a\x19.fedops.v1.ServerEventAck\x12\x46\n\x11ReportClientEvent\x12\x16.fedops.v1.ClientEvent\x1a\x19.fedops.v1.ClientEventAck\x12?\n\x0bUploadModel\x12\x15.fedops.v1.ModelChunk\x1a\x17.fedops.v1.ModelVersion(\x01\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64ops_common/proto/agent.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"\xae\x01\n\x0fRegisterRequest\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.fedops.v1.DeviceInfo\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\x18\n\x10\x65nrolment_tokens\x18\x05 \x03(\t\x12\x1c\n\x14supernode_public_key\x18\x06 \x01(\t\"i\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x10\n\x08task_ids\x18\x04 \x03(\t\"8\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\"f\n\x0cStatusChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\"V\n\x0eTrainingReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"[\n\x10\x44\x61taStatusReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe2\x01\n\x0c\x41gentMessage\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.fedops.v1.HeartbeatH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.fedops.v1.StatusChangeH\x00\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x19.fedops.v1.TrainingReportH\x00\x12\x32\n\x0b\x64\x61ta_status\x18\x05 \x01(\x0b\x32\x1b.fedops.v1.DataStatusReportH\x00\x42\x06\n\x04\x62ody\"\xf8\x01\n\rStartTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x19\n\x11superlink_address\x18\x02 \x01(\t\x12=\n\x0bnode_config\x18\x03 \x03(\x0b\x32(.fedops.v1.StartTraining.NodeConfigEntry\x12#\n\x1bsuperlink_root_certificates\x18\x04 \x01(\x0c\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.fedops.v1.RetryPolicy\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x0bRetryPolicy\x12\x14\n\x0cmax_restarts\x18\x01 \x01(\x05\x12\x19\n\x11\x62\x61\x63koff_initial_s\x18\x02 \x01(\x01\x12\x15\n\rbackoff_max_s\x18\x03 \x01(\x01\",\n\x0cStopTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"V\n\x0cRoundStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\"\xae\x01\n\x0c\x41gentCommand\x12\x32\n\x0estart_training\x18\x01 \x01(\x0b\x32\x18.fedops.v1.StartTrainingH\x00\x12\x30\n\rstop_training\x18\x02 \x01(\x0b\x32\x17.fedops.v1.StopTrainingH\x00\x12\x30\n\rround_started\x18\x03 \x01(\x0b\x32\x17.fedops.v1.RoundStartedH\x00\x42\x06\n\x04\x62ody\"\xbb\x02\n\x0bServerEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x10\n\x08node_ids\x18\x05 \x03(\x04\x12-\n\x07results\x18\x06 \x03(\x0b\x32\x1c.fedops.v1.ClientRoundResult\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ServerEvent.MetricsEntry\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12%\n\x04\x64\x61ta\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x0eServerEventAck\x12\x16\n\x0estop_requested\x18\x01 \x01(\x08\"\xe8\x01\n\x0b\x43lientEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x05\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ClientEvent.MetricsEntry\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x10\n\x0e\x43lientEventAck\"%\n\x11\x46\x65tchModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t2\x94\x01\n\x0c\x41gentService\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12?\n\x07Session\x12\x17.fedops.v1.AgentMessage\x1a\x17.fedops.v1.AgentCommand(\x01\x30\x01\x32\xa7\x02\n\x0fObserverService\x12\x46\n\x11ReportServerEvent\x12\x16.fedops.v1.ServerEvent\x1a\x19.fedops.v1.ServerEventAck\x12\x46\n\x11ReportClientEvent\x12\x16.fedops.v1.ClientEvent\x1a\x19.fedops.v1.ClientEventAck\x12?\n\x0bUploadModel\x12\x15.fedops.v1.ModelChunk\x1a\x17.fedops.v1.ModelVersion(\x01\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,46 +39,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVEREVENT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_CLIENTEVENT_METRICSENTRY']._loaded_options = None
   _globals['_CLIENTEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTERREQUEST']._serialized_start=110
-  _globals['_REGISTERREQUEST']._serialized_end=228
-  _globals['_REGISTERRESPONSE']._serialized_start=230
-  _globals['_REGISTERRESPONSE']._serialized_end=297
-  _globals['_HEARTBEAT']._serialized_start=299
-  _globals['_HEARTBEAT']._serialized_end=355
-  _globals['_STATUSCHANGE']._serialized_start=357
-  _globals['_STATUSCHANGE']._serialized_end=459
-  _globals['_TRAININGREPORT']._serialized_start=461
-  _globals['_TRAININGREPORT']._serialized_end=547
-  _globals['_DATASTATUSREPORT']._serialized_start=549
-  _globals['_DATASTATUSREPORT']._serialized_end=640
-  _globals['_AGENTMESSAGE']._serialized_start=643
-  _globals['_AGENTMESSAGE']._serialized_end=869
-  _globals['_STARTTRAINING']._serialized_start=872
-  _globals['_STARTTRAINING']._serialized_end=1044
-  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_start=995
-  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_end=1044
-  _globals['_STOPTRAINING']._serialized_start=1046
-  _globals['_STOPTRAINING']._serialized_end=1090
-  _globals['_ROUNDSTARTED']._serialized_start=1092
-  _globals['_ROUNDSTARTED']._serialized_end=1178
-  _globals['_AGENTCOMMAND']._serialized_start=1181
-  _globals['_AGENTCOMMAND']._serialized_end=1355
-  _globals['_SERVEREVENT']._serialized_start=1358
-  _globals['_SERVEREVENT']._serialized_end=1673
-  _globals['_SERVEREVENT_METRICSENTRY']._serialized_start=1627
-  _globals['_SERVEREVENT_METRICSENTRY']._serialized_end=1673
-  _globals['_SERVEREVENTACK']._serialized_start=1675
-  _globals['_SERVEREVENTACK']._serialized_end=1715
-  _globals['_CLIENTEVENT']._serialized_start=1718
-  _globals['_CLIENTEVENT']._serialized_end=1950
-  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_start=1627
-  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_end=1673
-  _globals['_CLIENTEVENTACK']._serialized_start=1952
-  _globals['_CLIENTEVENTACK']._serialized_end=1968
-  _globals['_FETCHMODELREQUEST']._serialized_start=1970
-  _globals['_FETCHMODELREQUEST']._serialized_end=2007
-  _globals['_AGENTSERVICE']._serialized_start=2010
-  _globals['_AGENTSERVICE']._serialized_end=2158
-  _globals['_OBSERVERSERVICE']._serialized_start=2161
-  _globals['_OBSERVERSERVICE']._serialized_end=2456
+  _globals['_REGISTERREQUEST']._serialized_start=111
+  _globals['_REGISTERREQUEST']._serialized_end=285
+  _globals['_REGISTERRESPONSE']._serialized_start=287
+  _globals['_REGISTERRESPONSE']._serialized_end=392
+  _globals['_HEARTBEAT']._serialized_start=394
+  _globals['_HEARTBEAT']._serialized_end=450
+  _globals['_STATUSCHANGE']._serialized_start=452
+  _globals['_STATUSCHANGE']._serialized_end=554
+  _globals['_TRAININGREPORT']._serialized_start=556
+  _globals['_TRAININGREPORT']._serialized_end=642
+  _globals['_DATASTATUSREPORT']._serialized_start=644
+  _globals['_DATASTATUSREPORT']._serialized_end=735
+  _globals['_AGENTMESSAGE']._serialized_start=738
+  _globals['_AGENTMESSAGE']._serialized_end=964
+  _globals['_STARTTRAINING']._serialized_start=967
+  _globals['_STARTTRAINING']._serialized_end=1215
+  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_start=1166
+  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_end=1215
+  _globals['_RETRYPOLICY']._serialized_start=1217
+  _globals['_RETRYPOLICY']._serialized_end=1302
+  _globals['_STOPTRAINING']._serialized_start=1304
+  _globals['_STOPTRAINING']._serialized_end=1348
+  _globals['_ROUNDSTARTED']._serialized_start=1350
+  _globals['_ROUNDSTARTED']._serialized_end=1436
+  _globals['_AGENTCOMMAND']._serialized_start=1439
+  _globals['_AGENTCOMMAND']._serialized_end=1613
+  _globals['_SERVEREVENT']._serialized_start=1616
+  _globals['_SERVEREVENT']._serialized_end=1931
+  _globals['_SERVEREVENT_METRICSENTRY']._serialized_start=1885
+  _globals['_SERVEREVENT_METRICSENTRY']._serialized_end=1931
+  _globals['_SERVEREVENTACK']._serialized_start=1933
+  _globals['_SERVEREVENTACK']._serialized_end=1973
+  _globals['_CLIENTEVENT']._serialized_start=1976
+  _globals['_CLIENTEVENT']._serialized_end=2208
+  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_start=1885
+  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_end=1931
+  _globals['_CLIENTEVENTACK']._serialized_start=2210
+  _globals['_CLIENTEVENTACK']._serialized_end=2226
+  _globals['_FETCHMODELREQUEST']._serialized_start=2228
+  _globals['_FETCHMODELREQUEST']._serialized_end=2265
+  _globals['_AGENTSERVICE']._serialized_start=2268
+  _globals['_AGENTSERVICE']._serialized_end=2416
+  _globals['_OBSERVERSERVICE']._serialized_start=2419
+  _globals['_OBSERVERSERVICE']._serialized_end=2714
 # @@protoc_insertion_point(module_scope)

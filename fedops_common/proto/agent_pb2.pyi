@@ -28,15 +28,23 @@ class RegisterRequest(_message.Message):
     TASK_IDS_FIELD_NUMBER: _builtins.int
     DATA_PATH_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    ENROLMENT_TOKENS_FIELD_NUMBER: _builtins.int
+    SUPERNODE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     data_path: _builtins.str
     """private local data path (stays on device)"""
     metrics_address: _builtins.str
     """host:port of the agent's Prometheus /metrics ("" = none)"""
+    supernode_public_key: _builtins.str
+    """OpenSSH public key of the SuperNode identity: run SuperLinks admit only their run's keys."""
     @_builtins.property
     def device(self) -> _common_pb2.DeviceInfo: ...
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """tasks this agent enrols in"""
+
+    @_builtins.property
+    def enrolment_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One-time tokens, each enrolling this device in one task (needed while it holds no credential)."""
 
     def __init__(
         self,
@@ -45,10 +53,12 @@ class RegisterRequest(_message.Message):
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
         data_path: _builtins.str = ...,
         metrics_address: _builtins.str = ...,
+        enrolment_tokens: _abc.Iterable[_builtins.str] | None = ...,
+        supernode_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "metrics_address", b"metrics_address", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "enrolment_tokens", b"enrolment_tokens", "metrics_address", b"metrics_address", "supernode_public_key", b"supernode_public_key", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -60,17 +70,27 @@ class RegisterResponse(_message.Message):
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     heartbeat_interval_s: _builtins.int
+    credential: _builtins.str
+    """issued on first enrolment: keep it secret, send it on every call"""
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the tasks this client is enrolled in"""
+
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         heartbeat_interval_s: _builtins.int = ...,
+        credential: _builtins.str = ...,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "credential", b"credential", "heartbeat_interval_s", b"heartbeat_interval_s", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,11 +271,19 @@ class StartTraining(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SUPERLINK_ADDRESS_FIELD_NUMBER: _builtins.int
     NODE_CONFIG_FIELD_NUMBER: _builtins.int
+    SUPERLINK_ROOT_CERTIFICATES_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     superlink_address: _builtins.str
+    superlink_root_certificates: _builtins.bytes
+    """PEM CA of the SuperLink's TLS certificate ("" = insecure)"""
     @_builtins.property
     def node_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """TOML literals per key"""
+
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """restart a failed SuperNode with backoff"""
 
     def __init__(
         self,
@@ -263,14 +291,42 @@ class StartTraining(_message.Message):
         run_id: _builtins.str = ...,
         superlink_address: _builtins.str = ...,
         node_config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        superlink_root_certificates: _builtins.bytes = ...,
+        retry: Global___RetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_config", b"node_config", "run_id", b"run_id", "superlink_address", b"superlink_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_config", b"node_config", "retry", b"retry", "run_id", b"run_id", "superlink_address", b"superlink_address", "superlink_root_certificates", b"superlink_root_certificates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartTraining: _TypeAlias = StartTraining  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    BACKOFF_INITIAL_S_FIELD_NUMBER: _builtins.int
+    BACKOFF_MAX_S_FIELD_NUMBER: _builtins.int
+    max_restarts: _builtins.int
+    """0 = never restart"""
+    backoff_initial_s: _builtins.float
+    backoff_max_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        max_restarts: _builtins.int = ...,
+        backoff_initial_s: _builtins.float = ...,
+        backoff_max_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_initial_s", b"backoff_initial_s", "backoff_max_s", b"backoff_max_s", "max_restarts", b"max_restarts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class StopTraining(_message.Message):

@@ -178,6 +178,8 @@ class StrategySettings(_message.Message):
     RUN_CONFIG_KEYS_FIELD_NUMBER: _builtins.int
     BEST_METRIC_FIELD_NUMBER: _builtins.int
     BEST_METRIC_LOWER_IS_BETTER_FIELD_NUMBER: _builtins.int
+    CLIENT_MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    CLIENT_RESTART_BACKOFF_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """informational, e.g. "FedAvg" """
     rounds: _builtins.int
@@ -192,6 +194,12 @@ class StrategySettings(_message.Message):
     best_metric: _builtins.str
     """e.g. "central.accuracy"; used for "best" model"""
     best_metric_lower_is_better: _builtins.bool
+    client_max_restarts: _builtins.int
+    """A client whose SuperNode fails mid-run is restarted by its agent this many times
+    (unset = 2, 0 = never), waiting client_restart_backoff_s, doubling up to 30 s.
+    """
+    client_restart_backoff_s: _builtins.float
+    """0 = 1 s"""
     @_builtins.property
     def run_config_keys(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """setting name -> app run-config key"""
@@ -208,12 +216,16 @@ class StrategySettings(_message.Message):
         run_config_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         best_metric: _builtins.str = ...,
         best_metric_lower_is_better: _builtins.bool = ...,
+        client_max_restarts: _builtins.int | None = ...,
+        client_restart_backoff_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts", "client_max_restarts", b"client_max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metric", b"best_metric", "best_metric_lower_is_better", b"best_metric_lower_is_better", "fraction_evaluate", b"fraction_evaluate", "fraction_train", b"fraction_train", "min_clients", b"min_clients", "name", b"name", "round_timeout_s", b"round_timeout_s", "rounds", b"rounds", "run_config_keys", b"run_config_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts", "best_metric", b"best_metric", "best_metric_lower_is_better", b"best_metric_lower_is_better", "client_max_restarts", b"client_max_restarts", "client_restart_backoff_s", b"client_restart_backoff_s", "fraction_evaluate", b"fraction_evaluate", "fraction_train", b"fraction_train", "min_clients", b"min_clients", "name", b"name", "round_timeout_s", b"round_timeout_s", "rounds", b"rounds", "run_config_keys", b"run_config_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__client_max_restarts: _TypeAlias = _typing.Literal["client_max_restarts"]  # noqa: Y015
+    _WhichOneofArgType__client_max_restarts: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__client_max_restarts) -> _WhichOneofReturnType__client_max_restarts | None: ...
 
 Global___StrategySettings: _TypeAlias = StrategySettings  # noqa: Y015
 

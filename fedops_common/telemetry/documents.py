@@ -10,7 +10,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-FAMILIES = ("logs", "data-status", "resources", "round-metrics", "run-events")
+FAMILIES = ("logs", "data-status", "resources", "round-metrics", "run-events", "audit")
 INDEX_PREFIX = "fedops-"
 
 

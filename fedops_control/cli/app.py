@@ -1,6 +1,7 @@
 """`fedopsctl`: tasks, clients, runs and models from the command line.
 
-Exit codes: 0 ok, 1 service error, 2 bad input (usage errors, INVALID_ARGUMENT, NOT_FOUND).
+Exit codes: 0 ok, 1 service error, 2 bad input (usage errors, INVALID_ARGUMENT, NOT_FOUND),
+3 refused (UNAUTHENTICATED, PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.table import Table
 from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_common.security import ChannelSecurity
 
 app = typer.Typer(help="Operate FedOps Stack: tasks, clients, runs, models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -49,19 +51,42 @@ class Ctx:
 
     control: str = "127.0.0.1:50051"
     output: Output = Output.table
+    security: ChannelSecurity = ChannelSecurity()
+
+    @classmethod
+    def channel(cls) -> grpc.Channel:
+        return control_channel(cls.control, cls.security)
 
     @classmethod
     def stub(cls) -> control_pb2_grpc.ControlServiceStub:
-        return control_pb2_grpc.ControlServiceStub(control_channel(cls.control))
+        return control_pb2_grpc.ControlServiceStub(cls.channel())
+
+
+# Where `fedops-control` (default --data-dir) leaves the bootstrap admin token: used when no token is given.
+LOCAL_ADMIN_TOKEN = Path(".fedops/control/admin.token")
 
 
 @app.callback()
 def main_options(
     control: Annotated[str, typer.Option(envvar="FEDOPS_CONTROL", help="control service host:port")] = "127.0.0.1:50051",
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
+    token: Annotated[str | None, typer.Option(envvar="FEDOPS_TOKEN", help="API token (sent as a bearer token)")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        envvar="FEDOPS_TOKEN_FILE", help=f"file holding the API token; default {LOCAL_ADMIN_TOKEN} if present")] = None,
+    tls_ca: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the service (TLS)")] = None,
+    tls_cert: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")] = None,
+    tls_key: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_KEY", help="key of --tls-cert")] = None,
 ) -> None:
     """Global options."""
     Ctx.control, Ctx.output = control, output
+    if token_file is None and not token and LOCAL_ADMIN_TOKEN.is_file():
+        token_file = LOCAL_ADMIN_TOKEN
+    try:
+        Ctx.security = ChannelSecurity.from_env(token=token, token_file=str(token_file) if token_file else None,
+                                                ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key)
+        Ctx.security.check()
+    except (OSError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--token-file/--tls-*") from None
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -78,7 +103,8 @@ def call(method: Any, request: Any, timeout: float = 30) -> Any:
         code = err.code()  # type: ignore[attr-defined]
         bad_input = code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                              grpc.StatusCode.FAILED_PRECONDITION)
-        fail(f"{code.name}: {err.details()}", 2 if bad_input else 1)  # type: ignore[attr-defined]
+        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        fail(f"{code.name}: {err.details()}", 2 if bad_input else 3 if refused else 1)  # type: ignore[attr-defined]
 
 
 def as_json(message: Any) -> dict[str, Any]:
@@ -117,7 +143,7 @@ def health(service: Annotated[str, typer.Option(help="service name; '' = the ser
     """Check the control service through the standard gRPC health service (exit 1 unless SERVING)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    stub = health_pb2_grpc.HealthStub(control_channel(Ctx.control))
+    stub = health_pb2_grpc.HealthStub(Ctx.channel())
     try:
         answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     except grpc.RpcError as err:
@@ -562,6 +588,9 @@ def clients_resources(
              "round": s.get("fedops.round", 0), "model_version": s.get("fedops.model.version", 0)} for s in samples]
     _print_rows(rows, ["time", "cpu", "memory", "rss_bytes", "run", "round", "model_version"],
                 f"resources of {client_id}")
+
+
+from fedops_control.cli import access as _access  # noqa: E402,F401 - registers token, ca, whoami commands
 
 
 def main() -> None:

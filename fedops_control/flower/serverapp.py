@@ -26,7 +26,6 @@ from fedops_control.flower.grid import CooperativeStop, ObservedGrid, RunState
 KEY_INNER = "fedops-serverapp"
 KEY_RUN_ID = "fedops-run-id"
 KEY_TASK_ID = "fedops-task-id"
-KEY_CONTROL = "fedops-control-address"
 KEY_TIMEOUT = "fedops-round-timeout"
 KEY_QUORUM = "fedops-quorum"
 KEY_RESUME = "fedops-resume-model-id"
@@ -120,7 +119,7 @@ def main(grid: Grid, context: Context) -> None:
     telemetry = app_process_telemetry("fedops-serverapp")
     bind_ids(run_id=run_id, task_id=str(cfg.get(KEY_TASK_ID, "")), flower_run_id=str(context.run_id))
     log = get_logger(__name__)
-    observer = ObserverClient(str(cfg[KEY_CONTROL]))
+    observer = ObserverClient.from_config(cfg)
     state = RunState(run_id, float(cfg[KEY_TIMEOUT]), int(cfg[KEY_QUORUM]))
     resume = None
     if cfg.get(KEY_RESUME):

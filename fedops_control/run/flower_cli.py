@@ -23,7 +23,10 @@ def write_connection(handle: SuperLinkHandle, cli_home: Path) -> None:
     """Write the Flower config that names the run's SuperLink as the default connection."""
     cli_home.mkdir(parents=True, exist_ok=True)
     address = handle.extra.get("local_address", handle.address)
-    config = {"superlink": {"default": CONNECTION, CONNECTION: {"address": address, "insecure": True}}}
+    connection: dict[str, Any] = {"address": address, "insecure": True}
+    if handle.ca_file is not None:
+        connection = {"address": address, "root-certificates": str(handle.ca_file)}
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
     (cli_home / "config.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
 
 
@@ -59,6 +62,13 @@ async def run_status(cli_home: Path, flower_run_id: str) -> str:
     status = run.get("status", "unknown")
     details = run.get("status-details")
     return status if not details or details == "N/A" else f"{status}:{details}"
+
+
+async def register_supernode(cli_home: Path, public_key: str, name: str) -> None:
+    """`flwr supernode register`: admit the SuperNode holding this key (SuperNode authentication)."""
+    key_file = cli_home / f"{name}.pub"
+    key_file.write_text(public_key + "\n", encoding="ascii")
+    await _flwr(cli_home, "supernode", "register", str(key_file), CONNECTION, "--name", name, timeout_s=60)
 
 
 async def stop_run(cli_home: Path, flower_run_id: str) -> None:

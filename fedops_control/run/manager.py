@@ -14,9 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proc import pid_alive
-from fedops_common.proto import agent_pb2, common_pb2
+from fedops_common.observer import KEY_CONTROL, KEY_CREDENTIAL_FILE, KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE
+from fedops_common.proto import access_pb2, agent_pb2, common_pb2
+from fedops_common.security import write_secret
 from fedops_common.telemetry import TelemetryWriter
 from fedops_control import metrics
+from fedops_control.access.tokens import TokenStore
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_cli
@@ -50,7 +53,14 @@ class RunManager:
 
     def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentRegistry,
                  models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str,
-                 writer: TelemetryWriter | None = None) -> None:
+                 writer: TelemetryWriter | None = None, tokens: TokenStore | None = None,
+                 control_tls: tuple[Path | None, Path | None, Path | None] | None = None) -> None:
+        self._tokens = tokens  # None: the service runs without auth
+        # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
+        # TLS, presents our own certificate (it runs beside us, on our behalf).
+        self._control_tls = {key: str(path or "") for key, path in zip(
+            (KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE), control_tls or (None, None, None))}
+        self._control_tls = {k: str(Path(v).resolve()) if v else "" for k, v in self._control_tls.items()}
         self._sessions = sessions
         self._writer = writer
         self._bus = bus
@@ -162,8 +172,15 @@ class RunManager:
             workdir = self._data_dir / "runs" / run_id
             workdir.mkdir(parents=True, exist_ok=True)
             source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
+            credential_file = ""
+            if self._tokens is not None:  # the run's apps report with a token valid for this run only
+                secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
+                                               subject=run_id, created_by="fedops-control")
+                write_secret(workdir / "run.token", secret)
+                credential_file = str((workdir / "run.token").resolve())
             fedops_config = {
-                "fedops-run-id": run_id, "fedops-task-id": task_id, "fedops-control-address": self._control_address,
+                "fedops-run-id": run_id, "fedops-task-id": task_id, KEY_CONTROL: self._control_address,
+                KEY_CREDENTIAL_FILE: credential_file, **self._control_tls,
                 "fedops-round-timeout": float(strategy["round_timeout_s"]),
                 "fedops-quorum": int(strategy["min_clients"]), "fedops-resume-model-id": resume,
             }
@@ -177,20 +194,30 @@ class RunManager:
             self._links[run_id] = handle
             with self._sessions.begin() as db:
                 db.get(RunRow, run_id).superlink_address = handle.address
+                keys = {cid: db.get(ClientRow, cid).supernode_public_key for cid in client_ids}
+            cli_home = workdir / "cli"
+            flower_cli.write_connection(handle, cli_home)
+            if handle.ca_file is not None:  # SuperNode authentication: admit this run's agents only
+                missing = sorted(cid for cid, key in keys.items() if not key)
+                if missing:
+                    raise FailedPrecondition(f"client {missing[0]} sent no SuperNode public key; upgrade its agent")
+                await asyncio.gather(*(flower_cli.register_supernode(cli_home, keys[cid], cid) for cid in client_ids))
+            retry = agent_pb2.RetryPolicy(max_restarts=int(strategy.get("client_max_restarts", 2)),
+                                          backoff_initial_s=float(strategy.get("client_restart_backoff_s", 1.0)),
+                                          backoff_max_s=30.0)
             for cid in client_ids:
                 node_config = {k: _toml_literal(v) for k, v in node_configs[cid].items()}
                 node_config["fedops-run-id"] = _toml_literal(run_id)
                 node_config["fedops-task-id"] = _toml_literal(task_id)
                 command = agent_pb2.AgentCommand(start_training=agent_pb2.StartTraining(
-                    run_id=run_id, superlink_address=handle.address, node_config=node_config))
+                    run_id=run_id, superlink_address=handle.address, node_config=node_config,
+                    superlink_root_certificates=handle.root_certificates, retry=retry))
                 if not self._agents.send(cid, command):
                     raise FailedPrecondition(f"client {cid} went offline before the run started")
                 with self._sessions.begin() as db:
                     client = db.get(ClientRow, cid)
                     client.current_run_id, client.state = run_id, S.CLIENT_STATE_TRAINING
                     client.state_reason = f"training in run {run_id}"
-            cli_home = workdir / "cli"
-            flower_cli.write_connection(handle, cli_home)
             overrides_file = flower_cli.write_overrides(workdir / "run-config.toml", overrides)
             flower_run_id = await flower_cli.submit_run(cli_home, app_dir, overrides_file)
             with self._sessions.begin() as db:
@@ -252,6 +279,8 @@ class RunManager:
             handle = self._links.pop(run_id, None)
             if handle is not None:
                 await self._launcher.stop(handle)
+            if self._tokens is not None:  # the run's apps are gone: their token must not outlive them
+                self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
             metrics.RUNS_FINISHED.labels(task_id, name).inc()
             for status in ("selected", "responded", "failed", "straggling"):
@@ -264,6 +293,12 @@ class RunManager:
             self._finishing.discard(run_id)
 
     # ---------------------------------------------------------------- reports
+    def task_of(self, run_id: str) -> str:
+        """The task of a run ('' for no such run)."""
+        with self._sessions() as db:
+            run = db.get(RunRow, run_id)
+            return run.task_id if run is not None else ""
+
     def get_run_row(self, run_id: str) -> RunRow:
         """The run's row or NotFound."""
         with self._sessions() as db:

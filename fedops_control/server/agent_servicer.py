@@ -12,14 +12,15 @@ from sqlalchemy.orm import Session as DbSession, sessionmaker
 from fedops_common.convert import struct_to_dict, utcnow
 from fedops_common.logging import get_logger
 from fedops_common.observer import CHUNK_BYTES
-from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_common.proto import access_pb2, agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_control.access.interceptor import AccessControl
 from fedops_control.clients.registry import HEARTBEAT_INTERVAL_S, AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.manager import RunManager
 from fedops_control.server.convert import model_to_proto
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
 from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
-from fedops_control.task.errors import InvalidArgument, NotFound
+from fedops_control.task.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 log = get_logger(__name__)
 S = common_pb2
@@ -27,6 +28,8 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 MAX_MODEL_BYTES = 2 * 1024**3
 METRICS_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}$")
 MAX_DATA_STATUS_BYTES = 256 * 1024
+MAX_PUBLIC_KEY_CHARS = 1024
+SSH_PUBLIC_KEY = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/=]+( \S*)?$")
 
 
 def client_id_for(device_id: str) -> str:
@@ -37,10 +40,19 @@ def client_id_for(device_id: str) -> str:
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Implements fedops.v1.AgentService."""
 
-    def __init__(self, sessions: sessionmaker[DbSession], agents: AgentRegistry, runs: RunManager) -> None:
+    def __init__(self, sessions: sessionmaker[DbSession], agents: AgentRegistry, runs: RunManager,
+                 access: AccessControl) -> None:
         self._sessions = sessions
         self._agents = agents
         self._runs = runs
+        self._access = access
+
+    @staticmethod
+    def _check_certificate(context, device_id: str) -> None:  # type: ignore[no-untyped-def]
+        """With mutual TLS, the client certificate's common name must be the device id."""
+        names = context.auth_context().get("x509_common_name") if context.auth_context() else None
+        if names and names[0].decode() != device_id:
+            raise PermissionDenied(f"device.device_id: the client certificate belongs to {names[0].decode()!r}")
 
     @grpc_errors
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -51,29 +63,68 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("device.hostname", "too long")
         if request.metrics_address and not METRICS_ADDRESS.match(request.metrics_address):
             raise InvalidArgument("metrics_address", "must be host:port")
+        if len(request.supernode_public_key) > MAX_PUBLIC_KEY_CHARS or (
+                request.supernode_public_key and not SSH_PUBLIC_KEY.match(request.supernode_public_key)):
+            raise InvalidArgument("supernode_public_key", "an OpenSSH ecdsa-sha2-nistp* public key")
+        if len(request.enrolment_tokens) > 64:
+            raise InvalidArgument("enrolment_tokens", "at most 64")
         client_id = client_id_for(device.device_id)
         facts = {f.name: getattr(device, f.name) for f in device.DESCRIPTOR.fields}
+        identity = self._access.identity(context)
+        secure = self._access.enabled
+        if secure:
+            self._check_certificate(context, device.device_id)
+            if identity is not None and identity.subject != client_id:
+                raise PermissionDenied(f"device.device_id: this credential belongs to client {identity.subject}")
+        credential = ""
         with self._sessions.begin() as db:
+            token_tasks = []
+            for secret in request.enrolment_tokens:
+                token = self._access.tokens.redeem_enrolment(db, secret)
+                if token is None:
+                    raise Unauthenticated("enrolment_tokens: unknown, already used, expired or revoked")
+                if db.get(TaskRow, token.subject) is None:
+                    raise InvalidArgument("enrolment_tokens", f"the task {token.subject} of a token no longer exists")
+                token_tasks.append(token.subject)
             for task_id in request.task_ids:
                 if db.get(TaskRow, task_id) is None:
                     raise InvalidArgument("task_ids", f"unknown task {task_id!r}")
+            if secure and identity is None:
+                if not token_tasks:
+                    raise Unauthenticated("present the agent credential (authorization) or an enrolment token")
+                if self._access.tokens.has_agent_credential(db, client_id):
+                    raise PermissionDenied(f"device.device_id: client {client_id} is enrolled already; present its "
+                                           "credential (an admin can revoke it to re-enrol the device)")
+                credential, _ = self._access.tokens.issue(
+                    access_pb2.TOKEN_KIND_AGENT, access_pb2.ROLE_AGENT, device.hostname or device.device_id,
+                    subject=client_id, created_by="enrolment token", db=db)
+            enrolled = {m.task_id for m in db.query(MembershipRow).filter(
+                MembershipRow.client_id == client_id, MembershipRow.enrolled.is_(True))}
+            if secure:
+                for task_id in request.task_ids:
+                    if task_id not in enrolled and task_id not in token_tasks:
+                        raise PermissionDenied(f"task_ids: client {client_id} is not enrolled in {task_id}; "
+                                               "enrol with an enrolment token for that task")
             row = db.get(ClientRow, client_id)
             if row is None:
                 row = ClientRow(id=client_id, device=facts, state=S.CLIENT_STATE_ONLINE)
                 db.add(row)
             row.device, row.data_path, row.last_heartbeat = facts, request.data_path, utcnow()
             row.metrics_address = request.metrics_address
+            row.supernode_public_key = request.supernode_public_key
             if row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "registered"
             db.flush()
-            for task_id in request.task_ids:
+            for task_id in {*request.task_ids, *token_tasks}:
                 member = db.get(MembershipRow, (task_id, client_id))
                 if member is None:
                     db.add(MembershipRow(task_id=task_id, client_id=client_id, enrolled=True, selected=False))
                 else:
                     member.enrolled = True
+            task_ids = sorted(enrolled | set(request.task_ids) | set(token_tasks))
         log.info("agent registered", client_id=client_id, hostname=device.hostname)
-        return agent_pb2.RegisterResponse(client_id=client_id, heartbeat_interval_s=HEARTBEAT_INTERVAL_S)
+        return agent_pb2.RegisterResponse(client_id=client_id, heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                                          credential=credential, task_ids=task_ids)
 
     async def Session(self, request_iterator, context):  # type: ignore[no-untyped-def]
         """Bidirectional session; the first message names the client."""
@@ -82,6 +133,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except StopAsyncIteration:
             return
         client_id = first.client_id
+        identity = self._access.identity(context)
+        if self._access.enabled and (identity is None or identity.subject != client_id):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"client_id: this credential may not act as {client_id[:64]!r}")
         with self._sessions() as db:
             if db.get(ClientRow, client_id) is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"client {client_id} is not registered")
@@ -144,17 +199,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
     """Implements fedops.v1.ObserverService."""
 
-    def __init__(self, runs: RunManager, models: ModelStore) -> None:
+    def __init__(self, runs: RunManager, models: ModelStore, access: AccessControl) -> None:
         self._runs = runs
         self._models = models
+        self._access = access
+
+    def _check_subject(self, context, subject: str, field: str) -> None:  # type: ignore[no-untyped-def]
+        """An agent reports for itself only; a run's apps for their run only."""
+        if not self._access.enabled:
+            return
+        identity = self._access.identity(context)
+        if identity is None or identity.subject != subject:
+            raise PermissionDenied(f"{field}: this credential may not report for {subject[:64]!r}")
 
     @grpc_errors
     async def ReportServerEvent(self, request, context):  # type: ignore[no-untyped-def]
+        self._check_subject(context, request.run_id, "run_id")
         stop = await self._runs.on_server_event(request)
         return agent_pb2.ServerEventAck(stop_requested=stop)
 
     @grpc_errors
     async def ReportClientEvent(self, request, context):  # type: ignore[no-untyped-def]
+        self._check_subject(context, request.client_id, "client_id")
         await self._runs.on_client_event(request)
         return agent_pb2.ClientEventAck()
 
@@ -172,6 +238,10 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
         if header is None or not header.run_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version.run_id: required on the first chunk")
         try:
+            self._check_subject(context, header.run_id, "version.run_id")
+        except PermissionDenied as err:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        try:
             row = await asyncio.to_thread(self._models.add, header.run_id, header.round, b"".join(parts),
                                           dict(header.metrics), header.format or "npz")
         except NotFound as err:
@@ -182,6 +252,9 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
     @grpc_stream_errors
     async def FetchModel(self, request, context):  # type: ignore[no-untyped-def]
         row = self._models.resolve(request.model_id)
+        identity = self._access.identity(context)
+        if self._access.enabled and (identity is None or self._runs.task_of(identity.subject) != row.task_id):
+            raise PermissionDenied("model_id: a run may fetch only models of its own task")
         data = self._models.read(row)
         for start in range(0, max(len(data), 1), CHUNK_BYTES):
             yield common_pb2.ModelChunk(data=data[start:start + CHUNK_BYTES])

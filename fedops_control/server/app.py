@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +22,13 @@ from fedops_common.logging import get_logger
 from fedops_common.telemetry import TelemetryWriter
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, start_telemetry
 from fedops_common.telemetry.metrics_http import serve_metrics
-from fedops_common.proto import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+from fedops_common.proto import access_pb2, access_pb2_grpc, agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+from fedops_common.security import read_secret, write_secret
+from fedops_control.access.audit import AuditLog
+from fedops_control.access.ca import CertificateAuthority
+from fedops_control.access.interceptor import AccessControl, AuthInterceptor
+from fedops_control.access.servicer import AccessServicer
+from fedops_control.access.tokens import TokenStore
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.metrics import register_state_collector
 from fedops_control.registry.store import ModelStore
@@ -36,7 +45,44 @@ SERVICE_NAMES = (
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["ObserverService"].full_name,
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
+ENV_ADMIN_TOKEN = "FEDOPS_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class Security:
+    """How the control service protects itself and its runs."""
+
+    auth: bool = True                 # tokens and roles on every RPC
+    admin_token_file: Path | None = None
+    tls_cert: Path | None = None      # serve TLS with this certificate (and key)
+    tls_key: Path | None = None
+    tls_ca: Path | None = None        # CA that issued tls_cert; with mtls, client certificates must chain to it
+    mtls: bool = False
+    superlink_tls: bool = True        # run SuperLinks with TLS and SuperNode authentication
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials for the gRPC port, or None for plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        root = self.tls_ca.read_bytes() if self.tls_ca is not None else None
+        return grpc.ssl_server_credentials([(self.tls_key.read_bytes(), self.tls_cert.read_bytes())],
+                                           root_certificates=root, require_client_auth=self.mtls)
+
+
+def bootstrap_admin(tokens: TokenStore, token_file: Path) -> None:
+    """Make sure an admin token exists: FEDOPS_ADMIN_TOKEN, else the token file, else a new one written there."""
+    secret = os.environ.get(ENV_ADMIN_TOKEN, "").strip()
+    if not secret and token_file.exists():
+        secret = read_secret(token_file)
+    if not secret:
+        secret = f"fop_{secrets.token_urlsafe(32)}"
+    if len(secret) < 16:
+        raise ValueError(f"{ENV_ADMIN_TOKEN}: at least 16 characters")
+    tokens.ensure_admin(secret)
+    if not token_file.exists():
+        write_secret(token_file, secret)
 
 
 def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> list[dict[str, Any]]:
@@ -52,22 +98,35 @@ def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> lis
 
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
-                stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None) -> None:
+                stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
+                security: Security | None = None) -> None:
     """Run the control service until cancelled or signalled."""
+    security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(database_url or sqlite_url(data_dir / "control.db"))
     bus = EventBus(sessions, writer)
     agents = AgentRegistry()
     models = ModelStore(sessions, data_dir / "models")
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    port = server.add_insecure_port(listen)
+    tokens = TokenStore(sessions)
+    access = AccessControl(tokens, enabled=security.auth)
+    if security.auth:
+        bootstrap_admin(tokens, security.admin_token_file or data_dir / "admin.token")
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[AuthInterceptor(access, AuditLog(writer))])
+    credentials = security.server_credentials()
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     host = listen.rsplit(":", 1)[0]
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
-    runs = RunManager(sessions, bus, agents, models, LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host),
-                      data_dir, control_address=f"{local_host}:{port}", writer=writer)
-    control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(sessions, runs, agents, models, bus), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs), server)
-    agent_pb2_grpc.add_ObserverServiceServicer_to_server(ObserverServicer(runs, models), server)
+    superlink_ca = (CertificateAuthority.load_or_create(data_dir / "superlink-ca", "FedOps SuperLink CA")
+                    if security.superlink_tls else None)
+    launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca)
+    runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
+                      writer=writer, tokens=tokens if security.auth else None,
+                      control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None)
+    control_pb2_grpc.add_ControlServiceServicer_to_server(
+        ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access), server)
+    agent_pb2_grpc.add_ObserverServiceServicer_to_server(ObserverServicer(runs, models, access), server)
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(sessions, access), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -79,7 +138,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
         print(f"fedops-control metrics on http://{metrics_address}/metrics", flush=True)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("control service listening", address=f"{host}:{port}", data_dir=str(data_dir))
+    log.info("control service listening", address=f"{host}:{port}", data_dir=str(data_dir), auth=security.auth,
+             tls=credentials is not None, mtls=security.mtls, superlink_tls=security.superlink_tls)
     print(f"fedops-control listening on {host}:{port}", flush=True)
     await runs.recover()
     watchdog = asyncio.create_task(runs.watchdog())
@@ -111,14 +171,36 @@ def run(
         help="host:port of /metrics and /sd/agents ('' = off, port 0 = any free port)")] = "127.0.0.1:9464",
     stop_runs_on_exit: Annotated[bool, typer.Option(
         help="fail and stop active runs on exit; by default they go on and are re-attached on the next start")] = False,
+    auth: Annotated[bool, typer.Option(
+        help="require a token with the right role on every RPC (off only for isolated experiments)")] = True,
+    admin_token_file: Annotated[Path | None, typer.Option(
+        help=f"bootstrap admin token (created if missing; {ENV_ADMIN_TOKEN} seeds it); default DATA_DIR/admin.token")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve TLS with this certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA that issued --tls-cert; verifies clients with --mtls")] = None,
+    mtls: Annotated[bool, typer.Option(help="require client certificates issued by --tls-ca (mutual TLS)")] = False,
+    superlink_tls: Annotated[bool, typer.Option(
+        help="run SuperLinks with TLS and SuperNode authentication (only the run's agents get in)")] = True,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"no such file {path}", param_hint=name)
+    if (mtls or tls_cert) and tls_ca is None:
+        raise typer.BadParameter("--tls-ca is required with TLS (runs verify this service with it)",
+                                 param_hint="--tls-ca")
+    if mtls and tls_cert is None:
+        raise typer.BadParameter("--mtls needs --tls-cert and --tls-key", param_hint="--mtls")
+    security = Security(auth=auth, admin_token_file=admin_token_file, tls_cert=tls_cert, tls_key=tls_key,
+                        tls_ca=tls_ca, mtls=mtls, superlink_tls=superlink_tls)
     telemetry = start_telemetry("fedops-control", data_dir / "telemetry", elasticsearch_url=elasticsearch_url,
                                 log_level=log_level)
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
-                          superlink_bind, stop_runs_on_exit))
+                          superlink_bind, stop_runs_on_exit, security=security))
     finally:
         telemetry.close()
 

@@ -32,7 +32,9 @@ RUN_FINISHED_GRACE_S = 30.0
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     """Implements fedops.v1.ControlService."""
 
-    def __init__(self, sessions, runs: RunManager, agents: AgentRegistry, models: ModelStore, bus: EventBus) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, sessions, runs: RunManager, agents: AgentRegistry, models: ModelStore, bus: EventBus,  # type: ignore[no-untyped-def]
+                 require_enrolment: bool = False) -> None:
+        self._require_enrolment = require_enrolment  # with auth on, only enrolled clients can be selected
         self._sessions = sessions
         self._runs = runs
         self._agents = agents
@@ -159,6 +161,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             for cid in request.client_ids:
                 if db.get(ClientRow, cid) is None:
                     raise InvalidArgument("client_ids", f"unknown client {cid!r}")
+                if self._require_enrolment and not (cid in members and members[cid].enrolled):
+                    raise InvalidArgument("client_ids", f"client {cid!r} is not enrolled in task {task.id}")
                 if cid not in members:
                     members[cid] = MembershipRow(task_id=task.id, client_id=cid, enrolled=False)
                     db.add(members[cid])

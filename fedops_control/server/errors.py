@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 
 from fedops_common.logging import get_logger
-from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
+from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+DOMAIN_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied, Unauthenticated)
 
 log = get_logger(__name__)
 
@@ -21,6 +23,10 @@ def _code_of(err: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(err)
     if isinstance(err, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(err)
+    if isinstance(err, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(err)
     return None
 
 
@@ -31,7 +37,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except (InvalidArgument, NotFound, FailedPrecondition) as err:
+        except DOMAIN_ERRORS as err:
             code, text = _code_of(err)  # type: ignore[misc]
             await context.abort(code, text)
         except grpc.aio.AbortError:
@@ -51,7 +57,7 @@ def grpc_stream_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             async for item in method(self, request, context):
                 yield item
-        except (InvalidArgument, NotFound, FailedPrecondition) as err:
+        except DOMAIN_ERRORS as err:
             code, text = _code_of(err)  # type: ignore[misc]
             await context.abort(code, text)
         except grpc.aio.AbortError:

@@ -40,6 +40,7 @@ class ClientRow(Base):
     current_run_id: Mapped[str] = mapped_column(String(64), default="")
     registered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     metrics_address: Mapped[str] = mapped_column(String(128), default="")
+    supernode_public_key: Mapped[str] = mapped_column(Text, default="")
 
 
 class MembershipRow(Base):
@@ -148,3 +149,20 @@ class DataStatusRow(Base):
     round: Mapped[int] = mapped_column(Integer, default=0)
     reported_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class CredentialRow(Base):
+    """An API token, enrolment token, agent credential or run token; only the secret's hash is kept."""
+
+    __tablename__ = "credentials"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[int] = mapped_column(Integer)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(64), default="", index=True)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -16,3 +16,11 @@ class NotFound(LookupError):
 
 class FailedPrecondition(RuntimeError):
     """The request is valid but the current state does not allow it."""
+
+
+class PermissionDenied(PermissionError):
+    """The caller is known but may not do this (e.g. act as another agent)."""
+
+
+class Unauthenticated(PermissionError):
+    """The caller presented no valid credential."""

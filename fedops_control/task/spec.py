@@ -30,7 +30,11 @@ STRATEGY_DEFAULTS: dict[str, Any] = {
     "round_timeout_s": 300.0,
     "best_metric": "central.accuracy",
     "best_metric_lower_is_better": False,
+    "client_max_restarts": 2,
+    "client_restart_backoff_s": 1.0,
 }
+MAX_CLIENT_RESTARTS = 100
+MAX_RESTART_BACKOFF_S = 3600.0
 MAX_ROUNDS = 100_000
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
@@ -43,7 +47,10 @@ def strategy_from_proto(msg: common_pb2.StrategySettings) -> dict[str, Any]:
     for field in ("name", "best_metric"):
         if getattr(msg, field):
             out[field] = getattr(msg, field)
-    for field in ("rounds", "min_clients", "fraction_train", "fraction_evaluate", "round_timeout_s"):
+    if msg.HasField("client_max_restarts"):
+        out["client_max_restarts"] = msg.client_max_restarts
+    for field in ("rounds", "min_clients", "fraction_train", "fraction_evaluate", "round_timeout_s",
+                  "client_restart_backoff_s"):
         value = getattr(msg, field)
         if value != 0:
             out[field] = value
@@ -64,6 +71,10 @@ def validate_strategy(strategy: dict[str, Any]) -> None:
             raise InvalidArgument(f"strategy.{field}", "must be in (0, 1]")
     if not 0.0 < float(strategy["round_timeout_s"]) <= MAX_ROUND_TIMEOUT_S:
         raise InvalidArgument("strategy.round_timeout_s", f"must be in (0, {MAX_ROUND_TIMEOUT_S}] seconds")
+    if not 0 <= int(strategy.get("client_max_restarts", 0)) <= MAX_CLIENT_RESTARTS:
+        raise InvalidArgument("strategy.client_max_restarts", f"must be between 0 and {MAX_CLIENT_RESTARTS}")
+    if not 0.0 < float(strategy.get("client_restart_backoff_s", 1.0)) <= MAX_RESTART_BACKOFF_S:
+        raise InvalidArgument("strategy.client_restart_backoff_s", f"must be in (0, {MAX_RESTART_BACKOFF_S:g}] seconds")
     for setting, key in strategy["run_config_keys"].items():
         if setting not in DEFAULT_RUN_CONFIG_KEYS:
             raise InvalidArgument(f"strategy.run_config_keys.{setting}", "unknown strategy setting")

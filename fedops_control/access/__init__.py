@@ -1,0 +1,1 @@
+"""Access control: tokens and credentials, roles per RPC, the audit log, TLS certificates."""

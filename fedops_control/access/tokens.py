@@ -1,0 +1,131 @@
+"""Issue, resolve and revoke tokens. Only a SHA-256 of each secret is stored.
+
+Secrets are 256-bit random values, so a plain hash (no salt, no slow KDF) is what API-token
+stores commonly use: it cannot be brute-forced and lets a token be found by its hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedops_common.convert import utcnow
+from fedops_common.proto import access_pb2
+from fedops_control.state.models import CredentialRow
+
+A = access_pb2
+PREFIX = {A.TOKEN_KIND_API: "fop", A.TOKEN_KIND_ENROLMENT: "foe", A.TOKEN_KIND_AGENT: "foa", A.TOKEN_KIND_RUN: "for"}
+OPERATOR_ROLES = (A.ROLE_VIEWER, A.ROLE_OPERATOR, A.ROLE_ADMIN)
+DEFAULT_ENROLMENT_TTL_S = 24 * 3600
+MAX_TTL_S = 10 * 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid token belongs to."""
+
+    token_id: str
+    kind: int
+    role: int
+    name: str
+    subject: str = ""
+
+
+# Every check passes for this identity: used when the service runs with --no-auth.
+ANONYMOUS_ADMIN = Identity(token_id="", kind=A.TOKEN_KIND_UNSPECIFIED, role=A.ROLE_ADMIN, name="anonymous")
+
+
+def secret_hash(secret: str) -> str:
+    """The stored form of a secret."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _active(row: CredentialRow, now: dt.datetime) -> bool:
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
+
+
+class TokenStore:
+    """Tokens of every kind, in the control service's database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def issue(self, kind: int, role: int, name: str, subject: str = "", ttl_s: int = 0, created_by: str = "",
+              secret: str | None = None, db: Session | None = None) -> tuple[str, CredentialRow]:
+        """Create a token (inside ``db``'s transaction when given); returns the secret (shown once) and its row."""
+        token_id = secrets.token_hex(8)
+        secret = secret or f"{PREFIX[kind]}_{secrets.token_urlsafe(32)}"
+        expires = utcnow() + dt.timedelta(seconds=ttl_s) if ttl_s > 0 else None
+        row = CredentialRow(id=token_id, kind=kind, secret_sha256=secret_hash(secret), name=name[:200], role=role,
+                            subject=subject, created_by=created_by[:200], created_at=utcnow(), expires_at=expires)
+        if db is not None:
+            db.add(row)
+            return secret, row
+        with self._sessions.begin() as own:
+            own.add(row)
+        return secret, row
+
+    def resolve(self, secret: str) -> Identity | None:
+        """The identity of an active token, or None (unknown, expired, revoked or an enrolment token)."""
+        if not secret or len(secret) > 512:
+            return None
+        with self._sessions() as db:
+            row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+            if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
+                return None
+            return Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
+
+    def redeem_enrolment(self, db: Session, secret: str) -> CredentialRow | None:
+        """Use up a one-time enrolment token inside the caller's transaction; None if not valid."""
+        if not secret or len(secret) > 512:
+            return None
+        row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+        now = utcnow()
+        if row is None or row.kind != A.TOKEN_KIND_ENROLMENT or row.used_at is not None or not _active(row, now):
+            return None
+        row.used_at = now
+        return row
+
+    def has_agent_credential(self, db: Session, client_id: str) -> bool:
+        """Whether a client holds an active credential (then only that credential may act as it)."""
+        rows = db.query(CredentialRow).filter(CredentialRow.kind == A.TOKEN_KIND_AGENT,
+                                              CredentialRow.subject == client_id).all()
+        now = utcnow()
+        return any(_active(row, now) for row in rows)
+
+    def list(self, kind: int = 0, include_revoked: bool = False) -> list[CredentialRow]:
+        """Token rows (no secrets), newest first."""
+        with self._sessions() as db:
+            query = db.query(CredentialRow)
+            if kind:
+                query = query.filter(CredentialRow.kind == kind)
+            if not include_revoked:
+                query = query.filter(CredentialRow.revoked_at.is_(None))
+            return query.order_by(CredentialRow.created_at.desc()).all()
+
+    def revoke(self, token_id: str) -> CredentialRow | None:
+        """Revoke a token now; None when there is no such token."""
+        with self._sessions.begin() as db:
+            row = db.get(CredentialRow, token_id)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = utcnow()
+        with self._sessions() as db:
+            return db.get(CredentialRow, token_id)
+
+    def revoke_subject(self, kind: int, subject: str) -> None:
+        """Revoke every token of a kind for a subject (e.g. a run's token when the run ends)."""
+        with self._sessions.begin() as db:
+            for row in db.query(CredentialRow).filter(CredentialRow.kind == kind, CredentialRow.subject == subject,
+                                                      CredentialRow.revoked_at.is_(None)):
+                row.revoked_at = utcnow()
+
+    def ensure_admin(self, secret: str, name: str = "bootstrap admin") -> None:
+        """Make ``secret`` a valid admin token (idempotent): the bootstrap token of a fresh service."""
+        with self._sessions() as db:
+            exists = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+        if exists is None:
+            self.issue(A.TOKEN_KIND_API, A.ROLE_ADMIN, name, created_by="fedops-control", secret=secret)
