@@ -44,6 +44,10 @@ SUPERNODES = Gauge("fedops_agent_supernodes_running", "SuperNodes this agent sup
 SESSIONS = Counter("fedops_agent_sessions_opened", "Sessions opened with the control service (reconnects included)")
 DATA_REPORTS = Counter("fedops_agent_data_status_reports", "Data status reports sent")
 SUPERNODE_RESTARTS = Counter("fedops_agent_supernode_restarts", "SuperNodes restarted after failing (retry policy)")
+# Flower keeps a crashed node "online" for 2 heartbeat intervals (2 x 30 s): a restarted SuperNode
+# is refused activation until then.
+ACTIVATION_REFUSED = "Failed to activate SuperNode"
+NODE_RELEASE_WAIT_S = 90.0
 USED_TOKENS_FILE = "used-enrolment-tokens"  # hashes of tokens already redeemed: never sent twice
 
 
@@ -205,7 +209,11 @@ class Agent:
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
 
-    def _launch(self, start: agent_pb2.StartTraining, restarts: int = 0) -> SuperNodeProcess:
+    def _node_log(self, node: SuperNodeProcess) -> str:
+        path = self.state_dir / "runs" / node.run_id / "supernode.log"
+        return path.read_bytes()[node.log_offset:].decode(errors="replace") if path.exists() else ""
+
+    def _launch(self, start: agent_pb2.StartTraining, restarts: int = 0, crashed_at: float = 0.0) -> SuperNodeProcess:
         """Start (or restart) the SuperNode of a run and watch it."""
         workdir = self.state_dir / "runs" / start.run_id
         workdir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +232,7 @@ class Agent:
             root_certificates.write_bytes(start.superlink_root_certificates)
         node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
                                root_certificates=root_certificates, auth_key=self.supernode_key)
-        node.restarts = restarts
+        node.restarts, node.crashed_at = restarts, crashed_at
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))
         if self.sampler is not None:
@@ -261,6 +269,15 @@ class Agent:
             return
         reason = f"SuperNode exited unexpectedly with code {code}"
         start = self._starts.get(node.run_id)
+        loop = asyncio.get_running_loop()
+        if start is not None and node.crashed_at and loop.time() - node.crashed_at < NODE_RELEASE_WAIT_S and \
+                ACTIVATION_REFUSED in self._node_log(node):
+            # The SuperLink still counts the crashed node as online (until its heartbeats lapse):
+            # try to rejoin again shortly, without spending the retry budget.
+            await asyncio.sleep(5.0)
+            if self._starts.get(node.run_id) is start and node.run_id not in self.nodes:
+                self._launch(start, restarts=node.restarts, crashed_at=node.crashed_at)
+                return
         if start is not None and node.restarts < start.retry.max_restarts:
             # Retry policy of the task: exponential backoff, then the same SuperNode identity rejoins.
             delay = min(start.retry.backoff_initial_s * 2 ** node.restarts, start.retry.backoff_max_s or 30.0)
@@ -270,7 +287,7 @@ class Agent:
             await asyncio.sleep(delay)
             if self._starts.get(node.run_id) is start and node.run_id not in self.nodes:
                 SUPERNODE_RESTARTS.inc()
-                self._launch(start, restarts=attempt)
+                self._launch(start, restarts=attempt, crashed_at=loop.time())
                 self._status(S.CLIENT_STATE_TRAINING, f"SuperNode restarted for run {node.run_id} "
                                                       f"(attempt {attempt})", node.run_id)
                 return

@@ -22,6 +22,7 @@ class SuperNodeProcess:
     process: subprocess.Popen[bytes]
     stop_requested: bool = False
     restarts: int = 0
+    crashed_at: float = 0.0  # loop time of the crash this process restarts after (0 = first start)
     log_offset: int = 0  # where this process's lines start in supernode.log
 
 

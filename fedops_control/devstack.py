@@ -19,7 +19,7 @@ from fedops_common.grpc_channel import control_channel
 from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import console_script, scan_processes, stop_process_group
 from fedops_common.proto import access_pb2, access_pb2_grpc
-from fedops_common.security import ENV_TOKEN, ChannelSecurity, read_secret
+from fedops_common.security import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN, ChannelSecurity, read_secret
 
 
 @dataclass
@@ -36,6 +36,7 @@ class LocalStack:
     auth: bool = True             # the control service's default: tokens and roles on every RPC
     admin_token: str = ""         # the bootstrap admin token, read once the service is up
     control_args: list[str] = field(default_factory=list)  # extra `fedops-control` flags
+    client_tls: ChannelSecurity = field(default_factory=ChannelSecurity)  # TLS files of tools and tests
 
     @property
     def admin_token_file(self) -> Path:
@@ -44,7 +45,9 @@ class LocalStack:
 
     def security(self, token: str | None = None) -> ChannelSecurity:
         """How tests and tools reach this stack (the admin token unless another is given)."""
-        return ChannelSecurity(token=self.admin_token if token is None else token)
+        tls = self.client_tls
+        return ChannelSecurity(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                               token=self.admin_token if token is None else token)
 
     def enrolment_token(self, task_id: str, name: str = "") -> str:
         """A one-time enrolment token for ``task_id`` (as an operator would create it)."""
@@ -107,7 +110,9 @@ class LocalStack:
 
     def ctl(self, *args: str, check: bool = True, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         """Run `fedopsctl` against this stack."""
-        env = {**os.environ, ENV_TOKEN: self.admin_token}
+        tls = self.client_tls
+        env = {**os.environ, ENV_TOKEN: self.admin_token, ENV_TLS_CA: tls.ca_file, ENV_TLS_CERT: tls.cert_file,
+               ENV_TLS_KEY: tls.key_file}
         result = subprocess.run([console_script("fedopsctl"), "--control", self.control_address, *args],
                                 capture_output=True, text=True, timeout=timeout_s, env=env)
         if check and result.returncode != 0:

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -46,7 +46,7 @@ def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 @contextlib.contextmanager
-def control_stack(root: Path, **options: str) -> Iterator[LocalStack]:
+def control_stack(root: Path, **options: Any) -> Iterator[LocalStack]:
     """A LocalStack with its control service started; everything stopped afterwards."""
     from fedops_control.devstack import LocalStack
 

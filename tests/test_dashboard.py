@@ -43,7 +43,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Pat
         wait_until(lambda: elasticsearch.count("fedops-logs", {"term": {"fedops.run.id": run["id"]}}) > 0, 60,
                    "the run's logs in Elasticsearch")
         wait_until(lambda: prometheus.query("fedops_rounds_completed_total"), 30, "Prometheus to scrape the run")
-        os.environ.update({"FEDOPS_CONTROL": stack.control_address, "FEDOPS_ELASTICSEARCH_URL": elasticsearch.url,
+        os.environ.update({"FEDOPS_CONTROL": stack.control_address, "FEDOPS_TOKEN": stack.admin_token,
+                           "FEDOPS_ELASTICSEARCH_URL": elasticsearch.url,
                            "FEDOPS_PROMETHEUS_URL": prometheus.url})
         yield {"stack": stack, "task_id": task_id, "run_id": run["id"], "clients": clients, "es": elasticsearch}
     finally:

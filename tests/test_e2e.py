@@ -151,7 +151,7 @@ def test_bad_input_is_refused_with_the_field(stack) -> None:  # type: ignore[no-
     assert result.returncode == 2 and "app.local_path" in result.stderr
     result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--rounds", "0", check=False)
     assert result.returncode == 2
-    stub = control_pb2_grpc.ControlServiceStub(control_channel(local.control_address))
+    stub = control_pb2_grpc.ControlServiceStub(control_channel(local.control_address, local.security()))
     bad = common_pb2.Task(title="x", app=common_pb2.AppReference(local_path=str(DIGITS_APP)),
                           strategy=common_pb2.StrategySettings(fraction_evaluate=7))
     with pytest.raises(grpc.RpcError) as err:

@@ -108,3 +108,32 @@ def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, dig
         prometheus.stop()
         es.stop()
         shutil.rmtree(es.root, ignore_errors=True)
+
+
+def test_failed_client_is_restarted_with_backoff_and_rejoins(tmp_path: Path, digits_data: list[Path]) -> None:
+    """Kill one client's SuperNode (not its agent) after round 1: the agent restarts it per the task's
+    retry policy, the same identity rejoins, and the client takes part in the last round again."""
+    import os
+    import signal
+
+    from fedops_common.proc import scan_processes
+
+    with control_stack(tmp_path / "retry") as stack:
+        # Flower releases a crashed node after 60 s; rounds 2-3 wait for it at most their timeout.
+        task_id = create_task(stack, rounds=5, timeout_s=45, quorum=2)
+        clients = start_clients(stack, task_id, digits_data, "t")
+        run = stack.ctl_json("run", "start", task_id)
+        wait_for(lambda: any(r.get("phase") == "done" for r in get_run(stack, run["id"]).get("rounds", [])), 180, 0.2)
+        agent_dir = str(stack.root / "agents" / "t2").encode()
+        supernodes = [pid for pid, _, cmdline in scan_processes()
+                      if b"flower-supernode" in cmdline and agent_dir in cmdline]
+        assert supernodes, "the SuperNode of agent t2 was not found"
+        for pid in supernodes:
+            os.killpg(pid, signal.SIGKILL)
+        final = wait_finished(stack, run["id"], timeout_s=300)
+        assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+        assert clients[2] in final["rounds"][-1]["responded_client_ids"], final["rounds"][-1]
+        agent_log = "".join(p.read_text() for p in (stack.root / "agents" / "t2" / "telemetry" / "logs").glob("*.jsonl"))
+        assert "restart 1/2 in 1.0s" in agent_log and "SuperNode restarted for run" in agent_log
+        assert "restart 2/2" not in agent_log  # waiting for Flower to release the node spends no retry
+        assert stack.ctl_json("clients", "show", clients[2])["state"] != "CLIENT_STATE_FAILED"

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedops_common.grpc_channel import MAX_MESSAGE_BYTES, control_channel
-from fedops_common.proto import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+from fedops_common.proto import access_pb2, access_pb2_grpc, agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
 from fedops_control.devstack import LocalStack
 from tests.conftest import DIGITS_APP, control_stack
 
@@ -117,9 +117,10 @@ def _jsonable(value: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with control_stack(tmp_path_factory.mktemp("fuzz")) as stack:
+    # Auth off: every request reaches validation. Refusals by role are fuzzed in test_access.py.
+    with control_stack(tmp_path_factory.mktemp("fuzz"), auth=False) as stack:
         task = stack.ctl_json("task", "create", "--title", "kept intact", "--app", str(DIGITS_APP), "--rounds", "2")
-        channel = control_channel(stack.control_address)
+        channel = control_channel(stack.control_address, stack.security())
         yield {"stack": stack, "task": task, "channel": channel}
         channel.close()
 
@@ -127,7 +128,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 def rpcs() -> list[tuple[str, Any, Any, Any, bool]]:
     """(name, stub class, request class, method name, server-streaming) of every RPC we serve."""
     found = []
-    for module, grpc_module in ((control_pb2, control_pb2_grpc), (agent_pb2, agent_pb2_grpc)):
+    for module, grpc_module in ((control_pb2, control_pb2_grpc), (agent_pb2, agent_pb2_grpc),
+                                (access_pb2, access_pb2_grpc)):
         for service_desc in module.DESCRIPTOR.services_by_name.values():
             stub_class = getattr(grpc_module, f"{service_desc.name}Stub")
             for method in service_desc.methods:

@@ -33,7 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]) -> 
 
 def grpcurl(stack: LocalStack, method: str, data: dict[str, Any] | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-    args = [str(GRPCURL), "-plaintext", "-format", "json"]
+    args = [str(GRPCURL), "-plaintext", "-format", "json", "-H", f"authorization: Bearer {stack.admin_token}"]
     if data is not None:
         args += ["-d", json.dumps(data)]
     result = subprocess.run([*args, stack.control_address, *method.split()], capture_output=True, text=True,
