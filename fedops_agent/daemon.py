@@ -339,7 +339,7 @@ def run(
         security.check()
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--tls-ca/--tls-cert/--tls-key") from None
-    tokens = list(enrolment_token or file_cfg.get("enrolment_tokens", []))
+    tokens = [t for t in (enrolment_token or file_cfg.get("enrolment_tokens", [])) if t.strip()]
     state = state_dir or Path(file_cfg.get("state_dir", ".fedops/agent"))
     interval = sample_interval if sample_interval is not None else float(file_cfg.get("sample_interval", 1.0))
     if interval <= 0:

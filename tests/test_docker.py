@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
-AGENT_ENV = {"FEDOPS_CONTROL": "control.example.org:50051", "FEDOPS_TASK": "task-1",
+AGENT_ENV = {"FEDOPS_CONTROL": "control.example.org:50051", "FEDOPS_ENROLMENT_TOKEN": "foe_x", "FEDOPS_TLS_DIR": str(ROOT),
              "FEDOPS_DATA_DIR": str(ROOT / "examples")}
 COMPOSE_FILES = {"docker-compose.yml": {}, "agent-compose.yml": AGENT_ENV}
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
