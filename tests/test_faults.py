@@ -94,8 +94,9 @@ def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, dig
             final = wait_finished(stack, run["id"])
             assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
             assert len(final["rounds"]) == 3
-            rounds = wait_until(lambda: prometheus.query(f'fedops_rounds_completed_total{{task_id="{task_id}"}}'),
-                                60, "Prometheus to scrape again")
+            # Poll: the newest sample may still be one scraped before the last round completed.
+            rounds = wait_until(lambda: (r := prometheus.query(f'fedops_rounds_completed_total{{task_id="{task_id}"}}'))
+                                and float(r[0]["value"][1]) == 3 and r, 60, "Prometheus to scrape all 3 rounds")
             assert float(rounds[0]["value"][1]) == 3
             events = len(stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines())
         # The stack has stopped (each actor flushes its shipper on exit): every line every actor spooled,

@@ -33,13 +33,13 @@ def observed_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Pat
         prometheus.start(prometheus_config(stack.metrics_address))
         started = time.time()
         task_id = create_task(stack, ROUNDS)
-        clients = start_clients(stack, task_id, digits_data, "obs")
+        # A task whose app cannot be fetched: its run fails for real (for "errors by run").
+        broken = stack.ctl_json("task", "create", "--title", "broken app", "--git-url", f"file://{root}/no-repo",
+                                "--rounds", "1", "--min-clients", "1")
+        clients = start_clients(stack, task_id, digits_data, "obs", first_also_in=[broken["id"]])
         run = stack.ctl_json("run", "start", task_id)
         finished = wait_finished(stack, run["id"])
         assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
-        # A run whose app cannot be fetched: a real error, logged with its run id (for "errors by run").
-        broken = stack.ctl_json("task", "create", "--title", "broken app", "--git-url", f"file://{root}/no-repo",
-                                "--rounds", "1", "--min-clients", "1")
         stack.ctl("task", "select", broken["id"], clients[0])
         failed = wait_finished(stack, stack.ctl_json("run", "start", broken["id"])["id"], 60)
         assert failed["outcome"] == "RUN_OUTCOME_FAILED"

@@ -41,13 +41,13 @@ def main(root: Path = Path(".fedops/demo"), rounds: int = 3, agents: int = 3) ->
             stack.start_agent(f"client{i}", [task["id"]], data_dir)
         clients = [stack.client_id(f"client{i}") for i in range(agents)]
         stack.ctl("task", "select", task["id"], *clients)
-        subprocess.run([sys.executable, "-m", "fedops_control.cli.app", "--control", address, "clients", "list"],
-                       check=True)
+        ctl = [sys.executable, "-m", "fedops_control.cli.app", "--token-file", str(stack.admin_token_file)]
+        subprocess.run([*ctl, "--control", address, "clients", "list"], check=True)
         run = stack.ctl_json("run", "start", task["id"])
         print(f"started {run['id']}; watching live (Ctrl-C stops watching, not the run)")
-        subprocess.run([sys.executable, "-m", "fedops_control.cli.app", "--control", address,
+        subprocess.run([*ctl, "--control", address,
                         "run", "watch", run["id"]], check=True)
-        subprocess.run([sys.executable, "-m", "fedops_control.cli.app", "--control", address,
+        subprocess.run([*ctl, "--control", address,
                         "models", "list", "--task", task["id"]], check=True)
         final = stack.ctl_json("run", "show", run["id"])
         accuracies = [r.get("central_metrics", {}).get("accuracy") for r in final.get("rounds", [])]
