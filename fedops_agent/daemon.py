@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import re
 import signal
@@ -24,14 +23,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from fedops_agent.datastatus import compute_data_status
 from fedops_agent.device import device_info, stable_device_id
-from fedops_agent.identity import load_credential, save_credential, supernode_keypair
+from fedops_agent.identity import CREDENTIAL_FILE, load_credential, save_credential, supernode_keypair
 from fedops_agent.resources import ResourceSampler, TrainingTags
 from fedops_agent.supernode import SuperNodeProcess, start_supernode, stop_supernode, wait_exit
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
 from fedops_common.observer import KEY_CONTROL, KEY_CREDENTIAL_FILE, KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
-from fedops_common.security import ChannelSecurity
+from fedops_common.security import ChannelSecurity, token_digest
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, Telemetry, start_telemetry
 from fedops_common.telemetry.metrics_http import serve_metrics
 
@@ -49,10 +48,6 @@ SUPERNODE_RESTARTS = Counter("fedops_agent_supernode_restarts", "SuperNodes rest
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
 NODE_RELEASE_WAIT_S = 90.0
 USED_TOKENS_FILE = "used-enrolment-tokens"  # hashes of tokens already redeemed: never sent twice
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Agent:
@@ -96,11 +91,11 @@ class Agent:
     def _pending_tokens(self) -> list[str]:
         used_file = self.state_dir / USED_TOKENS_FILE
         used = set(used_file.read_text(encoding="utf-8").split()) if used_file.exists() else set()
-        return [token for token in self.enrolment_tokens if _token_hash(token) not in used]
+        return [token for token in self.enrolment_tokens if token_digest(token) not in used]
 
     def _mark_used(self, tokens: list[str]) -> None:
         with open(self.state_dir / USED_TOKENS_FILE, "a", encoding="utf-8") as out:
-            out.writelines(_token_hash(token) + "\n" for token in tokens)
+            out.writelines(token_digest(token) + "\n" for token in tokens)
 
     def _channel_security(self) -> ChannelSecurity:
         """TLS settings plus this agent's credential (none before its first enrolment)."""
@@ -210,6 +205,7 @@ class Agent:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
 
     def _node_log(self, node: SuperNodeProcess) -> str:
+        """What this SuperNode process (not an earlier one of the run) wrote to the run's log."""
         path = self.state_dir / "runs" / node.run_id / "supernode.log"
         return path.read_bytes()[node.log_offset:].decode(errors="replace") if path.exists() else ""
 
@@ -222,7 +218,7 @@ class Agent:
         node_config["fedops-client-id"] = json.dumps(self.client_id)
         node_config[KEY_CONTROL] = json.dumps(self.control)
         # The ClientApp reports to the control service as this agent, over the same TLS settings.
-        absolute = {KEY_CREDENTIAL_FILE: self.state_dir / "credential", KEY_TLS_CA_FILE: self.security.ca_file,
+        absolute = {KEY_CREDENTIAL_FILE: self.state_dir / CREDENTIAL_FILE, KEY_TLS_CA_FILE: self.security.ca_file,
                     KEY_TLS_CERT_FILE: self.security.cert_file, KEY_TLS_KEY_FILE: self.security.key_file}
         for key, path in absolute.items():
             node_config[key] = json.dumps(str(Path(path).resolve()) if path and Path(path).exists() else "")
@@ -238,16 +234,15 @@ class Agent:
         if self.sampler is not None:
             self.sampler.retag(TrainingTags(run_id=start.run_id))
         asyncio.create_task(self._supervise(node))
-        asyncio.create_task(self._report_node_id(node, workdir / "supernode.log"))
+        asyncio.create_task(self._report_node_id(node))
         return node
 
-    async def _report_node_id(self, node: SuperNodeProcess, log_path: Path, timeout_s: float = 120) -> None:
+    async def _report_node_id(self, node: SuperNodeProcess, timeout_s: float = 120) -> None:
         """Tell the control service our Flower node id as soon as the SuperNode logs it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline and node.process.poll() is None:
-            text = log_path.read_bytes()[node.log_offset:].decode(errors="replace") if log_path.exists() else ""
-            match = NODE_ID_LINE.search(text)
+            match = NODE_ID_LINE.search(self._node_log(node))
             if match:
                 self._send(status=agent_pb2.StatusChange(
                     state=S.CLIENT_STATE_TRAINING, reason=f"SuperNode connected as node {match.group(1)}",

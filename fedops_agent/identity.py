@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedops_common.security import read_secret, write_secret
+from fedops_common.security import read_secret, write_private, write_secret
 
 CREDENTIAL_FILE = "credential"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
 
 
 def load_credential(state_dir: Path) -> str:
@@ -37,8 +30,7 @@ def supernode_keypair(directory: Path) -> tuple[Path, str]:
     private_path, public_path = directory / "supernode-key", directory / "supernode-key.pub"
     if not private_path.exists():
         key = ec.generate_private_key(ec.SECP384R1())
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_private(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        write_private(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                                        serialization.NoEncryption()))
         public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                               serialization.PublicFormat.OpenSSH))

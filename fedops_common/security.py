@@ -6,6 +6,7 @@ agent, the observers inside Flower's apps) so they all connect the same way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,14 +79,24 @@ def read_secret(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def write_secret(path: Path, secret: str) -> None:
-    """Write a secret readable by its owner only, atomically."""
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only (keys, tokens), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
     partial.replace(path)
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a token readable by its owner only, atomically."""
+    write_private(path, (secret + "\n").encode("utf-8"))
+
+
+def token_digest(secret: str) -> str:
+    """SHA-256 of a token: how the control service stores it and agents remember used ones."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def _with_metadata(details: Any, extra: list[tuple[str, str]], factory: Callable[..., Any]) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +16,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedops_common.security import write_private
+
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 CA_DAYS, LEAF_DAYS = 3650, 825
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
+def _write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    path.write_bytes(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -65,8 +64,8 @@ class CertificateAuthority:
                                              data_encipherment=False, key_agreement=False, encipher_only=False,
                                              decipher_only=False), critical=True)
                 .sign(key, hashes.SHA384()))
-        _write(directory / CA_KEY, _key_pem(key), private=True)
-        _write(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(directory / CA_KEY, _key_pem(key))
+        _write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
         return cls(directory, cert, key)
 
     @classmethod
@@ -113,7 +112,7 @@ class CertificateAuthority:
                                             critical=False)
         cert = builder.sign(self.key, hashes.SHA384())
         cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(key_path, _key_pem(key))
+        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 

@@ -7,7 +7,6 @@ stores commonly use: it cannot be brute-forced and lets a token be found by its 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
 from fedops_common.proto import access_pb2
+from fedops_common.security import token_digest
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
@@ -39,11 +39,6 @@ class Identity:
 ANONYMOUS_ADMIN = Identity(token_id="", kind=A.TOKEN_KIND_UNSPECIFIED, role=A.ROLE_ADMIN, name="anonymous")
 
 
-def secret_hash(secret: str) -> str:
-    """The stored form of a secret."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
 def _active(row: CredentialRow, now: dt.datetime) -> bool:
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
@@ -60,7 +55,7 @@ class TokenStore:
         token_id = secrets.token_hex(8)
         secret = secret or f"{PREFIX[kind]}_{secrets.token_urlsafe(32)}"
         expires = utcnow() + dt.timedelta(seconds=ttl_s) if ttl_s > 0 else None
-        row = CredentialRow(id=token_id, kind=kind, secret_sha256=secret_hash(secret), name=name[:200], role=role,
+        row = CredentialRow(id=token_id, kind=kind, secret_sha256=token_digest(secret), name=name[:200], role=role,
                             subject=subject, created_by=created_by[:200], created_at=utcnow(), expires_at=expires)
         if db is not None:
             db.add(row)
@@ -74,7 +69,7 @@ class TokenStore:
         if not secret or len(secret) > 512:
             return None
         with self._sessions() as db:
-            row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+            row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
             if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
                 return None
             return Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
@@ -83,7 +78,7 @@ class TokenStore:
         """Use up a one-time enrolment token inside the caller's transaction; None if not valid."""
         if not secret or len(secret) > 512:
             return None
-        row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+        row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
         now = utcnow()
         if row is None or row.kind != A.TOKEN_KIND_ENROLMENT or row.used_at is not None or not _active(row, now):
             return None
@@ -126,6 +121,6 @@ class TokenStore:
     def ensure_admin(self, secret: str, name: str = "bootstrap admin") -> None:
         """Make ``secret`` a valid admin token (idempotent): the bootstrap token of a fresh service."""
         with self._sessions() as db:
-            exists = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == secret_hash(secret)).one_or_none()
+            exists = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
         if exists is None:
             self.issue(A.TOKEN_KIND_API, A.ROLE_ADMIN, name, created_by="fedops-control", secret=secret)

@@ -58,9 +58,8 @@ class RunManager:
         self._tokens = tokens  # None: the service runs without auth
         # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
         # TLS, presents our own certificate (it runs beside us, on our behalf).
-        self._control_tls = {key: str(path or "") for key, path in zip(
+        self._control_tls = {key: str(Path(path).resolve()) if path else "" for key, path in zip(
             (KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE), control_tls or (None, None, None))}
-        self._control_tls = {k: str(Path(v).resolve()) if v else "" for k, v in self._control_tls.items()}
         self._sessions = sessions
         self._writer = writer
         self._bus = bus
