@@ -31,6 +31,11 @@ _ECS_FIELDS = {
 }
 
 
+def _label(key: str) -> str:
+    """ECS label keys hold no dots: ``labels.a.b`` would clash with the flat keyword ``labels.a``."""
+    return key.replace(".", "_")
+
+
 def _to_ecs(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Rename structlog's keys to ECS: @timestamp, log.level, message, service.name."""
     out: dict[str, Any] = {
@@ -52,9 +57,9 @@ def _to_ecs(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         elif key == "exception":
             out["error.stack_trace"] = value
         elif isinstance(value, dict):  # labels are flat keywords in every index mapping
-            out[f"labels.{key}"] = json.dumps(value, default=str, sort_keys=True)
+            out[f"labels.{_label(key)}"] = json.dumps(value, default=str, sort_keys=True)
         else:
-            out[f"labels.{key}"] = value
+            out[f"labels.{_label(key)}"] = value
     return out
 
 

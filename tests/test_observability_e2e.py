@@ -129,8 +129,11 @@ def test_round_metrics_and_run_events(observed_run: dict[str, Any]) -> None:
     transfer = es.search("fedops-round-metrics", client_docs, size=0,
                          aggs={"sent": {"min": {"field": "fedops.bytes_sent"}}})
     assert transfer["aggregations"]["sent"]["value"] > 1000  # the model went to every client
-    actions = terms_of(es, "fedops-run-events", "event.action", run_query)
-    assert {"run_created", "round_phase", "round_finished", "model_stored", "run_finished"} <= actions
+    # `run_finished` is written after the run's processes are stopped, so it may still be on its way.
+    expected = {"run_created", "round_phase", "round_finished", "model_stored", "run_finished"}
+    actions = wait_until(lambda: (a := terms_of(es, "fedops-run-events", "event.action", run_query)) >= expected
+                         and a, 30, "every kind of run event in Elasticsearch")
+    assert expected <= actions
 
 
 def test_prometheus_scrapes_control_and_every_agent(observed_run: dict[str, Any]) -> None:

@@ -98,3 +98,26 @@ def test_partial_lines_wait_and_rejected_documents_are_kept(tmp_path: Path, elas
     assert shipper.ship_once().created == 1
     found = elasticsearch.search(alias_for("logs"), {"term": {"event.id": "edge-2"}})["hits"]["hits"]
     assert [h["_source"]["message"] for h in found] == ["half-written"]
+
+
+def test_log_lines_with_dotted_and_nested_keywords_are_stored(tmp_path: Path, elasticsearch: Elasticsearch) -> None:
+    """Whatever keyword names a caller logs with, the line fits the logs mapping (labels are flat keywords)."""
+    import logging
+
+    from fedops_common.logging import configure_logging, get_logger
+
+    root = tmp_path / "telemetry"
+    configure_logging("label-test", root / "logs" / "label-test.jsonl", stream=None)
+    try:
+        log = get_logger("label-test")
+        log.info("first", **{"fedops.task.id": "task-1", "user": "admin"})  # labels.fedops would be an object
+        log.info("second", fedops="a flat value", nested={"a": {"b": 1}}, task_id="task-2")
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    stats = Shipper(elasticsearch_client(elasticsearch.url), root).ship_once()
+    assert (stats.created, stats.rejected) == (2, 0)
+    lines = [json.loads(line) for line in (root / "logs" / "label-test.jsonl").read_text().splitlines()]
+    assert lines[0]["labels.fedops_task_id"] == "task-1" and lines[1]["fedops.task.id"] == "task-2"
+    assert json.loads(lines[1]["labels.nested"]) == {"a": {"b": 1}}

@@ -22,6 +22,7 @@ SECRET_FIELDS = ("enrolment_tokens", "token", "credential")
 MAX_REQUEST_BYTES = 16 * 1024
 ID_FIELDS = {"task_id": "fedops.task.id", "run_id": "fedops.run.id", "client_id": "fedops.client.id",
              "token_id": "fedops.audit.token_id"}
+LOG_KEYS = {document_key: field for field, document_key in ID_FIELDS.items()}
 
 
 def _ids(message: Message | None) -> dict[str, str]:
@@ -73,5 +74,6 @@ class AuditLog:
         }
         if self._writer is not None:
             self._writer.write("audit", document)
-        log.info("audit", action=action, outcome=outcome, user=who, role=role, status=code.name, **{
-            k.split(".")[-1] if k.startswith("fedops.audit") else k: v for k, v in ids.items()})
+        # The log line takes the logger's keyword names (task_id, ...), which it maps to the ECS fields.
+        log.info("audit", action=action, outcome=outcome, user=who, role=role, status=code.name,
+                 **{LOG_KEYS[k]: v for k, v in ids.items()})

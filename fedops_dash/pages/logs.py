@@ -24,5 +24,5 @@ if es_url:
     st.caption(f"{len(hits)} newest matching lines")
     metrics_table([{"time": h.get("@timestamp", "")[:23], "level": h.get("log.level", ""),
                     "service": h.get("service.name", ""), "client": h.get("fedops.client.id", ""),
-                    "run": h.get("fedops.run.id", ""), "round": h.get("fedops.round", ""),
+                    "run": h.get("fedops.run.id", ""), "round": str(h.get("fedops.round", "")),  # one type per column
                     "message": h.get("message", "")} for h in hits])
