@@ -249,7 +249,8 @@ def test_mutual_tls_run_and_superlink_admits_only_the_runs_agents(tmp_path: Path
                            text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
     stack = LocalStack(tmp_path / "mtls", control_args=["--tls-cert", server["cert"], "--tls-key", server["key"],
-                                                        "--tls-ca", server["ca"], "--mtls"],
+                                                        "--tls-ca", server["ca"], "--mtls",
+                                                        "--superlink-bind", "0.0.0.0"],
                        client_tls=ChannelSecurity(ca_file=server["ca"], cert_file=operator["cert"],
                                                   key_file=operator["key"]))
     try:
@@ -285,6 +286,7 @@ def test_mutual_tls_run_and_superlink_admits_only_the_runs_agents(tmp_path: Path
         address = get_run(stack, run["id"])["superlink_address"]
         run_dir = stack.root / "control" / "runs" / run["id"]
         stranger = _stranger_supernode(tmp_path / "stranger", address, run_dir / "tls" / "ca.pem")
+        _only_fleet_api_is_reachable(run["id"], run_dir, address)
         final = wait_finished(stack, run["id"], timeout_s=300)
         assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
         assert all(sorted(r["responded_client_ids"]) == sorted(agents) for r in final["rounds"])
@@ -300,6 +302,36 @@ def test_mutual_tls_run_and_superlink_admits_only_the_runs_agents(tmp_path: Path
 
             stop_process_group(stranger, hard=True)
         stack.stop()
+
+
+def _only_fleet_api_is_reachable(run_id: str, run_dir: Path, address: str) -> None:
+    """The run's public port (bound to every interface) answers the Fleet API only; the SuperLink
+    itself, with its Control API, listens on 127.0.0.1 alone."""
+    import socket
+    import ssl
+
+    import httpx
+
+    from fedops_control.run.launcher import LocalProcessLauncher
+
+    public_port = int(address.rsplit(":", 1)[1])
+    local = LocalProcessLauncher().adopt(run_id, run_dir, address)
+    assert local is not None
+    internal_port = int(local.extra["local_address"].rsplit(":", 1)[1])
+    assert internal_port != public_port
+    # 127.0.0.2 is this host too, but not the address 127.0.0.1 binds: only 0.0.0.0 listeners answer there.
+    socket.create_connection(("127.0.0.2", public_port), timeout=5).close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", internal_port), timeout=5).close()
+    trust = ssl.create_default_context(cafile=str(run_dir / "tls" / "ca.pem"))
+    with httpx.Client(base_url=f"https://{address}", verify=trust, timeout=10) as http:
+        for method, path in (("POST", "/v1/control/list-runs"), ("POST", "/v1/control/register-node"),
+                             ("POST", "/v1/runtime/get-run"), ("GET", "/health"), ("GET", "/docs")):
+            answer = http.request(method, path, content=b"")
+            assert answer.status_code == 404 and "only the Fleet API" in answer.text, (path, answer.text)
+        # A Fleet call does reach the SuperLink, which refuses it for lack of a node signature.
+        fleet = http.post("/v1/fleet/get-run", content=b"", headers={"content-type": "application/protobuf"})
+        assert fleet.status_code != 404 and "only the Fleet API" not in fleet.text, fleet.text
 
 
 def _stranger_supernode(workdir: Path, superlink: str, ca_file: Path) -> subprocess.Popen[bytes]:

@@ -153,6 +153,9 @@ def test_bad_input_is_refused_with_the_field(stack) -> None:  # type: ignore[no-
     assert result.returncode == 2 and "app.local_path" in result.stderr
     result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--rounds", "0", check=False)
     assert result.returncode == 2
+    for flag, value in (("--client-max-restarts", "-1"), ("--client-restart-backoff", "0")):
+        result = local.ctl("task", "update", task_id, flag, value, check=False)
+        assert result.returncode == 2 and flag in result.stderr, result.stderr
     stub = control_pb2_grpc.ControlServiceStub(control_channel(local.control_address, local.security()))
     bad = common_pb2.Task(title="x", app=common_pb2.AppReference(local_path=str(DIGITS_APP)),
                           strategy=common_pb2.StrategySettings(fraction_evaluate=7))

@@ -122,6 +122,9 @@ def test_failed_client_is_restarted_with_backoff_and_rejoins(tmp_path: Path, dig
     with control_stack(tmp_path / "retry") as stack:
         # Flower releases a crashed node after 60 s; rounds 2-3 wait for it at most their timeout.
         task_id = create_task(stack, rounds=5, timeout_s=45, quorum=2)
+        policy = stack.ctl_json("task", "update", task_id, "--client-max-restarts", "3",
+                                "--client-restart-backoff", "0.5")["strategy"]
+        assert (policy["client_max_restarts"], policy["client_restart_backoff_s"]) == (3, 0.5)
         clients = start_clients(stack, task_id, digits_data, "t")
         run = stack.ctl_json("run", "start", task_id)
         wait_for(lambda: any(r.get("phase") == "done" for r in get_run(stack, run["id"]).get("rounds", [])), 180, 0.2)
@@ -135,6 +138,6 @@ def test_failed_client_is_restarted_with_backoff_and_rejoins(tmp_path: Path, dig
         assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
         assert clients[2] in final["rounds"][-1]["responded_client_ids"], final["rounds"][-1]
         agent_log = "".join(p.read_text() for p in (stack.root / "agents" / "t2" / "telemetry" / "logs").glob("*.jsonl"))
-        assert "restart 1/2 in 1.0s" in agent_log and "SuperNode restarted for run" in agent_log
-        assert "restart 2/2" not in agent_log  # waiting for Flower to release the node spends no retry
+        assert "restart 1/3 in 0.5s" in agent_log and "SuperNode restarted for run" in agent_log
+        assert "restart 2/3" not in agent_log  # waiting for Flower to release the node spends no retry
         assert stack.ctl_json("clients", "show", clients[2])["state"] != "CLIENT_STATE_FAILED"

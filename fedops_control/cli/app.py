@@ -23,6 +23,7 @@ from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 from fedops_common.security import ChannelSecurity
+from fedops_control.task.spec import MAX_CLIENT_RESTARTS, MAX_RESTART_BACKOFF_S
 
 app = typer.Typer(help="Operate FedOps Stack: tasks, clients, runs, models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -166,6 +167,8 @@ def render_task(task: common_pb2.Task) -> None:
                        ("app", app_ref),
                        ("strategy", f"{s.name}: {s.rounds} rounds, quorum {s.min_clients}, fraction "
                                     f"{s.fraction_train:g}/{s.fraction_evaluate:g}, round timeout {s.round_timeout_s:g}s"),
+                       ("client retry", f"up to {s.client_max_restarts} restarts, backoff from "
+                                        f"{s.client_restart_backoff_s:g}s"),
                        ("hyperparameters", json.dumps(json_format.MessageToDict(task.hyperparameters))),
                        ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
                        ("enrolled", ", ".join(task.enrolled_client_ids)),
@@ -189,6 +192,10 @@ def task_create(
     fraction_train: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     fraction_evaluate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     round_timeout: Annotated[float, typer.Option(min=0.0, help="seconds")] = 300.0,
+    client_max_restarts: Annotated[int, typer.Option(
+        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = 2,
+    client_restart_backoff: Annotated[float, typer.Option(
+        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = 1.0,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value; ${...} templating allowed")] = None,
     client_config: Annotated[list[str] | None, typer.Option(help="per-client node config key=value")] = None,
 ) -> None:
@@ -201,7 +208,8 @@ def task_create(
         title=title, description=description, tags=tag or [], app=app_ref,
         strategy=common_pb2.StrategySettings(name=strategy, rounds=rounds, min_clients=min_clients,
                                              fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
-                                             round_timeout_s=round_timeout),
+                                             round_timeout_s=round_timeout, client_max_restarts=client_max_restarts,
+                                             client_restart_backoff_s=client_restart_backoff),
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
         client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
     emit(call(Ctx.stub().CreateTask, control_pb2.CreateTaskRequest(task=task)), render_task)
@@ -222,6 +230,10 @@ def task_update(
     fraction_train: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     fraction_evaluate: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     round_timeout: Annotated[float | None, typer.Option(min=0.0, help="seconds")] = None,
+    client_max_restarts: Annotated[int | None, typer.Option(
+        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = None,
+    client_restart_backoff: Annotated[float | None, typer.Option(
+        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = None,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value (merged into the task's)")] = None,
     unset_hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key to remove")] = None,
 ) -> None:
@@ -244,7 +256,8 @@ def task_update(
                                                                            subdirectory=git_subdir)))
         paths.append("app")
     changes = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
-               "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout}
+               "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
+               "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff}
     if any(v is not None for v in changes.values()):
         task.strategy.CopyFrom(current.strategy)
         for field, value in changes.items():

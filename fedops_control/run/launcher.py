@@ -6,7 +6,9 @@ A Kubernetes launcher implements the same two methods.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -15,13 +17,16 @@ from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import console_script, flower_env, scan_processes, stop_group_by_pid, stop_process_group
 from fedops_control.access.ca import CA_CERT, CertificateAuthority
 
+LOOPBACK = "127.0.0.1"
+GATEWAY_MODULE = "fedops_control.run.fleet_gateway"
+
 
 @dataclass
 class SuperLinkHandle:
     """A running SuperLink: the address agents and the CLI use, and how to stop it."""
 
     run_id: str
-    address: str                 # host:port of Flower's HTTP API (Fleet + Control)
+    address: str                 # host:port agents reach the run's Fleet API on (its gateway)
     flwr_home: Path
     process: subprocess.Popen[bytes] | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -45,69 +50,99 @@ class SuperLinkLauncher(Protocol):
         ...
 
 
-class LocalProcessLauncher:
-    """Runs ``flower-superlink`` as a child process group on this host.
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    With a CA, each SuperLink gets its own TLS certificate and admits only SuperNodes whose
-    public keys were registered for its run (Flower's SuperNode authentication).
+
+class LocalProcessLauncher:
+    """Runs ``flower-superlink`` on this host, always bound to loopback.
+
+    Flower serves its Fleet, Control and Runtime APIs on one port, so when agents come from other
+    hosts (``bind_host`` is not loopback) they reach the SuperLink through its Fleet gateway
+    (:mod:`fedops_control.run.fleet_gateway`), the only listener on ``bind_host``, which forwards
+    the Fleet API and nothing else. The gateway is then the group leader and runs the SuperLink as
+    its child. With a CA, each SuperLink gets its own TLS certificate (served by the gateway too)
+    and admits only SuperNodes whose public keys were registered for its run (Flower's SuperNode
+    authentication).
     """
 
-    def __init__(self, bind_host: str = "127.0.0.1", advertised_host: str | None = None,
+    def __init__(self, bind_host: str = LOOPBACK, advertised_host: str | None = None,
                  ca: CertificateAuthority | None = None) -> None:
         self.bind_host = bind_host
         self.advertised_host = advertised_host or bind_host
         self.ca = ca
 
-    def _security_args(self, workdir: Path) -> tuple[list[str], Path | None]:
+    @property
+    def gateway(self) -> bool:
+        """Whether SuperLinks sit behind a Fleet gateway (agents on other hosts)."""
+        return not is_loopback(self.bind_host)
+
+    def _security_args(self, workdir: Path) -> tuple[list[str], list[str], Path | None]:
+        """The SuperLink's TLS flags, its gateway's, and the CA agents verify both with."""
         if self.ca is None:
-            return ["--insecure"], None
-        hosts = sorted({self.advertised_host, "127.0.0.1", "localhost"} - {"0.0.0.0", "::", ""})
+            return ["--insecure"], [], None
+        hosts = sorted({self.advertised_host, LOOPBACK, "localhost"} - {"0.0.0.0", "::", ""})
         cert, key = self.ca.issue("superlink", workdir / "tls", server_hosts=hosts)
         ca_file = workdir / "tls" / CA_CERT
         ca_file.write_bytes(self.ca.cert_pem)
-        return ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(ca_file),
-                "--enable-supernode-auth"], ca_file
+        tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+        return ([*tls, "--ssl-ca-certfile", str(ca_file), "--enable-supernode-auth"],
+                [*tls, "--ca-file", str(ca_file)], ca_file)
 
     async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle:
-        """Start the SuperLink and wait until it accepts connections."""
+        """Start the SuperLink (behind its Fleet gateway when agents are remote); wait until agents can connect."""
         flwr_home = workdir / "superlink"
         flwr_home.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.bind_host)
-        security, ca_file = self._security_args(workdir)
+        superlink_tls, gateway_tls, ca_file = self._security_args(workdir)
+        internal_port = free_port(LOOPBACK)
+        command = [console_script("flower-superlink"), *superlink_tls, "--host", LOOPBACK, "--port",
+                   str(internal_port), "--database", str(flwr_home / "state.db"),
+                   "--disable-runtime-dependency-installation"]
+        port, listen = internal_port, LOOPBACK
+        if self.gateway:
+            port = free_port(self.bind_host)
+            listen = LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host
+            command = [sys.executable, "-m", GATEWAY_MODULE, "--host", self.bind_host, "--port", str(port),
+                       "--upstream-port", str(internal_port), *gateway_tls, "--", *command]
         log = open(workdir / "superlink.log", "ab")  # noqa: SIM115 - owned by the child
-        process = subprocess.Popen(
-            [console_script("flower-superlink"), *security, "--host", self.bind_host, "--port", str(port),
-             "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
-            env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         log.close()
-        local = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
         try:
-            await asyncio.to_thread(wait_for_port, local, port, 60.0)
+            await asyncio.to_thread(wait_for_port, listen, port, 60.0)
         except TimeoutError:
             stop_process_group(process)
             raise
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
                                flwr_home=flwr_home, process=process, ca_file=ca_file,
-                               extra={"local_address": f"{local}:{port}"})
+                               extra={"local_address": f"{LOOPBACK}:{internal_port}"})
 
     async def stop(self, handle: SuperLinkHandle) -> None:
-        """Stop the SuperLink and every ServerApp process it spawned."""
+        """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group)."""
         if handle.process is not None:
             await asyncio.to_thread(stop_process_group, handle.process)
         elif handle.extra.get("pid"):
             await asyncio.to_thread(stop_group_by_pid, int(handle.extra["pid"]))
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
-        """The SuperLink process of ``run_id`` is found by its database path, which names the run's workdir."""
+        """The process group of ``run_id``'s SuperLink, found by its database path (which names the run's workdir)."""
         flwr_home = workdir / "superlink"
         marker = f"--database\0{flwr_home / 'state.db'}\0".encode()
-        for pid, _, cmdline in scan_processes():
-            if b"flower-superlink" in cmdline and marker in cmdline:
-                port = address.rsplit(":", 1)[1]
-                local = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
-                ca_file = workdir / "tls" / CA_CERT
-                return SuperLinkHandle(run_id=run_id, address=address, flwr_home=flwr_home, process=None,
-                                       ca_file=ca_file if ca_file.exists() else None,
-                                       extra={"local_address": f"{local}:{port}", "pid": str(pid)})
+        found = [(pid, cmdline) for pid, _, cmdline in scan_processes()
+                 if marker in cmdline and (GATEWAY_MODULE.encode() in cmdline or b"flower-superlink" in cmdline)]
+        # The gateway, when there is one, leads the group; its command line holds the SuperLink's too.
+        found.sort(key=lambda item: GATEWAY_MODULE.encode() not in item[1])
+        for pid, cmdline in found[:1]:
+            flag = b"--upstream-port\0" if GATEWAY_MODULE.encode() in cmdline else b"--port\0"
+            internal_port = cmdline.split(flag, 1)[1].split(b"\0", 1)[0].decode()
+            ca_file = workdir / "tls" / CA_CERT
+            return SuperLinkHandle(run_id=run_id, address=address, flwr_home=flwr_home, process=None,
+                                   ca_file=ca_file if ca_file.exists() else None,
+                                   extra={"local_address": f"{LOOPBACK}:{internal_port}", "pid": str(pid)})
         return None
-

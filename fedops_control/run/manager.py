@@ -1,4 +1,4 @@
-"""Run lifecycle: start (SuperLink, agents, `flwr run`), tracking from observer reports, stop."""
+"""Run lifecycle: start (SuperLink, agents, the Flower run), tracking from observer reports, stop."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fedops_control import metrics
 from fedops_control.access.tokens import TokenStore
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.registry.store import ModelStore
-from fedops_control.run import bundle, flower_cli
+from fedops_control.run import bundle, flower_control
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
 from fedops_control.state.models import (ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow,
@@ -170,37 +170,24 @@ class RunManager:
                 resume = run.resumed_from_model_id
             workdir = self._data_dir / "runs" / run_id
             workdir.mkdir(parents=True, exist_ok=True)
-            source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
-            credential_file = ""
-            if self._tokens is not None:  # the run's apps report with a token valid for this run only
-                secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
-                                               subject=run_id, created_by="fedops-control")
-                write_secret(workdir / "run.token", secret)
-                credential_file = str((workdir / "run.token").resolve())
-            fedops_config = {
-                "fedops-run-id": run_id, "fedops-task-id": task_id, KEY_CONTROL: self._control_address,
-                KEY_CREDENTIAL_FILE: credential_file, **self._control_tls,
-                "fedops-round-timeout": float(strategy["round_timeout_s"]),
-                "fedops-quorum": int(strategy["min_clients"]), "fedops-resume-model-id": resume,
-            }
-            app_dir = workdir / "app"
-            app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)
-            unknown = sorted(set(run_config) - set(app_config))
-            if unknown and "local_path" not in app:
-                raise InvalidArgument(f"hyperparameters.{unknown[0]}", "not a key of the app's run config")
-            overrides = {k: _coerce(v, app_config[k]) for k, v in run_config.items() if k in app_config}
-            handle = await self._launcher.start(run_id, workdir)
-            self._links[run_id] = handle
+            # The SuperLink starts while the app is fetched and bundled: both take seconds.
+            link = asyncio.create_task(self._start_superlink(run_id, workdir))
+            try:
+                app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
+                                                             workdir)
+            except BaseException:
+                await asyncio.wait([link])  # registered in self._links: finish() stops it
+                raise
+            handle = await link
             with self._sessions.begin() as db:
                 db.get(RunRow, run_id).superlink_address = handle.address
                 keys = {cid: db.get(ClientRow, cid).supernode_public_key for cid in client_ids}
-            cli_home = workdir / "cli"
-            flower_cli.write_connection(handle, cli_home)
             if handle.ca_file is not None:  # SuperNode authentication: admit this run's agents only
                 missing = sorted(cid for cid, key in keys.items() if not key)
                 if missing:
                     raise FailedPrecondition(f"client {missing[0]} sent no SuperNode public key; upgrade its agent")
-                await asyncio.gather(*(flower_cli.register_supernode(cli_home, keys[cid], cid) for cid in client_ids))
+                await asyncio.gather(*(flower_control.register_supernode(handle, keys[cid], cid)
+                                       for cid in client_ids))
             retry = agent_pb2.RetryPolicy(max_restarts=int(strategy.get("client_max_restarts", 2)),
                                           backoff_initial_s=float(strategy.get("client_restart_backoff_s", 1.0)),
                                           backoff_max_s=30.0)
@@ -217,8 +204,8 @@ class RunManager:
                     client = db.get(ClientRow, cid)
                     client.current_run_id, client.state = run_id, S.CLIENT_STATE_TRAINING
                     client.state_reason = f"training in run {run_id}"
-            overrides_file = flower_cli.write_overrides(workdir / "run-config.toml", overrides)
-            flower_run_id = await flower_cli.submit_run(cli_home, app_dir, overrides_file)
+            overrides_file = flower_control.write_overrides(workdir / "run-config.toml", overrides)
+            flower_run_id = await flower_control.submit_run(handle, app_dir, overrides_file)
             with self._sessions.begin() as db:
                 db.get(RunRow, run_id).flower_run_id = flower_run_id
             self._last_report[run_id] = asyncio.get_running_loop().time()
@@ -227,6 +214,38 @@ class RunManager:
             log.exception("run launch failed", run_id=run_id)
             reason = str(err)  # InvalidArgument: "field: message"
             await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"launch failed: {reason}")
+
+    async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+        handle = await self._launcher.start(run_id, workdir)
+        self._links[run_id] = handle
+        if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
+            self._links.pop(run_id, None)
+            await self._launcher.stop(handle)
+            raise FailedPrecondition(f"run {run_id} was stopped while starting")
+        return handle
+
+    async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: dict[str, Any],
+                           run_config: dict[str, Any], resume: str, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
+        source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
+        credential_file = ""
+        if self._tokens is not None:  # the run's apps report with a token valid for this run only
+            secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
+                                           subject=run_id, created_by="fedops-control")
+            write_secret(workdir / "run.token", secret)
+            credential_file = str((workdir / "run.token").resolve())
+        fedops_config = {
+            "fedops-run-id": run_id, "fedops-task-id": task_id, KEY_CONTROL: self._control_address,
+            KEY_CREDENTIAL_FILE: credential_file, **self._control_tls,
+            "fedops-round-timeout": float(strategy["round_timeout_s"]),
+            "fedops-quorum": int(strategy["min_clients"]), "fedops-resume-model-id": resume,
+        }
+        app_dir = workdir / "app"
+        app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)
+        unknown = sorted(set(run_config) - set(app_config))
+        if unknown and "local_path" not in app:
+            raise InvalidArgument(f"hyperparameters.{unknown[0]}", "not a key of the app's run config")
+        return app_dir, {k: _coerce(v, app_config[k]) for k, v in run_config.items() if k in app_config}
 
     # ---------------------------------------------------------------- stop / finish
     async def stop_run(self, run_id: str, hard: bool) -> RunRow:
@@ -240,7 +259,7 @@ class RunManager:
             handle = self._links.get(run_id)
             if handle is not None and run.flower_run_id:
                 try:
-                    await flower_cli.stop_run(handle.flwr_home.parent / "cli", run.flower_run_id)
+                    await flower_control.stop_run(handle, run.flower_run_id)
                 except Exception as err:  # the SuperLink is killed next anyway
                     log.warning("flwr stop failed", run_id=run_id, error=str(err))
             await self.finish(run_id, S.RUN_OUTCOME_STOPPED, "stopped by operator (hard)")
@@ -512,7 +531,7 @@ class RunManager:
 
     # ---------------------------------------------------------------- watchdog
     async def watchdog(self, interval_s: float = 2.0) -> None:
-        """Catch runs whose ServerApp died without reporting (checked through `flwr ls`)."""
+        """Catch runs whose ServerApp died without reporting (checked with the Control API, as `flwr ls` does)."""
         while True:
             await asyncio.sleep(interval_s)
             now = asyncio.get_running_loop().time()
@@ -529,7 +548,7 @@ class RunManager:
                     if now - self._last_report.get(run_id, now) < SILENCE_BEFORE_STATUS_CHECK_S:
                         continue
                     self._last_report[run_id] = now
-                    status = await flower_cli.run_status(handle.flwr_home.parent / "cli", run.flower_run_id)
+                    status = await flower_control.run_status(handle, run.flower_run_id)
                     if status.startswith("finished"):
                         outcome = S.RUN_OUTCOME_COMPLETED if status.endswith("completed") else S.RUN_OUTCOME_FAILED
                         await self.finish(run_id, outcome, f"Flower reports {status} without a ServerApp report")

@@ -1,0 +1,51 @@
+"""The local SuperLink launcher with real processes: direct on loopback, behind the Fleet gateway otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fedops_common.proc import pid_alive, scan_processes
+from fedops_control.run.launcher import LocalProcessLauncher, is_loopback
+
+
+def test_loopback_names() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "control.example.org"))
+
+
+def _group(workdir: Path) -> list[int]:
+    return [pid for pid, _, cmdline in scan_processes() if str(workdir).encode() in cmdline]
+
+
+@pytest.mark.parametrize("bind_host", ["127.0.0.1", "0.0.0.0"])
+def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
+    """A launched SuperLink is found again by a fresh launcher (a restarted control service), which
+    stops it and everything it started; behind the gateway only the Fleet API answers."""
+    workdir = tmp_path / "run-1"
+    launcher = LocalProcessLauncher(bind_host=bind_host)
+    handle = asyncio.run(launcher.start("run-1", workdir))
+    try:
+        port = int(handle.address.rsplit(":", 1)[1])
+        internal = int(handle.extra["local_address"].rsplit(":", 1)[1])
+        assert (port != internal) == (bind_host == "0.0.0.0")
+        if bind_host == "0.0.0.0":
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()  # every interface
+            refused = httpx.post(f"http://127.0.0.1:{port}/v1/control/list-runs", content=b"", timeout=10)
+            assert refused.status_code == 404 and "only the Fleet API" in refused.text
+            fleet = httpx.post(f"http://127.0.0.1:{port}/v1/fleet/get-run", content=b"", timeout=10)
+            assert "only the Fleet API" not in fleet.text  # reached the SuperLink
+        adopted = LocalProcessLauncher(bind_host=bind_host).adopt("run-1", workdir, handle.address)
+        assert adopted is not None
+        assert adopted.extra["pid"] == str(handle.process.pid)  # the group leader
+        assert adopted.extra["local_address"] == handle.extra["local_address"]
+        assert LocalProcessLauncher().adopt("run-2", tmp_path / "run-2", handle.address) is None
+        asyncio.run(launcher.stop(adopted))
+        assert not pid_alive(handle.process.pid) or handle.process.poll() is not None
+        assert _group(workdir) == []
+    finally:
+        asyncio.run(launcher.stop(handle))
