@@ -12,6 +12,7 @@ Usage: python bench/round_overhead.py [--rounds 3] [--repeats 1]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +28,15 @@ sys.path.insert(0, str(ROOT / "examples" / "digits"))
 
 from digits_app.task import write_partitions  # noqa: E402
 
+from flwr.proto.control_pb2 import ListRunsRequest  # noqa: E402  # pylint: disable=E0611
+
+from fedops_common.grpc_channel import control_channel  # noqa: E402
 from fedops_common.net import free_port, wait_for_port  # noqa: E402
 from fedops_common.proc import console_script, flower_env, stop_process_group  # noqa: E402
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc  # noqa: E402
 from fedops_control.devstack import LocalStack  # noqa: E402
+from fedops_control.run import flower_control  # noqa: E402
+from fedops_control.run.launcher import SuperLinkHandle  # noqa: E402
 
 APP = ROOT / "examples" / "digits"
 
@@ -55,24 +63,30 @@ def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
                               f"num-server-rounds={rounds} local-epochs=1"], env=env, capture_output=True, text=True,
                              check=True).stdout
         run_id = json.loads(out[out.index("{"):])["run-id"]
+        # Polled in process (as `flwr ls` would ask): a `flwr` process per poll would take CPU from the run.
+        handle = SuperLinkHandle(run_id="plain", address=f"127.0.0.1:{port}", flwr_home=root / "home")
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(1)
-            ls = subprocess.run([console_script("flwr"), "ls", "b", "--run-id", run_id, "--format", "json"], env=env,
-                                capture_output=True, text=True).stdout
-            info = json.loads(ls[ls.index("{"):])["runs"][0]
-            if info["status"].startswith("finished"):
-                assert "completed" in info["status"] + info.get("status-details", ""), info
-                return float(info["compute-time"]["serverapp-seconds"]) / rounds
+            status = asyncio.run(flower_control.run_status(handle, str(run_id)))
+            if status.startswith("finished"):
+                assert status.endswith("completed"), status
+                with flower_control._client(handle) as client:  # noqa: SLF001 - the same client, one more call
+                    run = client.ListRuns(ListRunsRequest(run_id=int(run_id))).run_dict[int(run_id)]
+                # What `flwr ls` reports as the ServerApp's seconds: running -> finished.
+                elapsed = datetime.fromisoformat(run.finished_at) - datetime.fromisoformat(run.running_at)
+                return elapsed.total_seconds() / rounds
         raise TimeoutError(f"plain Flower run {run_id} did not finish in 600 s")
     finally:
         for proc in procs:  # each is its own process group: the SuperExecs and app processes go too
             stop_process_group(proc, hard=True)
 
 
-def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1") -> tuple[float, float]:
+def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
+           superlink_tls: bool = True) -> tuple[float, float]:
     """(seconds per round, StartRun -> first round start) through FedOps."""
-    stack = LocalStack(root, control_args=["--superlink-bind", superlink_bind])
+    stack = LocalStack(root, control_args=["--superlink-bind", superlink_bind,
+                                           "--superlink-tls" if superlink_tls else "--no-superlink-tls"])
     try:
         stack.start_control()
         task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(APP), "--rounds", str(rounds),
@@ -84,23 +98,20 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         time.sleep(2)
         t0 = time.time()
         run = stack.ctl_json("run", "start", task["id"])
-        first_round = None
+        # Polled over gRPC in process: a `fedopsctl` process per poll would take CPU from the run.
+        stub = control_pb2_grpc.ControlServiceStub(control_channel(stack.control_address, stack.security()))
         deadline = time.time() + 600
         while time.time() < deadline:
-            info = stack.ctl_json("run", "show", run["id"])
-            if first_round is None and info.get("rounds"):
-                first_round = time.time()
-            if info["state"] == "RUN_STATE_FINISHED":
+            info = stub.GetRun(control_pb2.GetRunRequest(run_id=run["id"]), timeout=30)
+            if info.state == common_pb2.RUN_STATE_FINISHED:
                 break
-            time.sleep(0.2)
+            time.sleep(1)
         else:
             raise TimeoutError(f"FedOps run {run['id']} did not finish in 600 s")
-        assert info["outcome"] == "RUN_OUTCOME_COMPLETED", info.get("reason")
+        assert info.outcome == common_pb2.RUN_OUTCOME_COMPLETED, info.reason
         events = [json.loads(line) for line in stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines()]
         started = [e for e in events if e["kind"] == "app_started"][0]
         finished = [e for e in events if e["kind"] == "run_finished"][0]
-        from datetime import datetime
-
         def ts(e):  # type: ignore[no-untyped-def]
             return datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
 
@@ -108,7 +119,8 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         # moment `fedopsctl` was launched: the CLI's own start-up is not the platform's latency.
         received = ts([e for e in events if e["kind"] == "run_created"][0])
         first_phase = min(ts(e) for e in events if e["kind"] == "round_phase")
-        print(f"  fedopsctl start-up before the call: {received - t0:.2f}s", file=sys.stderr)
+        print(f"  fedopsctl start-up before the call: {received - t0:.2f}s (StartRun received at epoch "
+              f"{received:.2f}, first round at {first_phase:.2f})", file=sys.stderr)
         for e in events:  # where the time to the first round goes
             if ts(e) <= first_phase:
                 print(f"  +{ts(e) - received:6.2f}s {e['kind']}: {e.get('message', '')}", file=sys.stderr)
@@ -124,6 +136,8 @@ def main() -> None:
     parser.add_argument("--fedops-only", action="store_true", help="skip the plain Flower side")
     parser.add_argument("--superlink-bind", default="127.0.0.1",
                         help="0.0.0.0 puts each run's SuperLink behind its Fleet gateway, as for remote agents")
+    parser.add_argument("--no-superlink-tls", dest="superlink_tls", action="store_false",
+                        help="plaintext SuperLinks without node authentication, as the plain Flower side runs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedops-bench-"))
     data = [work / "data" / f"c{i}" for i in range(3)]
@@ -132,10 +146,12 @@ def main() -> None:
     for rep in range(args.repeats):
         if not args.fedops_only:
             plain.append(plain_flower(work / f"plain{rep}", data, args.rounds))
-        per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds, args.superlink_bind)
+        per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds, args.superlink_bind,
+                                     args.superlink_tls)
         ours.append(per_round)
         start.append(to_first)
     result = {"rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
+              "superlink_tls": args.superlink_tls,
               "fedops_s_per_round": statistics.median(ours),
               "startrun_to_first_round_s": statistics.median(start)}
     if plain:
