@@ -28,8 +28,6 @@ sys.path.insert(0, str(ROOT / "examples" / "digits"))
 
 from digits_app.task import write_partitions  # noqa: E402
 
-from flwr.proto.control_pb2 import ListRunsRequest  # noqa: E402  # pylint: disable=E0611
-
 from fedops_common.grpc_channel import control_channel  # noqa: E402
 from fedops_common.net import free_port, wait_for_port  # noqa: E402
 from fedops_common.proc import console_script, flower_env, stop_process_group  # noqa: E402
@@ -68,11 +66,10 @@ def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(1)
-            status = asyncio.run(flower_control.run_status(handle, str(run_id)))
+            run = asyncio.run(flower_control.get_run(handle, str(run_id)))
+            status = flower_control.status_text(run)
             if status.startswith("finished"):
                 assert status.endswith("completed"), status
-                with flower_control._client(handle) as client:  # noqa: SLF001 - the same client, one more call
-                    run = client.ListRuns(ListRunsRequest(run_id=int(run_id))).run_dict[int(run_id)]
                 # What `flwr ls` reports as the ServerApp's seconds: running -> finished.
                 elapsed = datetime.fromisoformat(run.finished_at) - datetime.fromisoformat(run.running_at)
                 return elapsed.total_seconds() / rounds

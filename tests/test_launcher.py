@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from fedops_common.proc import pid_alive, scan_processes
+from fedops_control.run import flower_control
 from fedops_control.run.launcher import LocalProcessLauncher, is_loopback
 
 
@@ -39,6 +40,8 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
             assert refused.status_code == 404 and "only the Fleet API" in refused.text
             fleet = httpx.post(f"http://127.0.0.1:{port}/v1/fleet/get-run", content=b"", timeout=10)
             assert "only the Fleet API" not in fleet.text  # reached the SuperLink
+        # The Control API answers the control service on loopback (what the watchdog asks).
+        assert flower_control.status_text(asyncio.run(flower_control.get_run(handle, "12345"))) == "unknown"
         adopted = LocalProcessLauncher(bind_host=bind_host).adopt("run-1", workdir, handle.address)
         assert adopted is not None
         assert adopted.extra["pid"] == str(handle.process.pid)  # the group leader

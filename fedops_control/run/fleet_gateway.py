@@ -43,10 +43,9 @@ HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
                          "content-encoding"})
 
 
-def _forwarded(items: Any) -> list[tuple[str, str]]:
-    """The (name, value) pairs of ``items`` (str or latin-1 bytes) that are not hop-by-hop."""
-    pairs = ((k.decode("latin-1"), v.decode("latin-1")) if isinstance(k, bytes) else (k, v) for k, v in items)
-    return [(k, v) for k, v in pairs if k.lower() not in HOP_HEADERS]
+def _forwarded(items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of ``items`` that are not hop-by-hop (repeated names kept)."""
+    return [(k, v) for k, v in items if k.lower() not in HOP_HEADERS]
 
 
 def create_app(upstream: str, ca_file: Path | None = None) -> Starlette:
@@ -66,7 +65,7 @@ def create_app(upstream: str, ca_file: Path | None = None) -> Starlette:
             return PlainTextResponse("only the Fleet API is served here\n", status_code=404)
         try:
             answer = await client.post(request.url.path, content=await request.body(),
-                                       headers=_forwarded(request.headers.raw),
+                                       headers=_forwarded(request.headers.items()),
                                        params=request.query_params.multi_items())
         except httpx.TransportError as err:  # the SuperLink is starting or gone: the SuperNode retries
             return PlainTextResponse(f"SuperLink unavailable: {err}\n", status_code=503)

@@ -28,6 +28,7 @@ from flwr.proto.control_pb2 import (  # pylint: disable=E0611
     StartRunRequest,
     StopRunRequest,
 )
+from flwr.proto.run_pb2 import Run  # pylint: disable=E0611
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
@@ -119,11 +120,21 @@ async def submit_run(handle: SuperLinkHandle, app_dir: Path, overrides_file: Pat
     return await _call("starting the Flower run", handle, start)
 
 
-async def run_status(handle: SuperLinkHandle, flower_run_id: str) -> str:
-    """Flower's status of a run as `flwr ls` shows it, e.g. ``running`` or ``finished:completed``."""
-    response = await _call("listing the Flower run", handle,
-                           lambda c: c.ListRuns(ListRunsRequest(run_id=int(flower_run_id))))
-    run = response.run_dict.get(int(flower_run_id))
+async def get_run(handle: SuperLinkHandle, flower_run_id: str) -> Run | None:
+    """What `flwr ls --run-id` asks for: Flower's record of the run (None if the SuperLink has none)."""
+    try:
+        response = await _call("listing the Flower run", handle,
+                               lambda c: c.ListRuns(ListRunsRequest(run_id=int(flower_run_id))))
+    except FlowerControlError as err:  # the SuperLink answers 404 for a run it does not know
+        cause = err.__cause__
+        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 404:
+            return None
+        raise
+    return response.run_dict.get(int(flower_run_id))
+
+
+def status_text(run: Run | None) -> str:
+    """A run's status as `flwr ls` shows it, e.g. ``running`` or ``finished:completed``."""
     if run is None:
         return "unknown"
     status, sub_status = run.status.status, run.status.sub_status

@@ -548,7 +548,7 @@ class RunManager:
                     if now - self._last_report.get(run_id, now) < SILENCE_BEFORE_STATUS_CHECK_S:
                         continue
                     self._last_report[run_id] = now
-                    status = await flower_control.run_status(handle, run.flower_run_id)
+                    status = flower_control.status_text(await flower_control.get_run(handle, run.flower_run_id))
                     if status.startswith("finished"):
                         outcome = S.RUN_OUTCOME_COMPLETED if status.endswith("completed") else S.RUN_OUTCOME_FAILED
                         await self.finish(run_id, outcome, f"Flower reports {status} without a ServerApp report")
