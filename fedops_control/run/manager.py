@@ -35,6 +35,7 @@ log = get_logger(__name__)
 S = common_pb2  # enum namespace
 ACTIVE_STATES = (S.RUN_STATE_PENDING, S.RUN_STATE_STARTING, S.RUN_STATE_RUNNING)
 SILENCE_BEFORE_STATUS_CHECK_S = 20.0
+FLOWER_FINISH_WAIT_S = 10.0  # the longest a ServerApp gets to hand over its result after reporting its end
 
 
 def _coerce(value: Any, default: Any) -> Any:
@@ -445,11 +446,29 @@ class RunManager:
         for kind_, message, rnd, cid, data in publish:
             await self._bus.publish(event.run_id, kind_, message, round=rnd, client_id=cid, data=data)
         if kind == "app_finished":
-            await self.finish(event.run_id, S.RUN_OUTCOME_STOPPED if stopped else S.RUN_OUTCOME_COMPLETED,
-                              event.message or "completed")
+            self._spawn(self._finish_after_flower(
+                event.run_id, S.RUN_OUTCOME_STOPPED if stopped else S.RUN_OUTCOME_COMPLETED, event.message or "completed"))
         elif kind == "app_failed":
-            await self.finish(event.run_id, S.RUN_OUTCOME_FAILED, event.message)
+            self._spawn(self._finish_after_flower(event.run_id, S.RUN_OUTCOME_FAILED, event.message))
         return stop_requested
+
+    async def _finish_after_flower(self, run_id: str, outcome: int, reason: str) -> None:
+        """The ServerApp reported its end: answer it at once, let it hand its result to the SuperLink
+        and exit, then finish. Stopping the SuperLink first would leave it retrying against a dead port."""
+        handle, flower_run_id = self._links.get(run_id), self.get_run_row(run_id).flower_run_id
+        if handle is not None and flower_run_id:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + FLOWER_FINISH_WAIT_S
+            while loop.time() < deadline:
+                try:
+                    run = await flower_control.get_run(handle, flower_run_id)
+                except flower_control.FlowerControlError as err:
+                    log.warning("could not read the Flower run's status", run_id=run_id, error=str(err))
+                    break
+                if flower_control.status_text(run).startswith("finished"):
+                    break
+                await asyncio.sleep(0.2)
+        await self.finish(run_id, outcome, reason)
 
     def _round_notice(self, db: Session, run: RunRow, number: int) -> agent_pb2.AgentCommand:
         """The RoundStarted command: which global model version round ``number`` trains from."""
