@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -99,8 +100,7 @@ class Agent:
 
     def _channel_security(self) -> ChannelSecurity:
         """TLS settings plus this agent's credential (none before its first enrolment)."""
-        return ChannelSecurity(ca_file=self.security.ca_file, cert_file=self.security.cert_file,
-                               key_file=self.security.key_file, token=load_credential(self.state_dir))
+        return dataclasses.replace(self.security, token=load_credential(self.state_dir))
 
     async def _register(self) -> agent_pb2.RegisterResponse:
         """Register; on first enrolment keep the credential the control service issues."""

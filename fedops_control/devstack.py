@@ -6,6 +6,7 @@ exercise exactly what a user runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -45,9 +46,7 @@ class LocalStack:
 
     def security(self, token: str | None = None) -> ChannelSecurity:
         """How tests and tools reach this stack (the admin token unless another is given)."""
-        tls = self.client_tls
-        return ChannelSecurity(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
-                               token=self.admin_token if token is None else token)
+        return dataclasses.replace(self.client_tls, token=self.admin_token if token is None else token)
 
     def enrolment_token(self, task_id: str, name: str = "") -> str:
         """A one-time enrolment token for ``task_id`` (as an operator would create it)."""

@@ -43,6 +43,11 @@ def _active(row: CredentialRow, now: dt.datetime) -> bool:
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
+def _find(db: Session, secret: str) -> CredentialRow | None:
+    """The row of a secret, found by its digest."""
+    return db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
+
+
 class TokenStore:
     """Tokens of every kind, in the control service's database."""
 
@@ -69,7 +74,7 @@ class TokenStore:
         if not secret or len(secret) > 512:
             return None
         with self._sessions() as db:
-            row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
+            row = _find(db, secret)
             if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
                 return None
             return Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
@@ -78,7 +83,7 @@ class TokenStore:
         """Use up a one-time enrolment token inside the caller's transaction; None if not valid."""
         if not secret or len(secret) > 512:
             return None
-        row = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
+        row = _find(db, secret)
         now = utcnow()
         if row is None or row.kind != A.TOKEN_KIND_ENROLMENT or row.used_at is not None or not _active(row, now):
             return None
@@ -121,6 +126,6 @@ class TokenStore:
     def ensure_admin(self, secret: str, name: str = "bootstrap admin") -> None:
         """Make ``secret`` a valid admin token (idempotent): the bootstrap token of a fresh service."""
         with self._sessions() as db:
-            exists = db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
+            exists = _find(db, secret)
         if exists is None:
             self.issue(A.TOKEN_KIND_API, A.ROLE_ADMIN, name, created_by="fedops-control", secret=secret)
