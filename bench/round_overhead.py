@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -80,18 +81,31 @@ def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
 
 
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
-           superlink_tls: bool = True) -> tuple[float, float]:
-    """(seconds per round, StartRun -> first round start) through FedOps."""
+           superlink_tls: bool = True, spare_superlink: bool = True,
+           server_cpus: set[int] | None = None) -> tuple[float, float]:
+    """(seconds per round, StartRun -> first round start) through FedOps.
+
+    With ``server_cpus``, the control service and everything it starts (SuperLinks, ServerApps) run
+    on those CPUs and the agents (SuperNodes, ClientApps) on the others, as if the devices were
+    other machines. Children inherit the affinity of this process when they are started.
+    """
+    every_cpu = os.sched_getaffinity(0)
     stack = LocalStack(root, control_args=["--superlink-bind", superlink_bind,
-                                           "--superlink-tls" if superlink_tls else "--no-superlink-tls"])
+                                           "--superlink-tls" if superlink_tls else "--no-superlink-tls",
+                                           "--spare-superlink" if spare_superlink else "--no-spare-superlink"])
     try:
+        if server_cpus:
+            os.sched_setaffinity(0, server_cpus)
         stack.start_control()
+        if server_cpus:
+            os.sched_setaffinity(0, every_cpu - server_cpus)
         task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(APP), "--rounds", str(rounds),
                               "--min-clients", "3", "--round-timeout", "300", "--hp", "local-epochs=1")
         for i, path in enumerate(data):
             stack.start_agent(f"b{i}", [task["id"]], path)
         clients = [stack.client_id(f"b{i}") for i in range(len(data))]
         stack.ctl("task", "select", task["id"], *clients)
+        os.sched_setaffinity(0, every_cpu)
         time.sleep(2)
         t0 = time.time()
         run = stack.ctl_json("run", "start", task["id"])
@@ -135,20 +149,29 @@ def main() -> None:
                         help="0.0.0.0 puts each run's SuperLink behind its Fleet gateway, as for remote agents")
     parser.add_argument("--no-superlink-tls", dest="superlink_tls", action="store_false",
                         help="plaintext SuperLinks without node authentication, as the plain Flower side runs")
+    parser.add_argument("--no-spare-superlink", dest="spare_superlink", action="store_false",
+                        help="start each run's SuperLink at StartRun instead of taking the warm spare")
+    parser.add_argument("--server-cpus", default="",
+                        help="e.g. 0: the control service and its SuperLinks/ServerApps on these CPUs, the agents "
+                             "on the others (devices are other machines in a deployment)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedops-bench-"))
     data = [work / "data" / f"c{i}" for i in range(3)]
     write_partitions(data)
+    server_cpus = {int(cpu) for cpu in args.server_cpus.split(",") if cpu.strip()}
+    if server_cpus and not server_cpus < os.sched_getaffinity(0):
+        parser.error("--server-cpus: a proper subset of this machine's CPUs")
     plain, ours, start = [], [], []
     for rep in range(args.repeats):
         if not args.fedops_only:
             plain.append(plain_flower(work / f"plain{rep}", data, args.rounds))
         per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds, args.superlink_bind,
-                                     args.superlink_tls)
+                                     args.superlink_tls, args.spare_superlink, server_cpus)
         ours.append(per_round)
         start.append(to_first)
     result = {"rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
-              "superlink_tls": args.superlink_tls,
+              "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
+              "server_cpus": sorted(server_cpus),
               "fedops_s_per_round": statistics.median(ours),
               "startrun_to_first_round_s": statistics.median(start)}
     if plain:

@@ -14,6 +14,7 @@ import pytest
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 from fedops_control.devstack import LocalStack
+from fedops_control.run.launcher import CLAIMED_BY
 from tests.conftest import DIGITS_APP
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +62,15 @@ def flower_processes(marker: str) -> list[str]:
     return [line for line in out.splitlines() if marker in line and ("flower-" in line or "flwr-" in line)]
 
 
+def stray_processes(stack: LocalStack) -> list[str]:
+    """Flower processes under the stack's root but the warm spare SuperLink (which no run has taken).
+    Processes are listed first: a spare started after that is in the spare list already."""
+    found = flower_processes(str(stack.root))
+    spares = [f"{spare}/" for spare in (stack.root / "control" / "superlinks").glob("spare-*")
+              if not (spare / CLAIMED_BY).exists()]
+    return [line for line in found if not any(spare in line for spare in spares)]
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]) -> Iterator[tuple[LocalStack, str, list[str]]]:
     """Control + 3 agents enrolled in a 3-round task."""
@@ -104,7 +114,10 @@ def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:  #
     assert hashlib.sha256(out.read_bytes()).hexdigest() == download["sha256"] == by_round[3]["sha256"]
     diagnosis = local.ctl_json("run", "diagnose", run["id"])
     assert "completed" in diagnosis["summary"]
-    assert flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == []
+    assert flower_processes(run["id"]) == [] and stray_processes(local) == []
+    # The run took the warm spare SuperLink, started before the run was.
+    link = local.root / "control" / "runs" / run["id"] / "superlink"
+    assert link.is_symlink() and (link.resolve().parent / CLAIMED_BY).read_text() == run["id"]
 
 
 def test_resume_from_stored_model(stack) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +143,7 @@ def test_cooperative_stop_after_current_round(stack) -> None:  # type: ignore[no
     finished = [r for r in final["rounds"] if r["phase"] == "done"]
     assert 1 <= len(finished) < 6
     assert len(local.ctl_json("models", "list", "--run", run["id"])["models"]) == len(finished)
-    wait_for(lambda: flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == [], 30)
+    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
 
 
 def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untyped-def]
@@ -140,7 +153,7 @@ def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untype
     local.ctl("run", "stop", run["id"], "--hard")
     final = get_run(local, run["id"])
     assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
-    wait_for(lambda: flower_processes(run["id"]) == [] and flower_processes(str(local.root)) == [], 30)
+    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
     # Clients are free again for the next run.
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 

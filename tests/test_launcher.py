@@ -11,7 +11,7 @@ import pytest
 
 from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.run import flower_control
-from fedops_control.run.launcher import LocalProcessLauncher, is_loopback
+from fedops_control.run.launcher import CLAIMED_BY, LocalProcessLauncher, is_loopback
 
 
 def test_loopback_names() -> None:
@@ -52,3 +52,56 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
         assert _group(workdir) == []
     finally:
         asyncio.run(launcher.stop(handle))
+
+
+def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> None:
+    """The spare started by open() becomes the next run's SuperLink (linked into its workdir, found
+    again by adopt); stopping it warms a new spare; close() stops the unclaimed one and removes it."""
+    spares = tmp_path / "superlinks"
+
+    async def scenario() -> None:
+        launcher = LocalProcessLauncher(spare_dir=spares)
+        await launcher.open()
+        spare = await launcher._spare  # the test waits for it; a run just takes it when it comes
+        assert spare is not None and spare.process is not None
+        workdir = tmp_path / "runs" / "run-1"
+        handle = await launcher.start("run-1", workdir)
+        assert handle.process is spare.process and handle.run_id == "run-1"
+        assert (workdir / "superlink").resolve() == spare.flwr_home
+        assert (spare.flwr_home.parent / CLAIMED_BY).read_text() == "run-1"
+        assert (workdir / "superlink.log").exists()
+        adopted = LocalProcessLauncher(spare_dir=spares).adopt("run-1", workdir, handle.address)
+        assert adopted is not None and adopted.extra["pid"] == str(handle.process.pid)
+        assert flower_control.status_text(await flower_control.get_run(handle, "1")) == "unknown"
+        await launcher.stop(handle)
+        assert not pid_alive(handle.process.pid) and _group(spare.flwr_home.parent) == []
+        assert launcher._spare is not None  # the next one warms up once a run's SuperLink is gone
+        replacement = await launcher._spare
+        assert replacement.process is not None and replacement.process.poll() is None
+        await launcher.close()
+        assert replacement.process.poll() is not None and _group(replacement.flwr_home.parent) == []
+        assert not replacement.flwr_home.parent.exists()  # unclaimed: nothing to keep
+        assert spare.flwr_home.parent.exists()            # the run's: its state and log stay
+
+    asyncio.run(scenario())
+
+
+def test_open_stops_spares_left_by_a_crashed_service(tmp_path: Path) -> None:
+    """A spare whose control service died unclaimed is stopped and removed by the next open()."""
+    spares = tmp_path / "superlinks"
+
+    async def scenario() -> None:
+        crashed = LocalProcessLauncher(spare_dir=spares)
+        await crashed.open()
+        left = await crashed._spare
+        assert left.process is not None and _group(left.flwr_home.parent)
+        successor = LocalProcessLauncher(spare_dir=spares)
+        await successor.open()
+        assert left.process.wait(timeout=10) is not None and _group(left.flwr_home.parent) == []
+        assert not left.flwr_home.parent.exists()
+        fresh = await successor._spare
+        assert fresh.process is not None and fresh.process.poll() is None
+        await successor.close()
+        assert _group(spares) == []
+
+    asyncio.run(scenario())

@@ -1,14 +1,18 @@
 """Where a run's Flower SuperLink lives. One interface; a local-process launcher for now.
 
-A Kubernetes launcher implements the same two methods.
+A Kubernetes launcher implements the same methods.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
+import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +45,14 @@ class SuperLinkHandle:
 class SuperLinkLauncher(Protocol):
     """Starts and stops the SuperLink of one run."""
 
+    async def open(self) -> None:
+        """Prepare what is kept between runs (a warm spare SuperLink), after a restart too."""
+        ...
+
+    async def close(self) -> None:
+        """Release what :meth:`open` prepared; runs' SuperLinks are left alone."""
+        ...
+
     async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle: ...
 
     async def stop(self, handle: SuperLinkHandle) -> None: ...
@@ -70,13 +82,21 @@ class LocalProcessLauncher:
     its child. With a CA, each SuperLink gets its own TLS certificate (served by the gateway too)
     and admits only SuperNodes whose public keys were registered for its run (Flower's SuperNode
     authentication).
+
+    With ``spare_dir``, one SuperLink is kept started ahead of need (a warm spare, in
+    ``spare_dir/spare-*``): :meth:`start` hands it to the next run, whose workdir then links to it,
+    and a new spare is started once a run's SuperLink is stopped. Starting a SuperLink takes about
+    2 s, all of it before the run can be submitted.
     """
 
     def __init__(self, bind_host: str = LOOPBACK, advertised_host: str | None = None,
-                 ca: CertificateAuthority | None = None) -> None:
+                 ca: CertificateAuthority | None = None, spare_dir: Path | None = None) -> None:
         self.bind_host = bind_host
         self.advertised_host = advertised_host or bind_host
         self.ca = ca
+        self.spare_dir = spare_dir
+        self._spare: asyncio.Task[SuperLinkHandle] | None = None
+        self._closed = False
 
     @property
     def gateway(self) -> bool:
@@ -95,8 +115,49 @@ class LocalProcessLauncher:
         return ([*tls, "--ssl-ca-certfile", str(ca_file), "--enable-supernode-auth"],
                 [*tls, "--ca-file", str(ca_file)], ca_file)
 
+    async def open(self) -> None:
+        """Stop spares left by an earlier process of this service, then start one."""
+        if self.spare_dir is None:
+            return
+        for leftover in self.spare_dir.glob("spare-*"):
+            if not (leftover / CLAIMED_BY).exists():
+                await asyncio.to_thread(_stop_spare, leftover)
+        self._warm_up()
+
+    async def close(self) -> None:
+        """Stop the spare nobody claimed."""
+        self._closed = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(Exception):  # one that failed to start has nothing left to stop
+                handle = await spare
+                await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
+
+    def _warm_up(self) -> None:
+        if self.spare_dir is not None and self._spare is None and not self._closed:
+            self._spare = asyncio.create_task(self._launch(f"spare-{uuid.uuid4().hex[:12]}", None))
+
     async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle:
-        """Start the SuperLink (behind its Fleet gateway when agents are remote); wait until agents can connect."""
+        """The run's SuperLink: the warm spare if there is one (its directories linked into
+        ``workdir``), else a new one. Returns once agents can connect."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                handle: SuperLinkHandle | None = await spare
+            except Exception:  # a spare that failed to start (its log says why): start one now
+                handle = None
+            if handle is not None and handle.process is not None and handle.process.poll() is None:
+                return _claim(handle, run_id, workdir)
+            if handle is not None:
+                await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
+        return await self._launch(run_id, workdir)
+
+    async def _launch(self, run_id: str, workdir: Path | None) -> SuperLinkHandle:
+        """Start a SuperLink (behind its Fleet gateway when agents are remote) in ``workdir``, or
+        as a spare when ``workdir`` is None; wait until agents can connect."""
+        if workdir is None:
+            assert self.spare_dir is not None
+            workdir = self.spare_dir / run_id
         flwr_home = workdir / "superlink"
         flwr_home.mkdir(parents=True, exist_ok=True)
         superlink_tls, gateway_tls, ca_file = self._security_args(workdir)
@@ -124,15 +185,18 @@ class LocalProcessLauncher:
                                extra={"local_address": f"{LOOPBACK}:{internal_port}"})
 
     async def stop(self, handle: SuperLinkHandle) -> None:
-        """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group)."""
+        """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group);
+        then warm up the next spare (not earlier: a spare starting beside a run slows the run)."""
         if handle.process is not None:
             await asyncio.to_thread(stop_process_group, handle.process)
         elif handle.extra.get("pid"):
             await asyncio.to_thread(stop_group_by_pid, int(handle.extra["pid"]))
+        self._warm_up()
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
-        """The process group of ``run_id``'s SuperLink, found by its database path (which names the run's workdir)."""
-        flwr_home = workdir / "superlink"
+        """The process group of ``run_id``'s SuperLink, found by its database path (which names the
+        run's workdir, or the spare directory it links to)."""
+        flwr_home = (workdir / "superlink").resolve()
         marker = f"--database\0{flwr_home / 'state.db'}\0".encode()
         found = [(pid, cmdline) for pid, _, cmdline in scan_processes()
                  if marker in cmdline and (GATEWAY_MODULE.encode() in cmdline or b"flower-superlink" in cmdline)]
@@ -146,3 +210,34 @@ class LocalProcessLauncher:
                                    ca_file=ca_file if ca_file.exists() else None,
                                    extra={"local_address": f"{LOOPBACK}:{internal_port}", "pid": str(pid)})
         return None
+
+
+CLAIMED_BY = "claimed-by"  # in a spare's directory: the run that took it (a left spare without it is stopped)
+
+
+def _claim(handle: SuperLinkHandle, run_id: str, workdir: Path) -> SuperLinkHandle:
+    """Give a spare to ``run_id``: its workdir gets links to the spare's home, TLS files and log."""
+    spare_dir = handle.flwr_home.parent
+    (spare_dir / CLAIMED_BY).write_text(run_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("superlink", "tls", "superlink.log"):
+        if (spare_dir / name).exists():
+            (workdir / name).symlink_to(spare_dir / name)
+    handle.run_id = run_id
+    return handle
+
+
+def _stop_spare(directory: Path, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Stop an unclaimed spare (its group, or the process groups whose command line names its
+    ``directory``), then delete the directory."""
+    if process is not None:
+        stop_process_group(process)
+    marker = f"{directory}{os.sep}".encode()
+    groups = set()
+    for pid, _, cmdline in scan_processes():
+        if marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(pid))
+    for group in groups - {os.getpgid(0)}:  # never our own group
+        stop_group_by_pid(group)
+    shutil.rmtree(directory, ignore_errors=True)

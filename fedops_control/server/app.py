@@ -99,7 +99,7 @@ def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> lis
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
-                security: Security | None = None) -> None:
+                security: Security | None = None, spare_superlink: bool = True) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
     superlink_ca = (CertificateAuthority.load_or_create(data_dir / "superlink-ca", "FedOps SuperLink CA")
                     if security.superlink_tls else None)
-    launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca)
+    launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
+                                    spare_dir=data_dir / "superlinks" if spare_superlink else None)
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
                       control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None)
@@ -142,6 +143,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
              tls=credentials is not None, mtls=security.mtls, superlink_tls=security.superlink_tls)
     print(f"fedops-control listening on {host}:{port}", flush=True)
     await runs.recover()
+    await launcher.open()  # after recover: spares that runs took are theirs
     watchdog = asyncio.create_task(runs.watchdog())
     if ready is not None:
         ready.set()
@@ -154,6 +156,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
         await stop.wait()
     finally:
         watchdog.cancel()
+        await launcher.close()  # first: runs stopped next must not warm up a new spare
         await runs.shutdown(stop_runs=stop_runs_on_exit)
         await server.stop(grace=2)
 
@@ -181,6 +184,8 @@ def run(
     mtls: Annotated[bool, typer.Option(help="require client certificates issued by --tls-ca (mutual TLS)")] = False,
     superlink_tls: Annotated[bool, typer.Option(
         help="run SuperLinks with TLS and SuperNode authentication (only the run's agents get in)")] = True,
+    spare_superlink: Annotated[bool, typer.Option(
+        help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)")] = True,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""
@@ -200,7 +205,7 @@ def run(
                                 log_level=log_level)
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
-                          superlink_bind, stop_runs_on_exit, security=security))
+                          superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink))
     finally:
         telemetry.close()
 
