@@ -12,6 +12,10 @@ from fedops_common.observer import ObserverClient, metric_values
 from fedops_common.proto import agent_pb2, common_pb2
 
 POLL_INTERVAL_S = 0.1
+# Before the first send, how long get_node_ids waits for the run's nodes to join. Flower's
+# sample_nodes sleeps 1 s between its checks: waiting here instead, in 0.1 s steps, starts
+# round 1 as soon as the last node joins.
+JOIN_WAIT_S = 1.0
 
 
 def content_bytes(message: Message) -> int:
@@ -32,10 +36,12 @@ class CooperativeStop(Exception):
 class RunState:
     """What the ServerApp-side instrumentation knows about the run so far."""
 
-    def __init__(self, run_id: str, round_timeout_s: float, quorum: int) -> None:
+    def __init__(self, run_id: str, round_timeout_s: float, quorum: int, node_count: int = 0) -> None:
         self.run_id = run_id
         self.round_timeout_s = round_timeout_s
         self.quorum = quorum
+        self.node_count = node_count  # the run's selected clients (0: unknown)
+        self.sent = False             # whether any message was pushed yet
         self.current_round = 0
         self.last_phase = ""
         self.round_from_strategy = False  # set when Strategy.start tells us the round
@@ -61,12 +67,20 @@ class ObservedGrid(Grid):
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self._inner.get_node_ids()
+        """Connected nodes. Before the first send, waits up to ``JOIN_WAIT_S`` for all the run's
+        nodes (a caller that finds too few sleeps longer than that before asking again)."""
+        nodes = list(self._inner.get_node_ids())
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while not self._state.sent and len(nodes) < self._state.node_count and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+            nodes = list(self._inner.get_node_ids())
+        return nodes
 
     def get_nodes(self):  # type: ignore[no-untyped-def]
         return self._inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._state.sent = True
         return self._inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -102,6 +116,7 @@ class ObservedGrid(Grid):
         timeout = cap if timeout is None else min(timeout, cap)
         node_by_msg: dict[str, int] = {}
         sent_bytes: dict[str, int] = {}
+        self._state.sent = True
         msg_ids = list(self._inner.push_messages(messages))
         for msg_id, message in zip(msg_ids, messages):
             node_by_msg[msg_id] = message.metadata.dst_node_id

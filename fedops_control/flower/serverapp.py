@@ -28,6 +28,7 @@ KEY_RUN_ID = "fedops-run-id"
 KEY_TASK_ID = "fedops-task-id"
 KEY_TIMEOUT = "fedops-round-timeout"
 KEY_QUORUM = "fedops-quorum"
+KEY_NODES = "fedops-node-count"
 KEY_RESUME = "fedops-resume-model-id"
 
 app = ServerApp()
@@ -120,7 +121,7 @@ def main(grid: Grid, context: Context) -> None:
     bind_ids(run_id=run_id, task_id=str(cfg.get(KEY_TASK_ID, "")), flower_run_id=str(context.run_id))
     log = get_logger(__name__)
     observer = ObserverClient.from_config(cfg)
-    state = RunState(run_id, float(cfg[KEY_TIMEOUT]), int(cfg[KEY_QUORUM]))
+    state = RunState(run_id, float(cfg[KEY_TIMEOUT]), int(cfg[KEY_QUORUM]), int(cfg.get(KEY_NODES, 0)))
     resume = None
     if cfg.get(KEY_RESUME):
         arrays = npz_to_arrays(observer.fetch_model(str(cfg[KEY_RESUME])))

@@ -175,7 +175,7 @@ class RunManager:
             link = asyncio.create_task(self._start_superlink(run_id, workdir))
             try:
                 app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
-                                                             workdir)
+                                                             workdir, len(client_ids))
             except BaseException:
                 await asyncio.wait([link])  # registered in self._links: finish() stops it
                 raise
@@ -226,7 +226,8 @@ class RunManager:
         return handle
 
     async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: dict[str, Any],
-                           run_config: dict[str, Any], resume: str, workdir: Path) -> tuple[Path, dict[str, Any]]:
+                           run_config: dict[str, Any], resume: str, workdir: Path,
+                           node_count: int) -> tuple[Path, dict[str, Any]]:
         """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
         source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
         credential_file = ""
@@ -239,7 +240,8 @@ class RunManager:
             "fedops-run-id": run_id, "fedops-task-id": task_id, KEY_CONTROL: self._control_address,
             KEY_CREDENTIAL_FILE: credential_file, **self._control_tls,
             "fedops-round-timeout": float(strategy["round_timeout_s"]),
-            "fedops-quorum": int(strategy["min_clients"]), "fedops-resume-model-id": resume,
+            "fedops-quorum": int(strategy["min_clients"]), "fedops-node-count": node_count,
+            "fedops-resume-model-id": resume,
         }
         app_dir = workdir / "app"
         app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)
