@@ -158,6 +158,22 @@ def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untype
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 
 
+def test_hard_stop_while_starting_stays_stopped(stack) -> None:  # type: ignore[no-untyped-def]
+    """A stop that comes while the run is still starting wins: the launch does not bring it back
+    to running, command agents or leave processes."""
+    local, task_id, _ = stack
+    run = local.ctl_json("run", "start", task_id)
+    local.ctl("run", "stop", run["id"], "--hard")
+    deadline = time.monotonic() + 10  # longer than a launch takes
+    while time.monotonic() < deadline:
+        final = get_run(local, run["id"])
+        assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED", final
+        time.sleep(0.5)
+    assert final.get("current_round", 0) == 0  # no round ever started
+    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
+    wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
+
+
 def test_bad_input_is_refused_with_the_field(stack) -> None:  # type: ignore[no-untyped-def]
     local, task_id, _ = stack
     result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--hp", "nope=1", check=False)

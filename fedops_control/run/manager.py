@@ -155,6 +155,8 @@ class RunManager:
     async def _set_state(self, run_id: str, state: int, message: str) -> None:
         with self._sessions.begin() as db:
             run = db.get(RunRow, run_id)
+            if run.state == S.RUN_STATE_FINISHED:  # stopped while starting: it stays finished
+                raise FailedPrecondition(f"run {run_id} was stopped while starting")
             run.state = state
             if state == S.RUN_STATE_RUNNING:
                 run.started_at = utcnow()
@@ -189,6 +191,9 @@ class RunManager:
                     raise FailedPrecondition(f"client {missing[0]} sent no SuperNode public key; upgrade its agent")
                 await asyncio.gather(*(flower_control.register_supernode(handle, keys[cid], cid)
                                        for cid in client_ids))
+            # A stop may have come during any await above; from here to the commands nothing awaits.
+            if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
+                raise FailedPrecondition(f"run {run_id} was stopped while starting")
             retry = agent_pb2.RetryPolicy(max_restarts=int(strategy.get("client_max_restarts", 2)),
                                           backoff_initial_s=float(strategy.get("client_restart_backoff_s", 1.0)),
                                           backoff_max_s=30.0)
@@ -212,6 +217,9 @@ class RunManager:
             self._last_report[run_id] = asyncio.get_running_loop().time()
             await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
         except Exception as err:  # any launch failure fails the run with the reason
+            if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
+                log.info("launch abandoned: the run was stopped while starting", run_id=run_id, error=str(err))
+                return
             log.exception("run launch failed", run_id=run_id)
             reason = str(err)  # InvalidArgument: "field: message"
             await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"launch failed: {reason}")
