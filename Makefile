@@ -24,7 +24,7 @@ proto: $(VENV)/.installed  ## regenerate gRPC stubs from proto/
 
 bench: $(VENV)/.installed  ## every benchmark in bench/ (see bench/README.md)
 	scripts/install_backends.sh
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/round_overhead.py
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/round_overhead.py --rounds 3 --repeats 5
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/shipper_throughput.py --start-elasticsearch
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/agent_overhead.py
 
