@@ -116,8 +116,7 @@ class ObservedGrid(Grid):
         timeout = cap if timeout is None else min(timeout, cap)
         node_by_msg: dict[str, int] = {}
         sent_bytes: dict[str, int] = {}
-        self._state.sent = True
-        msg_ids = list(self._inner.push_messages(messages))
+        msg_ids = list(self.push_messages(messages))
         for msg_id, message in zip(msg_ids, messages):
             node_by_msg[msg_id] = message.metadata.dst_node_id
             sent_bytes[msg_id] = content_bytes(message)

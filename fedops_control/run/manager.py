@@ -155,8 +155,7 @@ class RunManager:
     async def _set_state(self, run_id: str, state: int, message: str) -> None:
         with self._sessions.begin() as db:
             run = db.get(RunRow, run_id)
-            if run.state == S.RUN_STATE_FINISHED:  # stopped while starting: it stays finished
-                raise FailedPrecondition(f"run {run_id} was stopped while starting")
+            _raise_if_finished(run)  # stopped while starting: it stays finished
             run.state = state
             if state == S.RUN_STATE_RUNNING:
                 run.started_at = utcnow()
@@ -192,8 +191,7 @@ class RunManager:
                 await asyncio.gather(*(flower_control.register_supernode(handle, keys[cid], cid)
                                        for cid in client_ids))
             # A stop may have come during any await above; from here to the commands nothing awaits.
-            if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
-                raise FailedPrecondition(f"run {run_id} was stopped while starting")
+            _raise_if_finished(self.get_run_row(run_id))
             retry = agent_pb2.RetryPolicy(max_restarts=int(strategy.get("client_max_restarts", 2)),
                                           backoff_initial_s=float(strategy.get("client_restart_backoff_s", 1.0)),
                                           backoff_max_s=30.0)
@@ -227,10 +225,11 @@ class RunManager:
     async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
         handle = await self._launcher.start(run_id, workdir)
         self._links[run_id] = handle
-        if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
+        run = self.get_run_row(run_id)
+        if run.state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
             self._links.pop(run_id, None)
             await self._launcher.stop(handle)
-            raise FailedPrecondition(f"run {run_id} was stopped while starting")
+            _raise_if_finished(run)
         return handle
 
     async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: dict[str, Any],
@@ -613,6 +612,12 @@ class RunManager:
             self._last_report[run_id] = asyncio.get_running_loop().time()
             await self._bus.publish(run_id, "control_restarted",
                                     "control service restarted; run re-attached to its SuperLink")
+
+
+def _raise_if_finished(run: RunRow) -> None:
+    """A launch step refuses a run that was stopped (finished) while it was starting."""
+    if run.state == S.RUN_STATE_FINISHED:
+        raise FailedPrecondition(f"run {run.id} was stopped while starting")
 
 
 def _toml_literal(value: Any) -> str:
