@@ -95,7 +95,7 @@ def serverapp_running_s(state_db: Path, flower_run_id: int) -> float:
 
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
            superlink_tls: bool = True, spare_superlink: bool = True,
-           server_cpus: set[int] | None = None) -> tuple[float, float]:
+           server_cpus: set[int] | None = None, preload_flower: bool = True) -> tuple[float, float]:
     """(seconds per round, StartRun -> first round start) through FedOps.
 
     With ``server_cpus``, the control service and everything it starts (SuperLinks, ServerApps) run
@@ -115,7 +115,8 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(APP), "--rounds", str(rounds),
                               "--min-clients", "3", "--round-timeout", "300", "--hp", "local-epochs=1")
         for i, path in enumerate(data):
-            stack.start_agent(f"b{i}", [task["id"]], path)
+            stack.start_agent(f"b{i}", [task["id"]], path,
+                              ["--preload-flower" if preload_flower else "--no-preload-flower"])
         clients = [stack.client_id(f"b{i}") for i in range(len(data))]
         stack.ctl("task", "select", task["id"], *clients)
         os.sched_setaffinity(0, every_cpu)
@@ -169,6 +170,9 @@ def main() -> None:
                         help="plaintext SuperLinks without node authentication, as the plain Flower side runs")
     parser.add_argument("--no-spare-superlink", dest="spare_superlink", action="store_false",
                         help="start each run's SuperLink at StartRun instead of taking the warm spare")
+    parser.add_argument("--no-preload-flower", dest="preload_flower", action="store_false",
+                        help="agents start each SuperNode as a new process instead of forking it from their "
+                             "preloaded fork server")
     parser.add_argument("--server-cpus", default="",
                         help="e.g. 0: the control service and its SuperLinks/ServerApps on these CPUs, the agents "
                              "on the others (devices are other machines in a deployment)")
@@ -184,11 +188,12 @@ def main() -> None:
         if not args.fedops_only:
             plain.append(plain_flower(work / f"plain{rep}", data, args.rounds))
         per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds, args.superlink_bind,
-                                     args.superlink_tls, args.spare_superlink, server_cpus)
+                                     args.superlink_tls, args.spare_superlink, server_cpus, args.preload_flower)
         ours.append(per_round)
         start.append(to_first)
     result = {"rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
               "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
+              "preload_flower": args.preload_flower,
               "server_cpus": sorted(server_cpus),
               "fedops_s_per_round": statistics.median(ours),
               "startrun_to_first_round_s": statistics.median(start)}

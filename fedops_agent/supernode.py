@@ -7,9 +7,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedops_agent import forkserver
 from fedops_common.logging import get_logger
 from fedops_common.net import free_port
-from fedops_common.proc import console_script, flower_env, stop_process_group
+from fedops_common.proc import ChildProcess, console_script, flower_env, stop_process_group
 
 log = get_logger(__name__)
 
@@ -19,7 +20,7 @@ class SuperNodeProcess:
     """A running SuperNode."""
 
     run_id: str
-    process: subprocess.Popen[bytes]
+    process: ChildProcess  # a Popen, or a fork of the agent's fork server
     stop_requested: bool = False
     restarts: int = 0
     crashed_at: float = 0.0  # loop time of the crash this process restarts after (0 = first start)
@@ -27,11 +28,14 @@ class SuperNodeProcess:
 
 
 def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
-                    root_certificates: Path | None = None, auth_key: Path | None = None) -> SuperNodeProcess:
+                    root_certificates: Path | None = None, auth_key: Path | None = None,
+                    forked: bool = False) -> SuperNodeProcess:
     """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
 
     With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
-    (Flower's SuperNode authentication); without, plaintext.
+    (Flower's SuperNode authentication); without, plaintext. With ``forked``, the SuperNode and its
+    SuperExec are forks of the agent's fork server (:func:`fedops_agent.forkserver.warm` first),
+    else new processes (``flower-supernode`` starts ``flower-superexec`` itself).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
@@ -43,13 +47,21 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
             security += ["--auth-supernode-private-key", str(auth_key)]
     log_path = workdir / "supernode.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
-    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-    process = subprocess.Popen(
-        [console_script("flower-supernode"), *security, "--superlink", superlink,
-         "--port", str(free_port()), "--node-config", config, "--max-wait-time", "60"],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    log_file.close()
-    log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink, tls=root_certificates is not None)
+    runtime_port = free_port()
+    args = [*security, "--superlink", superlink, "--port", str(runtime_port), "--node-config", config,
+            "--max-wait-time", "60"]  # runtime dependency installation: off by default in flwr 1.41
+    process: ChildProcess
+    if forked:
+        process = forkserver.start_supernode(
+            [*args, "--isolation", "process"], runtime_port,
+            ["--insecure", "--runtime-api-address", f"127.0.0.1:{runtime_port}"], env, log_path)
+    else:
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen([console_script("flower-supernode"), *args], env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        log_file.close()
+    log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink,
+             tls=root_certificates is not None, forked=forked)
     return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset)
 
 

@@ -9,12 +9,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 
 def console_script(name: str) -> str:
     """Path of a console script in this interpreter's environment (else the bare name, via PATH)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+# Flower's switches for every Flower process we start: no telemetry, no update checks, logs unbuffered.
+FLOWER_SETTINGS = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -25,8 +30,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     path = os.environ.get("PATH", "")
     if bin_dir not in path.split(os.pathsep):
         path = os.pathsep.join([bin_dir, path]) if path else bin_dir
-    return dict(os.environ, PATH=path, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0",
-                FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
+    return {**os.environ, **FLOWER_SETTINGS, "PATH": path, "FLWR_HOME": str(flwr_home)}
 
 
 def _killpg(pid: int, sig: int) -> bool:
@@ -37,7 +41,18 @@ def _killpg(pid: int, sig: int) -> bool:
         return False
 
 
-def stop_process_group(process: subprocess.Popen[bytes], hard: bool = False, grace_s: float = 5.0) -> None:
+class ChildProcess(Protocol):
+    """What :func:`stop_process_group` needs of a child: :class:`subprocess.Popen` has it."""
+
+    @property
+    def pid(self) -> int: ...  # noqa: D102
+
+    def poll(self) -> int | None: ...  # noqa: D102
+
+    def wait(self, timeout: float | None = None) -> int: ...  # noqa: D102
+
+
+def stop_process_group(process: ChildProcess, hard: bool = False, grace_s: float = 5.0) -> None:
     """Signal the process's group (SIGTERM, or SIGKILL when hard), SIGKILL it after ``grace_s``,
     then SIGKILL whatever of the group outlived its leader: no strays."""
     if process.poll() is None and _killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM):

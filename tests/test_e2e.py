@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -118,6 +119,10 @@ def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:  #
     # The run took the warm spare SuperLink, started before the run was.
     link = local.root / "control" / "runs" / run["id"] / "superlink"
     assert link.is_symlink() and (link.resolve().parent / CLAIMED_BY).read_text() == run["id"]
+    # Each agent forked its SuperNode from its preloaded fork server (the default).
+    starts = [json.loads(line) for path in (local.root / "agents").glob("*/telemetry/logs/*.jsonl")
+              for line in path.read_text().splitlines() if '"SuperNode started"' in line and run["id"] in line]
+    assert len(starts) == 3 and all(entry["labels.forked"] is True for entry in starts), starts
 
 
 def test_resume_from_stored_model(stack) -> None:  # type: ignore[no-untyped-def]

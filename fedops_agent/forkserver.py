@@ -1,0 +1,150 @@
+"""Start a run's SuperNode and its SuperExec as forks of a process that has already imported Flower.
+
+Importing Flower's SuperNode or SuperExec code costs about 1.2 CPU-seconds, and each run starts both
+processes: on a small device that is most of the time between ``StartRun`` and the first round. The
+agent pays the import once, when it starts, in the standard library's ``forkserver`` with Flower
+preloaded; each run's SuperNode is a fork of it, and the SuperNode forks its own SuperExec (Flower's
+``--isolation process``). What runs is Flower's own console-script code with the same arguments, and
+the process title reads as the command line would (``FLWR_HOME=... flower-supernode ...``), so ``ps``
+and the process scans that find a run's Flower processes by their command line still work.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing import connection, forkserver
+from multiprocessing.context import ForkServerProcess
+from pathlib import Path
+
+from setproctitle import setproctitle
+
+from fedops_common.proc import FLOWER_SETTINGS
+
+# What a SuperNode and its SuperExec import; "__main__" (the agent's script) too, or every fork
+# would import it again to prepare itself.
+PRELOAD = ["__main__", "flwr.supernode.cli", "flwr.supercore.cli"]
+_CONTEXT = multiprocessing.get_context("forkserver")
+
+
+def warm() -> None:
+    """Start the fork server, which imports Flower in the background (once per agent process).
+
+    Returns at once; a :func:`start_supernode` before the import is done waits for it. Flower reads
+    some settings (telemetry) at import time, so they go into this process's environment first: the
+    fork server inherits it.
+    """
+    os.environ.update(FLOWER_SETTINGS)
+    _CONTEXT.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+
+
+class ForkedProcess:
+    """A forked Flower process, with the parts of :class:`subprocess.Popen` the agent uses."""
+
+    def __init__(self, process: ForkServerProcess, args: list[str]) -> None:
+        self._process = process
+        self.args = args
+        # The exit code comes once through a pipe: two threads reading it (the agent's supervisor
+        # waits while a stop polls) would leave one with a false 255.
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        """Its pid (it leads its own session and process group)."""
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code, negative for a signal; None while it runs."""
+        return self.poll()
+
+    def poll(self) -> int | None:
+        """Exit code if it has exited, else None."""
+        with self._lock:
+            return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for it to exit; raises :class:`subprocess.TimeoutExpired` after ``timeout``."""
+        connection.wait([self._process.sentinel], timeout)  # readable once it exits; reads nothing
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return code
+
+
+def start_supernode(supernode_args: list[str], runtime_port: int, superexec_args: list[str],
+                    env: dict[str, str], log_path: Path) -> ForkedProcess:
+    """Fork ``flower-supernode *supernode_args`` (which must include ``--isolation process`` and
+    ``--port runtime_port``) with its SuperExec, ``flower-superexec *superexec_args``, in one new
+    process group; both write to ``log_path`` and see exactly ``env``."""
+    process = _CONTEXT.Process(target=_supernode_main, name="flower-supernode",
+                               args=(supernode_args, runtime_port, superexec_args, env, str(log_path)))
+    process.start()
+    return ForkedProcess(process, ["flower-supernode", *supernode_args])
+
+
+def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args: list[str],
+                    env: dict[str, str], log_path: str) -> None:
+    """In the fork: become the group leader, then the SuperNode; fork the SuperExec beside it."""
+    os.setsid()
+    # The title first: setproctitle needs the environment as exec left it.
+    _become("flower-supernode", supernode_args, env["FLWR_HOME"])
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.environ.clear()
+    os.environ.update(env)
+    if os.fork() == 0:
+        _superexec_main(superexec_args, runtime_port, supernode_pid=os.getppid(), flwr_home=env["FLWR_HOME"])
+    from flwr.supernode.cli import flower_supernode
+
+    flower_supernode()
+
+
+def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid: int, flwr_home: str) -> None:
+    """In the SuperNode's fork: wait for its Runtime API (Flower's SuperExec backs off for seconds
+    between connection attempts), then run the SuperExec; it exits with the SuperNode (``--parent-pid``)."""
+    code = 0
+    try:
+        while os.getppid() == supernode_pid and not _accepts("127.0.0.1", runtime_port):
+            time.sleep(0.05)
+        if os.getppid() == supernode_pid:
+            from flwr.supercore.cli import flower_superexec
+
+            _become("flower-superexec", [*superexec_args, "--parent-pid", str(supernode_pid)], flwr_home)
+            flower_superexec()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report it in the log, then leave like a crashed process
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # never return into the fork server's code
+
+
+def _become(script: str, args: list[str], flwr_home: str) -> None:
+    """Look like ``script *args`` to Flower's argument parser, and like ``FLWR_HOME=... script *args``
+    to process listings: /proc/PID/environ no longer shows the environment after a fork and a new
+    title, and scans for a run's Flower processes look for its directory there."""
+    sys.argv = [script, *args]
+    setproctitle(" ".join([f"FLWR_HOME={flwr_home}", *sys.argv]))
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,78 @@
+"""The agent's SuperNode launch with real Flower processes: forked from the preloaded fork server
+(the default) and started as new processes (``--no-preload-flower``) behave the same."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fedops_agent import forkserver
+from fedops_agent.supernode import start_supernode, stop_supernode
+from fedops_common.net import free_port
+from fedops_common.proc import pid_alive, scan_processes
+
+
+def _titles(marker: str) -> dict[int, str]:
+    """pid -> command line (or title) of every process that mentions ``marker``."""
+    return {pid: raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            for pid, _, raw in scan_processes() if marker.encode() in raw}
+
+
+def _wait_for(predicate, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "new-process"])
+def test_supernode_and_superexec_start_and_stop_as_one_group(tmp_path: Path, forked: bool) -> None:
+    """Both ways give a SuperNode and a SuperExec in one process group, writing to supernode.log and
+    found by their FLWR_HOME; a stop leaves neither behind."""
+    if forked:
+        forkserver.warm()
+    workdir = tmp_path / "run-7"
+    dead_superlink = f"127.0.0.1:{free_port()}"  # nothing listens: the SuperNode keeps retrying
+    node = start_supernode("run-7", dead_superlink, {"partition-id": "1"}, workdir, forked=forked)
+    log_path = workdir / "supernode.log"
+    try:
+        # The SuperExec starts once the SuperNode's Runtime API is up, and logs it.
+        _wait_for(lambda: log_path.exists() and "Starting Flower SuperExec" in log_path.read_text(), 60)
+        processes = _titles(str(workdir / "flwr"))
+        if forked:
+            # Forks show the command line they stand for, with the FLWR_HOME they run with.
+            supernode = processes[node.process.pid]
+            assert supernode.startswith(f"FLWR_HOME={workdir / 'flwr'} flower-supernode ")
+            assert f"--superlink {dead_superlink}" in supernode and "--isolation process" in supernode
+            superexecs = [pid for pid, title in processes.items() if " flower-superexec " in title]
+            assert len(superexecs) == 1
+            assert f"--parent-pid {node.process.pid}" in processes[superexecs[0]]
+        else:
+            # Found through /proc/PID/environ: the command lines have no FLWR_HOME.
+            superexecs = [pid for pid, _, raw in scan_processes() if b"flower-superexec" in raw
+                          and os.getpgid(pid) == node.process.pid]
+            assert len(superexecs) == 1
+        assert os.getpgid(node.process.pid) == node.process.pid == os.getpgid(superexecs[0])
+        assert node.process.poll() is None
+    finally:
+        stop_supernode(node, hard=False)
+    assert node.process.poll() is not None
+    _wait_for(lambda: not pid_alive(superexecs[0]), 10)
+    assert "Starting Flower SuperNode" in log_path.read_text()
+
+
+def test_forked_supernode_crash_is_seen_as_an_exit_code(tmp_path: Path) -> None:
+    """A forked SuperNode that fails (here: an unreadable CA file) exits non-zero, and the agent's
+    supervision sees that code as it would a new process's."""
+    forkserver.warm()
+    workdir = tmp_path / "run-8"
+    node = start_supernode("run-8", f"127.0.0.1:{free_port()}", {}, workdir,
+                           root_certificates=tmp_path / "missing-ca.pem", forked=True)
+    code = node.process.wait(timeout=60)
+    assert code != 0
+    assert "`--root-certificates` does not point to a file" in (workdir / "supernode.log").read_text()
+    # Its SuperExec fork, still waiting for the Runtime API, leaves with it.
+    _wait_for(lambda: _titles(str(workdir)) == {}, 10)
