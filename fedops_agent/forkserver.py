@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from setproctitle import setproctitle
 
+from fedops_common.net import accepts_connections
 from fedops_common.proc import FLOWER_SETTINGS
 
 # What a SuperNode and its SuperExec import; "__main__" (the agent's script) too, or every fork
@@ -114,7 +114,7 @@ def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid:
     between connection attempts), then run the SuperExec; it exits with the SuperNode (``--parent-pid``)."""
     code = 0
     try:
-        while os.getppid() == supernode_pid and not _accepts("127.0.0.1", runtime_port):
+        while os.getppid() == supernode_pid and not accepts_connections("127.0.0.1", runtime_port):
             time.sleep(0.05)
         if os.getppid() == supernode_pid:
             from flwr.supercore.cli import flower_superexec
@@ -141,10 +141,3 @@ def _become(script: str, args: list[str], flwr_home: str) -> None:
     sys.argv = [script, *args]
     setproctitle(" ".join([f"FLWR_HOME={flwr_home}", *sys.argv]))
 
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from fedops_agent import forkserver
 from fedops_agent.supernode import start_supernode, stop_supernode
 from fedops_common.net import free_port
 from fedops_common.proc import pid_alive, scan_processes
+from tests.test_e2e import wait_for
 
 
 def _titles(marker: str) -> dict[int, str]:
@@ -21,11 +21,11 @@ def _titles(marker: str) -> dict[int, str]:
             for pid, _, raw in scan_processes() if marker.encode() in raw}
 
 
-def _wait_for(predicate, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+def _children(parent: int, script: str) -> list[int]:
+    """Children of ``parent`` running ``script``. (A process Flower forks to run a command shows its
+    parent's command line until it execs: such grandchildren are not counted.)"""
+    return [pid for pid, proc, raw in scan_processes() if script.encode() in raw
+            and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(parent)]
 
 
 @pytest.mark.parametrize("forked", [True, False], ids=["forked", "new-process"])
@@ -40,27 +40,23 @@ def test_supernode_and_superexec_start_and_stop_as_one_group(tmp_path: Path, for
     log_path = workdir / "supernode.log"
     try:
         # The SuperExec starts once the SuperNode's Runtime API is up, and logs it.
-        _wait_for(lambda: log_path.exists() and "Starting Flower SuperExec" in log_path.read_text(), 60)
-        processes = _titles(str(workdir / "flwr"))
+        wait_for(lambda: log_path.exists() and "Starting Flower SuperExec" in log_path.read_text(), 60, 0.1)
+        superexecs = _children(node.process.pid, "flower-superexec")
+        assert len(superexecs) == 1
         if forked:
             # Forks show the command line they stand for, with the FLWR_HOME they run with.
+            processes = _titles(str(workdir / "flwr"))
             supernode = processes[node.process.pid]
             assert supernode.startswith(f"FLWR_HOME={workdir / 'flwr'} flower-supernode ")
             assert f"--superlink {dead_superlink}" in supernode and "--isolation process" in supernode
-            superexecs = [pid for pid, title in processes.items() if " flower-superexec " in title]
-            assert len(superexecs) == 1
+            assert processes[superexecs[0]].startswith(f"FLWR_HOME={workdir / 'flwr'} flower-superexec ")
             assert f"--parent-pid {node.process.pid}" in processes[superexecs[0]]
-        else:
-            # Found through /proc/PID/environ: the command lines have no FLWR_HOME.
-            superexecs = [pid for pid, _, raw in scan_processes() if b"flower-superexec" in raw
-                          and os.getpgid(pid) == node.process.pid]
-            assert len(superexecs) == 1
         assert os.getpgid(node.process.pid) == node.process.pid == os.getpgid(superexecs[0])
         assert node.process.poll() is None
     finally:
         stop_supernode(node, hard=False)
     assert node.process.poll() is not None
-    _wait_for(lambda: not pid_alive(superexecs[0]), 10)
+    wait_for(lambda: not pid_alive(superexecs[0]), 10, 0.1)
     assert "Starting Flower SuperNode" in log_path.read_text()
 
 
@@ -75,4 +71,4 @@ def test_forked_supernode_crash_is_seen_as_an_exit_code(tmp_path: Path) -> None:
     assert code != 0
     assert "`--root-certificates` does not point to a file" in (workdir / "supernode.log").read_text()
     # Its SuperExec fork, still waiting for the Runtime API, leaves with it.
-    _wait_for(lambda: _titles(str(workdir)) == {}, 10)
+    wait_for(lambda: _titles(str(workdir)) == {}, 10, 0.1)
