@@ -60,13 +60,8 @@ class ForkedProcess:
         assert self._process.pid is not None
         return self._process.pid
 
-    @property
-    def returncode(self) -> int | None:
-        """Exit code, negative for a signal; None while it runs."""
-        return self.poll()
-
     def poll(self) -> int | None:
-        """Exit code if it has exited, else None."""
+        """Exit code (negative for a signal) if it has exited, else None."""
         with self._lock:
             return self._process.exitcode
 
