@@ -22,7 +22,7 @@ from google.protobuf import struct_pb2
 from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from fedops_agent import forkserver
+from fedops_agent import forkserver, preflight
 from fedops_agent.datastatus import compute_data_status
 from fedops_agent.device import device_info, stable_device_id
 from fedops_agent.identity import CREDENTIAL_FILE, load_credential, save_credential, supernode_keypair
@@ -30,7 +30,7 @@ from fedops_agent.resources import ResourceSampler, TrainingTags
 from fedops_agent.supernode import SuperNodeProcess, start_supernode, stop_supernode, wait_exit
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
-from fedops_common.observer import KEY_CONTROL, KEY_CREDENTIAL_FILE, KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE
+from fedops_common import runconfig as keys
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
 from fedops_common.security import ChannelSecurity, token_digest
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, Telemetry, start_telemetry
@@ -205,6 +205,11 @@ class Agent:
             self._starts.pop(command.stop_training.run_id, None)  # no restart after a stop
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
+        elif body == "preflight":
+            request = command.preflight  # answered in order, before any start_training that follows it
+            problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
+                                               request.check_data_path)
+            self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))
 
     def _node_log(self, node: SuperNodeProcess) -> str:
         """What this SuperNode process (not an earlier one of the run) wrote to the run's log."""
@@ -217,11 +222,11 @@ class Agent:
         workdir.mkdir(parents=True, exist_ok=True)
         node_config = dict(start.node_config)
         node_config.setdefault("data-path", json.dumps(self.data_path))
-        node_config["fedops-client-id"] = json.dumps(self.client_id)
-        node_config[KEY_CONTROL] = json.dumps(self.control)
+        node_config[keys.NODE_CLIENT_ID] = json.dumps(self.client_id)
+        node_config[keys.CONTROL_ADDRESS] = json.dumps(self.control)
         # The ClientApp reports to the control service as this agent, over the same TLS settings.
-        absolute = {KEY_CREDENTIAL_FILE: self.state_dir / CREDENTIAL_FILE, KEY_TLS_CA_FILE: self.security.ca_file,
-                    KEY_TLS_CERT_FILE: self.security.cert_file, KEY_TLS_KEY_FILE: self.security.key_file}
+        absolute = {keys.CREDENTIAL_FILE: self.state_dir / CREDENTIAL_FILE, keys.TLS_CA_FILE: self.security.ca_file,
+                    keys.TLS_CERT_FILE: self.security.cert_file, keys.TLS_KEY_FILE: self.security.key_file}
         for key, path in absolute.items():
             node_config[key] = json.dumps(str(Path(path).resolve()) if path and Path(path).exists() else "")
         root_certificates = None

@@ -15,17 +15,12 @@ import grpc
 import numpy as np
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
+from fedops_common import runconfig as keys
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
 from fedops_common.security import ChannelSecurity, read_secret
 
 CHUNK_BYTES = 1024 * 1024
-# Keys of a run config (ServerApp) or node config (ClientApp) that say how to reach the control service.
-KEY_CONTROL = "fedops-control-address"
-KEY_CREDENTIAL_FILE = "fedops-credential-file"
-KEY_TLS_CA_FILE = "fedops-tls-ca-file"
-KEY_TLS_CERT_FILE = "fedops-tls-cert-file"
-KEY_TLS_KEY_FILE = "fedops-tls-key-file"
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -60,12 +55,12 @@ class ObserverClient:
     @classmethod
     def from_config(cls, config: Any) -> ObserverClient:
         """A client for the address, credential file and TLS files named in a run or node config."""
-        credential = str(config.get(KEY_CREDENTIAL_FILE, "") or "")
+        credential = str(config.get(keys.CREDENTIAL_FILE, "") or "")
         security = ChannelSecurity(
-            ca_file=str(config.get(KEY_TLS_CA_FILE, "") or ""), cert_file=str(config.get(KEY_TLS_CERT_FILE, "") or ""),
-            key_file=str(config.get(KEY_TLS_KEY_FILE, "") or ""),
+            ca_file=str(config.get(keys.TLS_CA_FILE, "") or ""), cert_file=str(config.get(keys.TLS_CERT_FILE, "") or ""),
+            key_file=str(config.get(keys.TLS_KEY_FILE, "") or ""),
             token=read_secret(Path(credential)) if credential else "")
-        return cls(str(config[KEY_CONTROL]), security)
+        return cls(str(config[keys.CONTROL_ADDRESS]), security)
 
     @_retrying
     def server_event(self, event: agent_pb2.ServerEvent) -> agent_pb2.ServerEventAck:
@@ -97,13 +92,3 @@ class ObserverClient:
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-
-
-def metric_values(records: Any) -> dict[str, float]:
-    """Flatten the numeric scalars of every MetricRecord in a RecordDict."""
-    out: dict[str, float] = {}
-    for record in records.metric_records.values():
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[key] = float(value)
-    return out

@@ -19,6 +19,7 @@ from fedops_common.convert import utcnow
 from fedops_common.proto import common_pb2
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.state.models import ClientRow, RoundRow, RunRow
+from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
 PHASE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -37,6 +38,12 @@ CLIENT_FAILURES = Counter("fedops_client_failures", "Failures of a client (phase
                           ["client_id"])
 CLIENT_BYTES = Counter("fedops_client_transfer_bytes", "Bytes exchanged with a client through Flower",
                        ["client_id", "direction"])
+# Latest metric values of active runs (scalars only; lists stay in the run views and Elasticsearch).
+# Removed when the run finishes, so the series do not grow with runs.
+ROUND_METRIC = Gauge("fedops_round_metric", "Latest global metric of a run: central (server-side evaluation), "
+                     "train or evaluate (aggregated by the strategy)", ["run_id", "task_id", "scope", "name"])
+CLIENT_METRIC = Gauge("fedops_client_metric", "Latest metric a client reported in a run, by phase",
+                      ["run_id", "client_id", "phase", "name"])
 RUNS_STARTED = Counter("fedops_runs_started", "Runs started", ["task_id"])
 RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["task_id", "outcome"])
 
@@ -85,7 +92,7 @@ class StateCollector(Collector):
                 clients.add_metric([name], count)
             for run in active:
                 current.add_metric([run.id, run.task_id], run.current_round)
-                quorum.add_metric([run.id, run.task_id], int(run.strategy.get("min_clients", 0)))
+                quorum.add_metric([run.id, run.task_id], StrategySpec.from_dict(run.strategy).min_clients)
                 round_row = db.get(RoundRow, (run.id, run.current_round)) if run.current_round else None
                 if round_row is not None and round_row.phase_expected and round_row.phase_started_at:
                     outstanding = len(set(round_row.phase_expected) - set(round_row.phase_received))
@@ -94,6 +101,12 @@ class StateCollector(Collector):
                     missing.add_metric(labels, outstanding)
         connected.add_metric([], self._agents.connected_count())
         yield from (runs, clients, connected, age, current, waiting, missing, quorum)
+
+
+def forget_run(run_id: str) -> None:
+    """Drop the per-run series of a finished run."""
+    for gauge in (ROUND_CLIENTS, ROUND_METRIC, CLIENT_METRIC):
+        gauge.remove_by_labels({"run_id": run_id})
 
 
 def register_state_collector(sessions: sessionmaker[Session], agents: AgentRegistry) -> StateCollector:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from fedops_control.flower.grid import JOIN_WAIT_S, ObservedGrid, RunState
+from fedops_control.flower.grid import JOIN_WAIT_S, ObservedGrid
+from fedops_control.flower.reporter import Reporter, RunState
 
 
 class JoiningNodes:
@@ -25,7 +26,7 @@ class JoiningNodes:
 def grid(join_after_s: list[float], node_count: int) -> tuple[ObservedGrid, JoiningNodes, RunState]:
     inner = JoiningNodes(join_after_s)
     state = RunState("run-1", round_timeout_s=60, quorum=2, node_count=node_count)
-    return ObservedGrid(inner, observer=None, state=state), inner, state  # type: ignore[arg-type]
+    return ObservedGrid(inner, Reporter(observer=None, state=state)), inner, state  # type: ignore[arg-type]
 
 
 def test_first_call_returns_once_the_last_node_joins() -> None:

@@ -1,7 +1,10 @@
 """The ClientApp FedOps runs in place of the user's: it loads theirs and observes it.
 
 Each message is handed to the user's ClientApp unchanged; we time it and report the
-reply's metrics (or its error) with our client id, which maps Flower node ids to clients.
+reply's metrics (MetricRecords, and the metrics dict of older-style apps, scalars and
+lists) or its error with our client id, which maps Flower node ids to clients. A ClientApp
+that cannot even be loaded (a missing package) is reported the same way. What the app
+prints lands in the run's logs.
 """
 
 from __future__ import annotations
@@ -12,15 +15,13 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.supercore.object_ref import load_app
 
+from fedops_common import metricvalues
+from fedops_common import runconfig as keys
+from fedops_common.appoutput import capture_output
 from fedops_common.logging import bind_ids, get_logger
-from fedops_common.observer import ObserverClient, metric_values
+from fedops_common.observer import ObserverClient
 from fedops_common.proto import agent_pb2
 from fedops_common.telemetry.actor import app_process_telemetry
-
-KEY_INNER = "fedops-clientapp"
-NODE_KEY_CLIENT_ID = "fedops-client-id"
-NODE_KEY_RUN_ID = "fedops-run-id"
-NODE_KEY_TASK_ID = "fedops-task-id"
 
 
 def _round_of(message: Message) -> int:
@@ -42,36 +43,42 @@ class ObservedClientApp(ClientApp):
         self._inner: ClientApp | None = None
         self._observer: ObserverClient | None = None
 
-    def _load(self, context: Context) -> tuple[ClientApp, ObserverClient]:
-        if self._inner is None:
-            inner = load_app(str(context.run_config[KEY_INNER]), RuntimeError)
-            if not isinstance(inner, ClientApp):
-                raise TypeError(f"{context.run_config[KEY_INNER]} is not a flwr ClientApp")
-            self._inner = inner
-            self._observer = ObserverClient.from_config(context.node_config)
+    def _observer_for(self, context: Context) -> ObserverClient:
+        if self._observer is None:
             app_process_telemetry("fedops-clientapp")  # logs land in the agent's telemetry dir
-        assert self._observer is not None
-        return self._inner, self._observer
+            capture_output()  # for the life of this process: it runs the user's code only
+            self._observer = ObserverClient.from_config(context.node_config)
+        return self._observer
+
+    def _load(self, context: Context) -> ClientApp:
+        if self._inner is None:
+            inner = load_app(str(context.run_config[keys.INNER_CLIENTAPP]), RuntimeError)
+            if not isinstance(inner, ClientApp):
+                raise TypeError(f"{context.run_config[keys.INNER_CLIENTAPP]} is not a flwr ClientApp")
+            self._inner = inner
+        return self._inner
 
     def __call__(self, message: Message, context: Context) -> Message:
-        inner, observer = self._load(context)
+        observer = self._observer_for(context)
         event = agent_pb2.ClientEvent(
-            run_id=str(context.node_config.get(NODE_KEY_RUN_ID, context.run_config.get("fedops-run-id", ""))),
-            client_id=str(context.node_config.get(NODE_KEY_CLIENT_ID, "")),
+            run_id=str(context.node_config.get(keys.NODE_RUN_ID, context.run_config.get(keys.RUN_ID, ""))),
+            client_id=str(context.node_config.get(keys.NODE_CLIENT_ID, "")),
             node_id=context.node_id,
             round=_round_of(message),
             phase=message.metadata.message_type,
         )
-        bind_ids(run_id=event.run_id, task_id=str(context.node_config.get(NODE_KEY_TASK_ID, "")),
+        bind_ids(run_id=event.run_id, task_id=str(context.node_config.get(keys.NODE_TASK_ID, "")),
                  client_id=event.client_id, node_id=str(event.node_id),
-                 round=event.round or None, flower_run_id=str(context.run_id))
+                 round=event.round, flower_run_id=str(context.run_id))
         log = get_logger(__name__)
         start = time.monotonic()
         try:
-            reply = inner(message, context)
-        except Exception as err:
+            reply = self._load(context)(message, context)
+        except BaseException as err:
+            # The root cause, the ClientApp's loading included (an ImportError is the usual one).
+            cause = err.__cause__ if isinstance(err, RuntimeError) and err.__cause__ is not None else err
             event.duration_s = time.monotonic() - start
-            event.error = f"{type(err).__name__}: {err}"
+            event.error = f"{type(cause).__name__}: {cause}"
             log.error("ClientApp failed", phase=event.phase, error=event.error, duration_s=event.duration_s)
             observer.client_event(event)
             raise
@@ -79,9 +86,10 @@ class ObservedClientApp(ClientApp):
         if reply.has_error():
             event.error = reply.error.reason
         else:
-            event.metrics.update(metric_values(reply.content))
+            event.metrics.CopyFrom(metricvalues.to_proto(metricvalues.from_records(reply.content)))
         log.info("message handled", phase=event.phase, duration_s=round(event.duration_s, 3),
-                 error=event.error or None, **{f"metric_{k}": v for k, v in event.metrics.items()})
+                 error=event.error or None,
+                 **{f"metric_{k}": v for k, v in metricvalues.from_proto(event.metrics).items()})
         observer.client_event(event)
         return reply
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from fedops_common.proto import common_pb2 as fedops__common_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64ops_common/proto/agent.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"\xae\x01\n\x0fRegisterRequest\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.fedops.v1.DeviceInfo\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\x18\n\x10\x65nrolment_tokens\x18\x05 \x03(\t\x12\x1c\n\x14supernode_public_key\x18\x06 \x01(\t\"i\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x10\n\x08task_ids\x18\x04 \x03(\t\"8\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\"f\n\x0cStatusChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\"V\n\x0eTrainingReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"[\n\x10\x44\x61taStatusReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe2\x01\n\x0c\x41gentMessage\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.fedops.v1.HeartbeatH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.fedops.v1.StatusChangeH\x00\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x19.fedops.v1.TrainingReportH\x00\x12\x32\n\x0b\x64\x61ta_status\x18\x05 \x01(\x0b\x32\x1b.fedops.v1.DataStatusReportH\x00\x42\x06\n\x04\x62ody\"\xf8\x01\n\rStartTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x19\n\x11superlink_address\x18\x02 \x01(\t\x12=\n\x0bnode_config\x18\x03 \x03(\x0b\x32(.fedops.v1.StartTraining.NodeConfigEntry\x12#\n\x1bsuperlink_root_certificates\x18\x04 \x01(\x0c\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.fedops.v1.RetryPolicy\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x0bRetryPolicy\x12\x14\n\x0cmax_restarts\x18\x01 \x01(\x05\x12\x19\n\x11\x62\x61\x63koff_initial_s\x18\x02 \x01(\x01\x12\x15\n\rbackoff_max_s\x18\x03 \x01(\x01\",\n\x0cStopTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"V\n\x0cRoundStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\"\xae\x01\n\x0c\x41gentCommand\x12\x32\n\x0estart_training\x18\x01 \x01(\x0b\x32\x18.fedops.v1.StartTrainingH\x00\x12\x30\n\rstop_training\x18\x02 \x01(\x0b\x32\x17.fedops.v1.StopTrainingH\x00\x12\x30\n\rround_started\x18\x03 \x01(\x0b\x32\x17.fedops.v1.RoundStartedH\x00\x42\x06\n\x04\x62ody\"\xbb\x02\n\x0bServerEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x10\n\x08node_ids\x18\x05 \x03(\x04\x12-\n\x07results\x18\x06 \x03(\x0b\x32\x1c.fedops.v1.ClientRoundResult\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ServerEvent.MetricsEntry\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12%\n\x04\x64\x61ta\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x0eServerEventAck\x12\x16\n\x0estop_requested\x18\x01 \x01(\x08\"\xe8\x01\n\x0b\x43lientEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x05\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.fedops.v1.ClientEvent.MetricsEntry\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x10\n\x0e\x43lientEventAck\"%\n\x11\x46\x65tchModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t2\x94\x01\n\x0c\x41gentService\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12?\n\x07Session\x12\x17.fedops.v1.AgentMessage\x1a\x17.fedops.v1.AgentCommand(\x01\x30\x01\x32\xa7\x02\n\x0fObserverService\x12\x46\n\x11ReportServerEvent\x12\x16.fedops.v1.ServerEvent\x1a\x19.fedops.v1.ServerEventAck\x12\x46\n\x11ReportClientEvent\x12\x16.fedops.v1.ClientEvent\x1a\x19.fedops.v1.ClientEventAck\x12?\n\x0bUploadModel\x12\x15.fedops.v1.ModelChunk\x1a\x17.fedops.v1.ModelVersion(\x01\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64ops_common/proto/agent.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"\xae\x01\n\x0fRegisterRequest\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.fedops.v1.DeviceInfo\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\x18\n\x10\x65nrolment_tokens\x18\x05 \x03(\t\x12\x1c\n\x14supernode_public_key\x18\x06 \x01(\t\"i\n\x10RegisterResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x10\n\x08task_ids\x18\x04 \x03(\t\"8\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\"f\n\x0cStatusChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\"V\n\x0eTrainingReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"[\n\x10\x44\x61taStatusReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"9\n\x0fPreflightResult\x12\x14\n\x0cpreflight_id\x18\x01 \x01(\t\x12\x10\n\x08problems\x18\x02 \x03(\t\"\x93\x02\n\x0c\x41gentMessage\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.fedops.v1.HeartbeatH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.fedops.v1.StatusChangeH\x00\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x19.fedops.v1.TrainingReportH\x00\x12\x32\n\x0b\x64\x61ta_status\x18\x05 \x01(\x0b\x32\x1b.fedops.v1.DataStatusReportH\x00\x12/\n\tpreflight\x18\x06 \x01(\x0b\x32\x1a.fedops.v1.PreflightResultH\x00\x42\x06\n\x04\x62ody\"\xf8\x01\n\rStartTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x19\n\x11superlink_address\x18\x02 \x01(\t\x12=\n\x0bnode_config\x18\x03 \x03(\x0b\x32(.fedops.v1.StartTraining.NodeConfigEntry\x12#\n\x1bsuperlink_root_certificates\x18\x04 \x01(\x0c\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.fedops.v1.RetryPolicy\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x0bRetryPolicy\x12\x14\n\x0cmax_restarts\x18\x01 \x01(\x05\x12\x19\n\x11\x62\x61\x63koff_initial_s\x18\x02 \x01(\x01\x12\x15\n\rbackoff_max_s\x18\x03 \x01(\x01\",\n\x0cStopTraining\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"V\n\x0cRoundStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\"`\n\tPreflight\x12\x14\n\x0cpreflight_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0crequirements\x18\x03 \x03(\t\x12\x17\n\x0f\x63heck_data_path\x18\x04 \x01(\x08\"\xd9\x01\n\x0c\x41gentCommand\x12\x32\n\x0estart_training\x18\x01 \x01(\x0b\x32\x18.fedops.v1.StartTrainingH\x00\x12\x30\n\rstop_training\x18\x02 \x01(\x0b\x32\x17.fedops.v1.StopTrainingH\x00\x12\x30\n\rround_started\x18\x03 \x01(\x0b\x32\x17.fedops.v1.RoundStartedH\x00\x12)\n\tpreflight\x18\x04 \x01(\x0b\x32\x14.fedops.v1.PreflightH\x00\x42\x06\n\x04\x62ody\"\xa6\x04\n\x0bServerEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12,\n\x0b\x61pp_started\x18\n \x01(\x0b\x32\x15.fedops.v1.AppStartedH\x00\x12\x36\n\x10strategy_started\x18\x0b \x01(\x0b\x32\x1a.fedops.v1.StrategyStartedH\x00\x12\x30\n\rphase_started\x18\x0c \x01(\x0b\x32\x17.fedops.v1.PhaseStartedH\x00\x12*\n\x07replies\x18\r \x01(\x0b\x32\x17.fedops.v1.PhaseRepliesH\x00\x12\x32\n\x0ephase_finished\x18\x0e \x01(\x0b\x32\x18.fedops.v1.PhaseFinishedH\x00\x12+\n\naggregated\x18\x0f \x01(\x0b\x32\x15.fedops.v1.AggregatedH\x00\x12:\n\x12\x63\x65ntral_evaluation\x18\x10 \x01(\x0b\x32\x1c.fedops.v1.CentralEvaluationH\x00\x12\x32\n\x0eround_finished\x18\x11 \x01(\x0b\x32\x18.fedops.v1.RoundFinishedH\x00\x12.\n\x0c\x61pp_finished\x18\x12 \x01(\x0b\x32\x16.fedops.v1.AppFinishedH\x00\x12*\n\napp_failed\x18\x13 \x01(\x0b\x32\x14.fedops.v1.AppFailedH\x00\x42\x07\n\x05\x65vent\"#\n\nAppStarted\x12\x15\n\rflower_run_id\x18\x01 \x01(\t\"r\n\x0fStrategyStarted\x12&\n\tapi_style\x18\x01 \x01(\x0e\x32\x13.fedops.v1.ApiStyle\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x12\n\nnum_rounds\x18\x03 \x01(\x05\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\"B\n\x0cPhaseStarted\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\x04\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"=\n\x0cPhaseReplies\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.fedops.v1.ClientRoundResult\"d\n\rPhaseFinished\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x1a\n\x12timed_out_node_ids\x18\x02 \x03(\x04\x12\x0c\n\x04sent\x18\x03 \x01(\x05\x12\n\n\x02ok\x18\x04 \x01(\x05\x12\x0e\n\x06needed\x18\x05 \x01(\x05\"@\n\nAggregated\x12\r\n\x05phase\x18\x01 \x01(\t\x12#\n\x07metrics\x18\x02 \x01(\x0b\x32\x12.fedops.v1.Metrics\"8\n\x11\x43\x65ntralEvaluation\x12#\n\x07metrics\x18\x01 \x01(\x0b\x32\x12.fedops.v1.Metrics\"h\n\rRoundFinished\x12+\n\x0f\x63\x65ntral_metrics\x18\x01 \x01(\x0b\x32\x12.fedops.v1.Metrics\x12\x11\n\thas_model\x18\x02 \x01(\x08\x12\x17\n\x0fno_model_reason\x18\x03 \x01(\t\"/\n\x0b\x41ppFinished\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"Z\n\tAppFailed\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x06quorum\x18\x03 \x01(\x0b\x32\x18.fedops.v1.QuorumFailure\"[\n\rQuorumFailure\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x05\x12\n\n\x02ok\x18\x03 \x01(\x05\x12\x0e\n\x06needed\x18\x04 \x01(\x05\x12\x11\n\ttimed_out\x18\x05 \x01(\x05\"(\n\x0eServerEventAck\x12\x16\n\x0estop_requested\x18\x01 \x01(\x08\"\xa7\x01\n\x0b\x43lientEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x05\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12#\n\x07metrics\x18\x07 \x01(\x0b\x32\x12.fedops.v1.Metrics\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"\x10\n\x0e\x43lientEventAck\"%\n\x11\x46\x65tchModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t2\x94\x01\n\x0c\x41gentService\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12?\n\x07Session\x12\x17.fedops.v1.AgentMessage\x1a\x17.fedops.v1.AgentCommand(\x01\x30\x01\x32\xa7\x02\n\x0fObserverService\x12\x46\n\x11ReportServerEvent\x12\x16.fedops.v1.ServerEvent\x1a\x19.fedops.v1.ServerEventAck\x12\x46\n\x11ReportClientEvent\x12\x16.fedops.v1.ClientEvent\x1a\x19.fedops.v1.ClientEventAck\x12?\n\x0bUploadModel\x12\x15.fedops.v1.ModelChunk\x1a\x17.fedops.v1.ModelVersion(\x01\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTTRAINING_NODECONFIGENTRY']._loaded_options = None
   _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_SERVEREVENT_METRICSENTRY']._loaded_options = None
-  _globals['_SERVEREVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CLIENTEVENT_METRICSENTRY']._loaded_options = None
-  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERREQUEST']._serialized_start=111
   _globals['_REGISTERREQUEST']._serialized_end=285
   _globals['_REGISTERRESPONSE']._serialized_start=287
@@ -51,36 +47,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGREPORT']._serialized_end=642
   _globals['_DATASTATUSREPORT']._serialized_start=644
   _globals['_DATASTATUSREPORT']._serialized_end=735
-  _globals['_AGENTMESSAGE']._serialized_start=738
-  _globals['_AGENTMESSAGE']._serialized_end=964
-  _globals['_STARTTRAINING']._serialized_start=967
-  _globals['_STARTTRAINING']._serialized_end=1215
-  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_start=1166
-  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_end=1215
-  _globals['_RETRYPOLICY']._serialized_start=1217
-  _globals['_RETRYPOLICY']._serialized_end=1302
-  _globals['_STOPTRAINING']._serialized_start=1304
-  _globals['_STOPTRAINING']._serialized_end=1348
-  _globals['_ROUNDSTARTED']._serialized_start=1350
-  _globals['_ROUNDSTARTED']._serialized_end=1436
-  _globals['_AGENTCOMMAND']._serialized_start=1439
-  _globals['_AGENTCOMMAND']._serialized_end=1613
-  _globals['_SERVEREVENT']._serialized_start=1616
-  _globals['_SERVEREVENT']._serialized_end=1931
-  _globals['_SERVEREVENT_METRICSENTRY']._serialized_start=1885
-  _globals['_SERVEREVENT_METRICSENTRY']._serialized_end=1931
-  _globals['_SERVEREVENTACK']._serialized_start=1933
-  _globals['_SERVEREVENTACK']._serialized_end=1973
-  _globals['_CLIENTEVENT']._serialized_start=1976
-  _globals['_CLIENTEVENT']._serialized_end=2208
-  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_start=1885
-  _globals['_CLIENTEVENT_METRICSENTRY']._serialized_end=1931
-  _globals['_CLIENTEVENTACK']._serialized_start=2210
-  _globals['_CLIENTEVENTACK']._serialized_end=2226
-  _globals['_FETCHMODELREQUEST']._serialized_start=2228
-  _globals['_FETCHMODELREQUEST']._serialized_end=2265
-  _globals['_AGENTSERVICE']._serialized_start=2268
-  _globals['_AGENTSERVICE']._serialized_end=2416
-  _globals['_OBSERVERSERVICE']._serialized_start=2419
-  _globals['_OBSERVERSERVICE']._serialized_end=2714
+  _globals['_PREFLIGHTRESULT']._serialized_start=737
+  _globals['_PREFLIGHTRESULT']._serialized_end=794
+  _globals['_AGENTMESSAGE']._serialized_start=797
+  _globals['_AGENTMESSAGE']._serialized_end=1072
+  _globals['_STARTTRAINING']._serialized_start=1075
+  _globals['_STARTTRAINING']._serialized_end=1323
+  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_start=1274
+  _globals['_STARTTRAINING_NODECONFIGENTRY']._serialized_end=1323
+  _globals['_RETRYPOLICY']._serialized_start=1325
+  _globals['_RETRYPOLICY']._serialized_end=1410
+  _globals['_STOPTRAINING']._serialized_start=1412
+  _globals['_STOPTRAINING']._serialized_end=1456
+  _globals['_ROUNDSTARTED']._serialized_start=1458
+  _globals['_ROUNDSTARTED']._serialized_end=1544
+  _globals['_PREFLIGHT']._serialized_start=1546
+  _globals['_PREFLIGHT']._serialized_end=1642
+  _globals['_AGENTCOMMAND']._serialized_start=1645
+  _globals['_AGENTCOMMAND']._serialized_end=1862
+  _globals['_SERVEREVENT']._serialized_start=1865
+  _globals['_SERVEREVENT']._serialized_end=2415
+  _globals['_APPSTARTED']._serialized_start=2417
+  _globals['_APPSTARTED']._serialized_end=2452
+  _globals['_STRATEGYSTARTED']._serialized_start=2454
+  _globals['_STRATEGYSTARTED']._serialized_end=2568
+  _globals['_PHASESTARTED']._serialized_start=2570
+  _globals['_PHASESTARTED']._serialized_end=2636
+  _globals['_PHASEREPLIES']._serialized_start=2638
+  _globals['_PHASEREPLIES']._serialized_end=2699
+  _globals['_PHASEFINISHED']._serialized_start=2701
+  _globals['_PHASEFINISHED']._serialized_end=2801
+  _globals['_AGGREGATED']._serialized_start=2803
+  _globals['_AGGREGATED']._serialized_end=2867
+  _globals['_CENTRALEVALUATION']._serialized_start=2869
+  _globals['_CENTRALEVALUATION']._serialized_end=2925
+  _globals['_ROUNDFINISHED']._serialized_start=2927
+  _globals['_ROUNDFINISHED']._serialized_end=3031
+  _globals['_APPFINISHED']._serialized_start=3033
+  _globals['_APPFINISHED']._serialized_end=3080
+  _globals['_APPFAILED']._serialized_start=3082
+  _globals['_APPFAILED']._serialized_end=3172
+  _globals['_QUORUMFAILURE']._serialized_start=3174
+  _globals['_QUORUMFAILURE']._serialized_end=3265
+  _globals['_SERVEREVENTACK']._serialized_start=3267
+  _globals['_SERVEREVENTACK']._serialized_end=3307
+  _globals['_CLIENTEVENT']._serialized_start=3310
+  _globals['_CLIENTEVENT']._serialized_end=3477
+  _globals['_CLIENTEVENTACK']._serialized_start=3479
+  _globals['_CLIENTEVENTACK']._serialized_end=3495
+  _globals['_FETCHMODELREQUEST']._serialized_start=3497
+  _globals['_FETCHMODELREQUEST']._serialized_end=3534
+  _globals['_AGENTSERVICE']._serialized_start=3537
+  _globals['_AGENTSERVICE']._serialized_end=3685
+  _globals['_OBSERVERSERVICE']._serialized_start=3688
+  _globals['_OBSERVERSERVICE']._serialized_end=3983
 # @@protoc_insertion_point(module_scope)

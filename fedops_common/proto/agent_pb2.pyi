@@ -208,6 +208,33 @@ class DataStatusReport(_message.Message):
 Global___DataStatusReport: _TypeAlias = DataStatusReport  # noqa: Y015
 
 @_typing.final
+class PreflightResult(_message.Message):
+    """The agent's answer to a Preflight command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFLIGHT_ID_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    preflight_id: _builtins.str
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: ready. Each names what is missing, e.g. "tqdm>=4 (not installed)" """
+
+    def __init__(
+        self,
+        *,
+        preflight_id: _builtins.str = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preflight_id", b"preflight_id", "problems", b"problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreflightResult: _TypeAlias = PreflightResult  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -216,6 +243,7 @@ class AgentMessage(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     DATA_STATUS_FIELD_NUMBER: _builtins.int
+    PREFLIGHT_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
@@ -225,6 +253,8 @@ class AgentMessage(_message.Message):
     def training(self) -> Global___TrainingReport: ...
     @_builtins.property
     def data_status(self) -> Global___DataStatusReport: ...
+    @_builtins.property
+    def preflight(self) -> Global___PreflightResult: ...
     def __init__(
         self,
         *,
@@ -233,12 +263,13 @@ class AgentMessage(_message.Message):
         status: Global___StatusChange | None = ...,
         training: Global___TrainingReport | None = ...,
         data_status: Global___DataStatusReport | None = ...,
+        preflight: Global___PreflightResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data_status", b"data_status", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data_status", b"data_status", "heartbeat", b"heartbeat", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "data_status", b"data_status", "heartbeat", b"heartbeat", "status", b"status", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "data_status", b"data_status", "heartbeat", b"heartbeat", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training", "data_status"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training", "data_status", "preflight"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -382,30 +413,68 @@ class RoundStarted(_message.Message):
 Global___RoundStarted: _TypeAlias = RoundStarted  # noqa: Y015
 
 @_typing.final
+class Preflight(_message.Message):
+    """Before a run starts: can this agent run the app? (its declared dependencies, the data path)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFLIGHT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    CHECK_DATA_PATH_FIELD_NUMBER: _builtins.int
+    preflight_id: _builtins.str
+    run_id: _builtins.str
+    check_data_path: _builtins.bool
+    """the agent's data path must exist and be readable"""
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the app's [project] dependencies (PEP 508)"""
+
+    def __init__(
+        self,
+        *,
+        preflight_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        requirements: _abc.Iterable[_builtins.str] | None = ...,
+        check_data_path: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_data_path", b"check_data_path", "preflight_id", b"preflight_id", "requirements", b"requirements", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preflight: _TypeAlias = Preflight  # noqa: Y015
+
+@_typing.final
 class AgentCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TRAINING_FIELD_NUMBER: _builtins.int
     STOP_TRAINING_FIELD_NUMBER: _builtins.int
     ROUND_STARTED_FIELD_NUMBER: _builtins.int
+    PREFLIGHT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_training(self) -> Global___StartTraining: ...
     @_builtins.property
     def stop_training(self) -> Global___StopTraining: ...
     @_builtins.property
     def round_started(self) -> Global___RoundStarted: ...
+    @_builtins.property
+    def preflight(self) -> Global___Preflight: ...
     def __init__(
         self,
         *,
         start_training: Global___StartTraining | None = ...,
         stop_training: Global___StopTraining | None = ...,
         round_started: Global___RoundStarted | None = ...,
+        preflight: Global___Preflight | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training", "round_started"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training", "round_started", "preflight"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -413,75 +482,357 @@ Global___AgentCommand: _TypeAlias = AgentCommand  # noqa: Y015
 
 @_typing.final
 class ServerEvent(_message.Message):
+    """Reports of the ServerApp wrapper: one message per kind (fedops_control/flower/). The control
+    service handles each kind in its own handler (fedops_control/run/reports.py).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class MetricsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     RUN_ID_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
-    PHASE_FIELD_NUMBER: _builtins.int
-    NODE_IDS_FIELD_NUMBER: _builtins.int
-    RESULTS_FIELD_NUMBER: _builtins.int
-    METRICS_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    TIMEOUT_S_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
+    APP_STARTED_FIELD_NUMBER: _builtins.int
+    STRATEGY_STARTED_FIELD_NUMBER: _builtins.int
+    PHASE_STARTED_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    PHASE_FINISHED_FIELD_NUMBER: _builtins.int
+    AGGREGATED_FIELD_NUMBER: _builtins.int
+    CENTRAL_EVALUATION_FIELD_NUMBER: _builtins.int
+    ROUND_FINISHED_FIELD_NUMBER: _builtins.int
+    APP_FINISHED_FIELD_NUMBER: _builtins.int
+    APP_FAILED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    kind: _builtins.str
-    """app_started, round_started, replies, round_aggregated, central_eval, app_finished, app_failed"""
     round: _builtins.int
-    phase: _builtins.str
-    """train / evaluate"""
-    message: _builtins.str
-    timeout_s: _builtins.float
+    """0: the initial parameter exchange and evaluation"""
     @_builtins.property
-    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def app_started(self) -> Global___AppStarted: ...
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ClientRoundResult]: ...
+    def strategy_started(self) -> Global___StrategyStarted: ...
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def phase_started(self) -> Global___PhaseStarted: ...
     @_builtins.property
-    def data(self) -> _struct_pb2.Struct: ...
+    def replies(self) -> Global___PhaseReplies: ...
+    @_builtins.property
+    def phase_finished(self) -> Global___PhaseFinished: ...
+    @_builtins.property
+    def aggregated(self) -> Global___Aggregated: ...
+    @_builtins.property
+    def central_evaluation(self) -> Global___CentralEvaluation: ...
+    @_builtins.property
+    def round_finished(self) -> Global___RoundFinished: ...
+    @_builtins.property
+    def app_finished(self) -> Global___AppFinished: ...
+    @_builtins.property
+    def app_failed(self) -> Global___AppFailed: ...
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
-        kind: _builtins.str = ...,
         round: _builtins.int = ...,
-        phase: _builtins.str = ...,
-        node_ids: _abc.Iterable[_builtins.int] | None = ...,
-        results: _abc.Iterable[_common_pb2.ClientRoundResult] | None = ...,
-        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        message: _builtins.str = ...,
-        timeout_s: _builtins.float = ...,
-        data: _struct_pb2.Struct | None = ...,
+        app_started: Global___AppStarted | None = ...,
+        strategy_started: Global___StrategyStarted | None = ...,
+        phase_started: Global___PhaseStarted | None = ...,
+        replies: Global___PhaseReplies | None = ...,
+        phase_finished: Global___PhaseFinished | None = ...,
+        aggregated: Global___Aggregated | None = ...,
+        central_evaluation: Global___CentralEvaluation | None = ...,
+        round_finished: Global___RoundFinished | None = ...,
+        app_finished: Global___AppFinished | None = ...,
+        app_failed: Global___AppFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregated", b"aggregated", "app_failed", b"app_failed", "app_finished", b"app_finished", "app_started", b"app_started", "central_evaluation", b"central_evaluation", "event", b"event", "phase_finished", b"phase_finished", "phase_started", b"phase_started", "replies", b"replies", "round_finished", b"round_finished", "strategy_started", b"strategy_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "message", b"message", "metrics", b"metrics", "node_ids", b"node_ids", "phase", b"phase", "results", b"results", "round", b"round", "run_id", b"run_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregated", b"aggregated", "app_failed", b"app_failed", "app_finished", b"app_finished", "app_started", b"app_started", "central_evaluation", b"central_evaluation", "event", b"event", "phase_finished", b"phase_finished", "phase_started", b"phase_started", "replies", b"replies", "round", b"round", "round_finished", b"round_finished", "run_id", b"run_id", "strategy_started", b"strategy_started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["app_started", "strategy_started", "phase_started", "replies", "phase_finished", "aggregated", "central_evaluation", "round_finished", "app_finished", "app_failed"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ServerEvent: _TypeAlias = ServerEvent  # noqa: Y015
+
+@_typing.final
+class AppStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOWER_RUN_ID_FIELD_NUMBER: _builtins.int
+    flower_run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        flower_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flower_run_id", b"flower_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ServerEvent: _TypeAlias = ServerEvent  # noqa: Y015
+Global___AppStarted: _TypeAlias = AppStarted  # noqa: Y015
+
+@_typing.final
+class StrategyStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_STYLE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    NUM_ROUNDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    api_style: _common_pb2.ApiStyle.ValueType
+    strategy: _builtins.str
+    """the strategy's class name"""
+    num_rounds: _builtins.int
+    """the rounds the app will run (what the app itself decided)"""
+    timeout_s: _builtins.float
+    """the round timeout in force"""
+    def __init__(
+        self,
+        *,
+        api_style: _common_pb2.ApiStyle.ValueType = ...,
+        strategy: _builtins.str = ...,
+        num_rounds: _builtins.int = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_style", b"api_style", "num_rounds", b"num_rounds", "strategy", b"strategy", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StrategyStarted: _TypeAlias = StrategyStarted  # noqa: Y015
+
+@_typing.final
+class PhaseStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    """Flower's message type: train, evaluate, query, get_parameters, ..."""
+    timeout_s: _builtins.float
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        node_ids: _abc.Iterable[_builtins.int] | None = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids", "phase", b"phase", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseStarted: _TypeAlias = PhaseStarted  # noqa: Y015
+
+@_typing.final
+class PhaseReplies(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ClientRoundResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_common_pb2.ClientRoundResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseReplies: _TypeAlias = PhaseReplies  # noqa: Y015
+
+@_typing.final
+class PhaseFinished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_NODE_IDS_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    NEEDED_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    sent: _builtins.int
+    ok: _builtins.int
+    needed: _builtins.int
+    """successful replies this step needed: min(quorum, sent)"""
+    @_builtins.property
+    def timed_out_node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        timed_out_node_ids: _abc.Iterable[_builtins.int] | None = ...,
+        sent: _builtins.int = ...,
+        ok: _builtins.int = ...,
+        needed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["needed", b"needed", "ok", b"ok", "phase", b"phase", "sent", b"sent", "timed_out_node_ids", b"timed_out_node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseFinished: _TypeAlias = PhaseFinished  # noqa: Y015
+
+@_typing.final
+class Aggregated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    """train / evaluate"""
+    @_builtins.property
+    def metrics(self) -> _common_pb2.Metrics: ...
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        metrics: _common_pb2.Metrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Aggregated: _TypeAlias = Aggregated  # noqa: Y015
+
+@_typing.final
+class CentralEvaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metrics(self) -> _common_pb2.Metrics: ...
+    def __init__(
+        self,
+        *,
+        metrics: _common_pb2.Metrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CentralEvaluation: _TypeAlias = CentralEvaluation  # noqa: Y015
+
+@_typing.final
+class RoundFinished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CENTRAL_METRICS_FIELD_NUMBER: _builtins.int
+    HAS_MODEL_FIELD_NUMBER: _builtins.int
+    NO_MODEL_REASON_FIELD_NUMBER: _builtins.int
+    has_model: _builtins.bool
+    """the global model was uploaded (UploadModel) before this report"""
+    no_model_reason: _builtins.str
+    """why nothing was stored, when has_model is false"""
+    @_builtins.property
+    def central_metrics(self) -> _common_pb2.Metrics: ...
+    def __init__(
+        self,
+        *,
+        central_metrics: _common_pb2.Metrics | None = ...,
+        has_model: _builtins.bool = ...,
+        no_model_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["central_metrics", b"central_metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_metrics", b"central_metrics", "has_model", b"has_model", "no_model_reason", b"no_model_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundFinished: _TypeAlias = RoundFinished  # noqa: Y015
+
+@_typing.final
+class AppFinished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOPPED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    stopped: _builtins.bool
+    """a cooperative stop ended it"""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        stopped: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "stopped", b"stopped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppFinished: _TypeAlias = AppFinished  # noqa: Y015
+
+@_typing.final
+class AppFailed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
+    error_type: _builtins.str
+    """the exception's class name"""
+    message: _builtins.str
+    @_builtins.property
+    def quorum(self) -> Global___QuorumFailure:
+        """set when a step got fewer successful replies than it needed"""
+
+    def __init__(
+        self,
+        *,
+        error_type: _builtins.str = ...,
+        message: _builtins.str = ...,
+        quorum: Global___QuorumFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quorum", b"quorum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_type", b"error_type", "message", b"message", "quorum", b"quorum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppFailed: _TypeAlias = AppFailed  # noqa: Y015
+
+@_typing.final
+class QuorumFailure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    NEEDED_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    sent: _builtins.int
+    ok: _builtins.int
+    needed: _builtins.int
+    timed_out: _builtins.int
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        ok: _builtins.int = ...,
+        needed: _builtins.int = ...,
+        timed_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["needed", b"needed", "ok", b"ok", "phase", b"phase", "sent", b"sent", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuorumFailure: _TypeAlias = QuorumFailure  # noqa: Y015
 
 @_typing.final
 class ServerEventAck(_message.Message):
@@ -505,27 +856,9 @@ Global___ServerEventAck: _TypeAlias = ServerEventAck  # noqa: Y015
 
 @_typing.final
 class ClientEvent(_message.Message):
+    """One ClientApp message handled (or failed) by the ClientApp wrapper."""
+
     DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class MetricsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
@@ -542,8 +875,9 @@ class ClientEvent(_message.Message):
     phase: _builtins.str
     duration_s: _builtins.float
     error: _builtins.str
+    """"ExceptionType: message" when the ClientApp failed"""
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _common_pb2.Metrics: ...
     def __init__(
         self,
         *,
@@ -553,10 +887,10 @@ class ClientEvent(_message.Message):
         round: _builtins.int = ...,
         phase: _builtins.str = ...,
         duration_s: _builtins.float = ...,
-        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        metrics: _common_pb2.Metrics | None = ...,
         error: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "duration_s", b"duration_s", "error", b"error", "metrics", b"metrics", "node_id", b"node_id", "phase", b"phase", "round", b"round", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

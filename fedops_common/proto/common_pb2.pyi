@@ -84,6 +84,36 @@ RUN_OUTCOME_STOPPED: RunOutcome.ValueType  # 2
 RUN_OUTCOME_FAILED: RunOutcome.ValueType  # 3
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
+class _ApiStyle:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApiStyleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiStyle.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    API_STYLE_UNSPECIFIED: _ApiStyle.ValueType  # 0
+    API_STYLE_MESSAGE_STRATEGY: _ApiStyle.ValueType  # 1
+    """flwr.serverapp.strategy.Strategy.start (Message API)"""
+    API_STYLE_LEGACY_WORKFLOW: _ApiStyle.ValueType  # 2
+    """LegacyContext + DefaultWorkflow (flwr.server.workflow)"""
+    API_STYLE_LEGACY_SERVER: _ApiStyle.ValueType  # 3
+    """ServerApp(server_fn=...) -> ServerAppComponents, run by flwr.server.Server"""
+    API_STYLE_GRID_ONLY: _ApiStyle.ValueType  # 4
+    """a custom main that uses the Grid directly: rounds from messages only"""
+
+class ApiStyle(_ApiStyle, metaclass=_ApiStyleEnumTypeWrapper):
+    """How the user's ServerApp drives rounds: what FedOps hooks to observe it."""
+
+API_STYLE_UNSPECIFIED: ApiStyle.ValueType  # 0
+API_STYLE_MESSAGE_STRATEGY: ApiStyle.ValueType  # 1
+"""flwr.serverapp.strategy.Strategy.start (Message API)"""
+API_STYLE_LEGACY_WORKFLOW: ApiStyle.ValueType  # 2
+"""LegacyContext + DefaultWorkflow (flwr.server.workflow)"""
+API_STYLE_LEGACY_SERVER: ApiStyle.ValueType  # 3
+"""ServerApp(server_fn=...) -> ServerAppComponents, run by flwr.server.Server"""
+API_STYLE_GRID_ONLY: ApiStyle.ValueType  # 4
+"""a custom main that uses the Grid directly: rounds from messages only"""
+Global___ApiStyle: _TypeAlias = ApiStyle  # noqa: Y015
+
 @_typing.final
 class AppReference(_message.Message):
     """Where the Flower app of a task comes from."""
@@ -144,7 +174,10 @@ Global___GitSource: _TypeAlias = GitSource  # noqa: Y015
 @_typing.final
 class StrategySettings(_message.Message):
     """How rounds are run. Keys of the app's run config that receive these values
-    are listed in `run_config_keys` (defaults follow Flower's templates).
+    are listed in `run_config_keys` (defaults follow Flower's templates). A setting whose
+    key is "" is hard-coded by the app: FedOps passes it no value. rounds, fraction_train and
+    fraction_evaluate reach the app only through its run config; min_clients (quorum) and
+    round_timeout_s are also enforced by FedOps itself, whatever the app does.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -192,8 +225,12 @@ class StrategySettings(_message.Message):
     round_timeout_s: _builtins.float
     """hard cap on waiting for one round's replies"""
     best_metric: _builtins.str
-    """e.g. "central.accuracy"; used for "best" model"""
+    """Picks the "best" model: central.NAME (server-side evaluation), train.NAME / evaluate.NAME
+    (aggregated by the strategy) or client.train.NAME / client.evaluate.NAME (mean over the
+    round's clients). Default central.accuracy.
+    """
     best_metric_lower_is_better: _builtins.bool
+    """unset: true for a metric named ...loss"""
     client_max_restarts: _builtins.int
     """A client whose SuperNode fails mid-run is restarted by its agent this many times
     (unset = 2, 0 = never), waiting client_restart_backoff_s, doubling up to 30 s.
@@ -215,16 +252,21 @@ class StrategySettings(_message.Message):
         round_timeout_s: _builtins.float = ...,
         run_config_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         best_metric: _builtins.str = ...,
-        best_metric_lower_is_better: _builtins.bool = ...,
+        best_metric_lower_is_better: _builtins.bool | None = ...,
         client_max_restarts: _builtins.int | None = ...,
         client_restart_backoff_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts", "client_max_restarts", b"client_max_restarts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_metric_lower_is_better", b"_best_metric_lower_is_better", "_client_max_restarts", b"_client_max_restarts", "best_metric_lower_is_better", b"best_metric_lower_is_better", "client_max_restarts", b"client_max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts", "best_metric", b"best_metric", "best_metric_lower_is_better", b"best_metric_lower_is_better", "client_max_restarts", b"client_max_restarts", "client_restart_backoff_s", b"client_restart_backoff_s", "fraction_evaluate", b"fraction_evaluate", "fraction_train", b"fraction_train", "min_clients", b"min_clients", "name", b"name", "round_timeout_s", b"round_timeout_s", "rounds", b"rounds", "run_config_keys", b"run_config_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_metric_lower_is_better", b"_best_metric_lower_is_better", "_client_max_restarts", b"_client_max_restarts", "best_metric", b"best_metric", "best_metric_lower_is_better", b"best_metric_lower_is_better", "client_max_restarts", b"client_max_restarts", "client_restart_backoff_s", b"client_restart_backoff_s", "fraction_evaluate", b"fraction_evaluate", "fraction_train", b"fraction_train", "min_clients", b"min_clients", "name", b"name", "round_timeout_s", b"round_timeout_s", "rounds", b"rounds", "run_config_keys", b"run_config_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__best_metric_lower_is_better: _TypeAlias = _typing.Literal["best_metric_lower_is_better"]  # noqa: Y015
+    _WhichOneofArgType__best_metric_lower_is_better: _TypeAlias = _typing.Literal["_best_metric_lower_is_better", b"_best_metric_lower_is_better"]  # noqa: Y015
     _WhichOneofReturnType__client_max_restarts: _TypeAlias = _typing.Literal["client_max_restarts"]  # noqa: Y015
     _WhichOneofArgType__client_max_restarts: _TypeAlias = _typing.Literal["_client_max_restarts", b"_client_max_restarts"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__best_metric_lower_is_better) -> _WhichOneofReturnType__best_metric_lower_is_better | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__client_max_restarts) -> _WhichOneofReturnType__client_max_restarts | None: ...
 
 Global___StrategySettings: _TypeAlias = StrategySettings  # noqa: Y015
@@ -429,6 +471,95 @@ class DataStatus(_message.Message):
 Global___DataStatus: _TypeAlias = DataStatus  # noqa: Y015
 
 @_typing.final
+class MetricList(_message.Message):
+    """A list-valued metric (Flower's MetricRecord allows list[float] and list[int])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricList: _TypeAlias = MetricList  # noqa: Y015
+
+@_typing.final
+class Metrics(_message.Message):
+    """The numeric metrics of a reply, an aggregate or an evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScalarsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SCALARS_FIELD_NUMBER: _builtins.int
+    LISTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scalars(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]: ...
+    def __init__(
+        self,
+        *,
+        scalars: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lists", b"lists", "scalars", b"scalars"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Metrics: _TypeAlias = Metrics  # noqa: Y015
+
+@_typing.final
 class ClientRoundResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -452,6 +583,27 @@ class ClientRoundResult(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetricListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
@@ -460,6 +612,7 @@ class ClientRoundResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     BYTES_SENT_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    METRIC_LISTS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     node_id: _builtins.int
     phase: _builtins.str
@@ -473,6 +626,10 @@ class ClientRoundResult(_message.Message):
     """bytes of the client's reply"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def metric_lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]:
+        """list-valued metrics"""
+
     def __init__(
         self,
         *,
@@ -484,10 +641,11 @@ class ClientRoundResult(_message.Message):
         error: _builtins.str = ...,
         bytes_sent: _builtins.int = ...,
         bytes_received: _builtins.int = ...,
+        metric_lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "client_id", b"client_id", "duration_s", b"duration_s", "error", b"error", "metrics", b"metrics", "node_id", b"node_id", "phase", b"phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "client_id", b"client_id", "duration_s", b"duration_s", "error", b"error", "metric_lists", b"metric_lists", "metrics", b"metrics", "node_id", b"node_id", "phase", b"phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -557,6 +715,69 @@ class Round(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TrainMetricListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EvaluateMetricListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class CentralMetricListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NUMBER_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
@@ -569,6 +790,9 @@ class Round(_message.Message):
     CENTRAL_METRICS_FIELD_NUMBER: _builtins.int
     CLIENT_RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
+    TRAIN_METRIC_LISTS_FIELD_NUMBER: _builtins.int
+    EVALUATE_METRIC_LISTS_FIELD_NUMBER: _builtins.int
+    CENTRAL_METRIC_LISTS_FIELD_NUMBER: _builtins.int
     number: _builtins.int
     phase: _builtins.str
     """waiting, train, evaluate, done, failed"""
@@ -597,6 +821,12 @@ class Round(_message.Message):
 
     @_builtins.property
     def client_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientRoundResult]: ...
+    @_builtins.property
+    def train_metric_lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]: ...
+    @_builtins.property
+    def evaluate_metric_lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]: ...
+    @_builtins.property
+    def central_metric_lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]: ...
     def __init__(
         self,
         *,
@@ -612,10 +842,13 @@ class Round(_message.Message):
         central_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         client_results: _abc.Iterable[Global___ClientRoundResult] | None = ...,
         model_version_id: _builtins.str = ...,
+        train_metric_lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
+        evaluate_metric_lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
+        central_metric_lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_metrics", b"central_metrics", "client_results", b"client_results", "evaluate_metrics", b"evaluate_metrics", "failed_client_ids", b"failed_client_ids", "finished_at", b"finished_at", "model_version_id", b"model_version_id", "number", b"number", "phase", b"phase", "responded_client_ids", b"responded_client_ids", "selected_client_ids", b"selected_client_ids", "started_at", b"started_at", "train_metrics", b"train_metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_metric_lists", b"central_metric_lists", "central_metrics", b"central_metrics", "client_results", b"client_results", "evaluate_metric_lists", b"evaluate_metric_lists", "evaluate_metrics", b"evaluate_metrics", "failed_client_ids", b"failed_client_ids", "finished_at", b"finished_at", "model_version_id", b"model_version_id", "number", b"number", "phase", b"phase", "responded_client_ids", b"responded_client_ids", "selected_client_ids", b"selected_client_ids", "started_at", b"started_at", "train_metric_lists", b"train_metric_lists", "train_metrics", b"train_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -663,6 +896,10 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     INITIAL_CENTRAL_METRICS_FIELD_NUMBER: _builtins.int
+    COMPLETED_ROUNDS_FIELD_NUMBER: _builtins.int
+    MODEL_NOTE_FIELD_NUMBER: _builtins.int
+    API_STYLE_FIELD_NUMBER: _builtins.int
+    APP_DECIDES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_id: _builtins.str
     state: Global___RunState.ValueType
@@ -674,6 +911,12 @@ class Run(_message.Message):
     flower_run_id: _builtins.str
     superlink_address: _builtins.str
     resumed_from_model_id: _builtins.str
+    completed_rounds: _builtins.int
+    """rounds that finished (round 0, the initialisation, not counted)"""
+    model_note: _builtins.str
+    """why the registry holds no model of this run (e.g. federated analytics)"""
+    api_style: Global___ApiStyle.ValueType
+    """how the app drives rounds (what FedOps observed)"""
     @_builtins.property
     def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -690,6 +933,10 @@ class Run(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def initial_central_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def app_decides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """strategy settings the app hard-codes (FedOps passes them no value)"""
+
     def __init__(
         self,
         *,
@@ -711,10 +958,14 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         initial_central_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        completed_rounds: _builtins.int = ...,
+        model_note: _builtins.str = ...,
+        api_style: Global___ApiStyle.ValueType = ...,
+        app_decides: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "run_config", b"run_config", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "config_hash", b"config_hash", "created_at", b"created_at", "current_round", b"current_round", "finished_at", b"finished_at", "flower_run_id", b"flower_run_id", "id", b"id", "initial_central_metrics", b"initial_central_metrics", "outcome", b"outcome", "reason", b"reason", "resumed_from_model_id", b"resumed_from_model_id", "rounds", b"rounds", "run_config", b"run_config", "started_at", b"started_at", "state", b"state", "superlink_address", b"superlink_address", "task_id", b"task_id", "total_rounds", b"total_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_style", b"api_style", "app_decides", b"app_decides", "client_ids", b"client_ids", "completed_rounds", b"completed_rounds", "config_hash", b"config_hash", "created_at", b"created_at", "current_round", b"current_round", "finished_at", b"finished_at", "flower_run_id", b"flower_run_id", "id", b"id", "initial_central_metrics", b"initial_central_metrics", "model_note", b"model_note", "outcome", b"outcome", "reason", b"reason", "resumed_from_model_id", b"resumed_from_model_id", "rounds", b"rounds", "run_config", b"run_config", "started_at", b"started_at", "state", b"state", "superlink_address", b"superlink_address", "task_id", b"task_id", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -787,6 +1038,27 @@ class ModelVersion(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetricListsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___MetricList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___MetricList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -801,6 +1073,7 @@ class ModelVersion(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    METRIC_LISTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_id: _builtins.str
     run_id: _builtins.str
@@ -824,6 +1097,8 @@ class ModelVersion(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"latest", "best" """
 
+    @_builtins.property
+    def metric_lists(self) -> _containers.MessageMap[_builtins.str, Global___MetricList]: ...
     def __init__(
         self,
         *,
@@ -841,10 +1116,11 @@ class ModelVersion(_message.Message):
         parent_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        metric_lists: _abc.Mapping[_builtins.str, Global___MetricList] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash", "created_at", b"created_at", "format", b"format", "id", b"id", "metrics", b"metrics", "parent_id", b"parent_id", "participant_client_ids", b"participant_client_ids", "round", b"round", "run_id", b"run_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash", "created_at", b"created_at", "format", b"format", "id", b"id", "metric_lists", b"metric_lists", "metrics", b"metrics", "parent_id", b"parent_id", "participant_client_ids", b"participant_client_ids", "round", b"round", "run_id", b"run_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

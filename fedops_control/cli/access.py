@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from fedops_common.convert import enum_label
 from fedops_common.proto import access_pb2, access_pb2_grpc
 from fedops_control.access.ca import CA_CERT, CertificateAuthority
-from fedops_control.cli.app import Ctx, Output, app, call, console, emit, fail, task_app
+from fedops_control.cli.app import Ctx, Output, Table, app, call, console, emit, fail, say, task_app
 
 A = access_pb2
 token_app = typer.Typer(help="Operator API tokens (roles viewer, operator, admin) and revocation.",
@@ -44,8 +43,8 @@ def _stub() -> access_pb2_grpc.AccessServiceStub:
 
 def _render_issued(issued: access_pb2.IssuedToken) -> None:
     info = issued.info
-    console.print(f"{enum_label(A.TokenKind, info.kind)} token {info.token_id} for {info.subject or info.name} "
-                  f"(role {enum_label(A.Role, info.role)}); keep it secret, it is shown once:")
+    say(f"{enum_label(A.TokenKind, info.kind)} token {info.token_id} for {info.subject or info.name} "
+        f"(role {enum_label(A.Role, info.role)}); keep it secret, it is shown once:")
     print(issued.token)
 
 
@@ -53,8 +52,8 @@ def _render_issued(issued: access_pb2.IssuedToken) -> None:
 def whoami() -> None:
     """The identity and role of the token in use."""
     emit(call(_stub().WhoAmI, A.WhoAmIRequest()),
-         lambda r: console.print(f"{r.name or 'anonymous'} - role {enum_label(A.Role, r.role)}"
-                                 + (f", token {r.token_id}" if r.token_id else "")))
+         lambda r: say(f"{r.name or 'anonymous'} - role {enum_label(A.Role, r.role)}"
+                       + (f", token {r.token_id}" if r.token_id else "")))
 
 
 @token_app.command("create")
@@ -94,7 +93,7 @@ def token_list(
 def token_revoke(token_id: str) -> None:
     """Revoke an API token, an unused enrolment token or an agent credential (admin)."""
     emit(call(_stub().RevokeToken, A.RevokeTokenRequest(token_id=token_id)),
-         lambda r: console.print(f"revoked {r.token_id} ({enum_label(A.TokenKind, r.kind)} {r.name})"))
+         lambda r: say(f"revoked {r.token_id} ({enum_label(A.TokenKind, r.kind)} {r.name})"))
 
 
 @task_app.command("enrol-token")
@@ -150,6 +149,6 @@ def _print_paths(paths: dict[str, str], title: str) -> None:
     if Ctx.output == Output.json:
         print(json.dumps(paths, indent=2, sort_keys=True))
     else:
-        console.print(title)
+        say(title)
         for key, value in paths.items():
-            console.print(f"  {key}: {value}")
+            say(f"  {key}: {value}")

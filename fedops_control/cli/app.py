@@ -1,7 +1,12 @@
 """`fedopsctl`: tasks, clients, runs and models from the command line.
 
 Exit codes: 0 ok, 1 service error, 2 bad input (usage errors, INVALID_ARGUMENT, NOT_FOUND),
-3 refused (UNAUTHENTICATED, PERMISSION_DENIED).
+3 refused (UNAUTHENTICATED, PERMISSION_DENIED). `run watch` and `run start --watch` exit once the
+run has finished, with its outcome: 0 completed, 4 failed, 5 stopped (1 if the event stream ended
+before the run finished); a non-zero outcome and its reason are printed last, to stderr.
+
+Text from the service (error details, reasons, event messages, names) is printed as is, never
+read as rich markup.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
+from rich.text import Text
 
 from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 from fedops_common.security import ChannelSecurity
-from fedops_control.task.spec import MAX_CLIENT_RESTARTS, MAX_RESTART_BACKOFF_S
+from fedops_control.task.spec import DEFAULT_RUN_CONFIG_KEYS, MAX_CLIENT_RESTARTS, MAX_RESTART_BACKOFF_S
 
 app = typer.Typer(help="Operate FedOps Stack: tasks, clients, runs, models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -40,6 +46,28 @@ app.add_typer(logs_app, name="logs")
 ElasticsearchUrl = Annotated[str, typer.Option(envvar="FEDOPS_ELASTICSEARCH_URL", help="Elasticsearch URL")]
 console = Console()
 S = common_pb2
+# `run watch` / `run start --watch`: exit code per outcome of the finished run.
+RUN_EXIT_CODES = {S.RUN_OUTCOME_COMPLETED: 0, S.RUN_OUTCOME_FAILED: 4, S.RUN_OUTCOME_STOPPED: 5}
+# The strategy settings an app receives through its run config (--run-config-key SETTING=KEY).
+RUN_CONFIG_SETTINGS = tuple(DEFAULT_RUN_CONFIG_KEYS)
+
+
+class Table(RichTable):
+    """A rich Table that shows str cells and its title as they are: they hold the service's text,
+    which rich would otherwise read as markup ("[tool.flwr.app.config]" would vanish)."""
+
+    def __init__(self, *headers: Any, title: str | Text | None = None, **options: Any) -> None:
+        super().__init__(*headers, title=Text(title, style="table.title") if isinstance(title, str) else title,
+                         **options)
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        super().add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells), **options)
+
+
+def say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
+    """Print one line of plain text (str parts, or (text, style) pairs) with no markup, emoji codes
+    or wrapping: the service's text stays intact and greppable."""
+    (Console(stderr=True) if stderr else console).print(Text.assemble(*parts), soft_wrap=True)
 
 
 class Output(str, Enum):
@@ -91,8 +119,8 @@ def main_options(
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print an error to stderr and exit."""
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    """Print an error (verbatim: it often holds the service's text) to stderr and exit."""
+    say(("error:", "red"), " ", message, stderr=True)
     raise typer.Exit(code)
 
 
@@ -134,6 +162,22 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
     return out
 
 
+def parse_run_config_keys(pairs: list[str] | None) -> dict[str, str]:
+    """--run-config-key SETTING=KEY pairs; an empty KEY means the app hard-codes the setting."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        setting, sep, key = pair.partition("=")
+        setting = setting.strip()
+        if not sep:
+            raise typer.BadParameter(f"expected SETTING=KEY (KEY may be empty), got {pair!r}",
+                                     param_hint="--run-config-key")
+        if setting not in RUN_CONFIG_SETTINGS:
+            raise typer.BadParameter(f"unknown setting {setting!r}; one of {', '.join(RUN_CONFIG_SETTINGS)}",
+                                     param_hint="--run-config-key")
+        out[setting] = key.strip()
+    return out
+
+
 def fmt_metrics(metrics: Any, keys: tuple[str, ...] = ()) -> str:
     items = [(k, v) for k, v in sorted(metrics.items()) if not keys or k in keys]
     return ", ".join(f"{k}={v:.4g}" for k, v in items)
@@ -153,28 +197,46 @@ def health(service: Annotated[str, typer.Option(help="service name; '' = the ser
     if Ctx.output == Output.json:
         print(json.dumps({"status": status}))
     else:
-        console.print(status)
+        say(status)
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
         raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------ tasks
+def describe_run_config_keys(keys: Any) -> str:
+    """Where each strategy setting goes: the app's run-config key, or nowhere (hard-coded by the app)."""
+    settings = [*RUN_CONFIG_SETTINGS, *sorted(set(keys) - set(RUN_CONFIG_SETTINGS))]
+    return "\n".join(f"{name} -> run config key {keys[name]}" if keys[name] else
+                     f"{name}: hard-coded by the app (not passed)" for name in settings if name in keys)
+
+
 def render_task(task: common_pb2.Task) -> None:
     table = Table(title=f"Task {task.id}", show_header=False)
     app_ref = task.app.local_path or f"{task.app.git.url}@{task.app.git.ref}"
     s = task.strategy
+    best = (f"{s.best_metric} ({'lower' if s.best_metric_lower_is_better else 'higher'} is better)"
+            if s.best_metric else "")
     for key, value in [("title", task.title), ("description", task.description), ("tags", ", ".join(task.tags)),
                        ("app", app_ref),
                        ("strategy", f"{s.name}: {s.rounds} rounds, quorum {s.min_clients}, fraction "
                                     f"{s.fraction_train:g}/{s.fraction_evaluate:g}, round timeout {s.round_timeout_s:g}s"),
                        ("client retry", f"up to {s.client_max_restarts} restarts, backoff from "
                                         f"{s.client_restart_backoff_s:g}s"),
+                       ("best metric", best),
+                       ("run config", describe_run_config_keys(s.run_config_keys)),
                        ("hyperparameters", json.dumps(json_format.MessageToDict(task.hyperparameters))),
                        ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
                        ("enrolled", ", ".join(task.enrolled_client_ids)),
                        ("selected", ", ".join(task.selected_client_ids))]:
         table.add_row(key, value)
     console.print(table)
+
+
+BEST_METRIC_HELP = ("metric that picks the 'best' model: central.NAME, train.NAME or evaluate.NAME (aggregated "
+                    "by the strategy), client.train.NAME or client.evaluate.NAME (mean over the round's clients)")
+RUN_CONFIG_KEY_HELP = (f"SETTING=KEY (repeatable): the app's run-config key receiving a strategy setting "
+                       f"({', '.join(RUN_CONFIG_SETTINGS)}); an empty KEY = the app hard-codes it, FedOps does "
+                       f"not pass it")
 
 
 @task_app.command("create")
@@ -186,30 +248,38 @@ def task_create(
     git_subdir: Annotated[str, typer.Option(help="app directory inside the repository")] = "",
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable)")] = None,
-    strategy: Annotated[str, typer.Option(help="strategy name (informational)")] = "FedAvg",
-    rounds: Annotated[int, typer.Option(min=1)] = 3,
-    min_clients: Annotated[int, typer.Option(min=1, help="quorum per round")] = 2,
-    fraction_train: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    fraction_evaluate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    round_timeout: Annotated[float, typer.Option(min=0.0, help="seconds")] = 300.0,
-    client_max_restarts: Annotated[int, typer.Option(
-        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = 2,
-    client_restart_backoff: Annotated[float, typer.Option(
-        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = 1.0,
+    strategy: Annotated[str | None, typer.Option(help="strategy name (informational)")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1)] = None,
+    min_clients: Annotated[int | None, typer.Option(min=1, help="quorum per round")] = None,
+    fraction_train: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    fraction_evaluate: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    round_timeout: Annotated[float | None, typer.Option(min=0.0, help="seconds")] = None,
+    client_max_restarts: Annotated[int | None, typer.Option(
+        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = None,
+    client_restart_backoff: Annotated[float | None, typer.Option(
+        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = None,
+    best_metric: Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)] = None,
+    lower_is_better: Annotated[bool | None, typer.Option(
+        "--lower-is-better/--higher-is-better", help="direction of --best-metric; default: lower for names "
+        "ending in 'loss', else higher")] = None,
+    run_config_key: Annotated[list[str] | None, typer.Option(help=RUN_CONFIG_KEY_HELP)] = None,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value; ${...} templating allowed")] = None,
     client_config: Annotated[list[str] | None, typer.Option(help="per-client node config key=value")] = None,
 ) -> None:
-    """Create an FL task."""
+    """Create an FL task. Strategy settings not given are not sent: the service applies its defaults."""
     if bool(app_path) == bool(git_url):
         raise typer.BadParameter("give exactly one of --app or --git-url", param_hint="--app/--git-url")
     app_ref = common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else \
         common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref, subdirectory=git_subdir))
+    given = {"name": strategy, "rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
+             "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
+             "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
+             "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
+    # Only what was given: proto3 zero means unset, and the service refuses a given setting the app cannot receive.
+    settings = common_pb2.StrategySettings(**{k: v for k, v in given.items() if v is not None},
+                                           run_config_keys=parse_run_config_keys(run_config_key))
     task = common_pb2.Task(
-        title=title, description=description, tags=tag or [], app=app_ref,
-        strategy=common_pb2.StrategySettings(name=strategy, rounds=rounds, min_clients=min_clients,
-                                             fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
-                                             round_timeout_s=round_timeout, client_max_restarts=client_max_restarts,
-                                             client_restart_backoff_s=client_restart_backoff),
+        title=title, description=description, tags=tag or [], app=app_ref, strategy=settings,
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
         client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
     emit(call(Ctx.stub().CreateTask, control_pb2.CreateTaskRequest(task=task)), render_task)
@@ -234,6 +304,12 @@ def task_update(
         min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = None,
     client_restart_backoff: Annotated[float | None, typer.Option(
         min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = None,
+    best_metric: Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)] = None,
+    lower_is_better: Annotated[bool | None, typer.Option(
+        "--lower-is-better/--higher-is-better", help="direction of the best metric; with a new --best-metric and "
+        "neither flag: lower for names ending in 'loss', else higher")] = None,
+    run_config_key: Annotated[list[str] | None, typer.Option(
+        help=RUN_CONFIG_KEY_HELP + " (merged into the task's)")] = None,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value (merged into the task's)")] = None,
     unset_hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key to remove")] = None,
 ) -> None:
@@ -255,14 +331,19 @@ def task_update(
                           common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref,
                                                                            subdirectory=git_subdir)))
         paths.append("app")
+    keys = parse_run_config_keys(run_config_key)
     changes = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
                "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
-               "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff}
-    if any(v is not None for v in changes.values()):
+               "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
+               "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
+    if keys or any(v is not None for v in changes.values()):
         task.strategy.CopyFrom(current.strategy)
         for field, value in changes.items():
             if value is not None:
                 setattr(task.strategy, field, value)
+        if best_metric is not None and lower_is_better is None:
+            task.strategy.ClearField("best_metric_lower_is_better")  # the service decides for the new metric
+        task.strategy.run_config_keys.update(keys)
         paths.append("strategy")
     if hp or unset_hp:
         values = {**json_format.MessageToDict(current.hyperparameters), **parse_pairs(hp, "--hp")}
@@ -307,7 +388,7 @@ def task_select(task_id: str, client_ids: Annotated[list[str], typer.Argument(he
 def task_delete(task_id: str) -> None:
     """Delete a task that has no runs."""
     emit(call(Ctx.stub().DeleteTask, control_pb2.DeleteTaskRequest(task_id=task_id)),
-         lambda r: console.print(f"deleted {task_id}"))
+         lambda r: say(f"deleted {task_id}"))
 
 
 # ------------------------------------------------------------------ clients
@@ -362,8 +443,8 @@ def clients_data_status(
 # ------------------------------------------------------------------ runs
 def render_run(run: common_pb2.Run) -> None:
     outcome = f" ({enum_label(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
-    console.print(f"[bold]Run {run.id}[/bold] task={run.task_id} state={enum_label(S.RunState, run.state)}{outcome} "
-                  f"round {run.current_round}/{run.total_rounds}  {run.reason}")
+    say((f"Run {run.id}", "bold"), f" task={run.task_id} state={enum_label(S.RunState, run.state)}{outcome} "
+        f"round {run.current_round}/{run.total_rounds}  {run.reason}")
     table = Table("round", "phase", "participants", "failed", "central loss", "central acc", "train", "evaluate",
                   "model", title="Rounds")
     if run.initial_central_metrics:
@@ -395,7 +476,7 @@ def run_start(
         task_id=task_id, client_ids=client or [], resume_from_model_id=resume_from,
         hyperparameter_overrides=dict_to_struct(parse_pairs(hp, "--hp"))))
     if watch:
-        run_watch(run.id)
+        run_watch(run.id)  # exits with the run's outcome
         return
     emit(run, render_run)
 
@@ -427,9 +508,24 @@ def run_list(task: Annotated[str, typer.Option()] = "") -> None:
     emit(call(Ctx.stub().ListRuns, control_pb2.ListRunsRequest(task_id=task)), render)
 
 
+def exit_with_outcome(run: common_pb2.Run) -> None:
+    """Exit 0 if the run completed, 4 if it failed, 5 if it was stopped (1 if not finished): the
+    outcome and reason go last, to stderr, unless it completed."""
+    if run.state != S.RUN_STATE_FINISHED:
+        say(("error:", "red"), f" run {run.id} is {enum_label(S.RunState, run.state)}: the event stream ended "
+            "before it finished", stderr=True)
+        raise typer.Exit(1)
+    code = RUN_EXIT_CODES.get(run.outcome, 1)
+    if code:
+        outcome = enum_label(S.RunOutcome, run.outcome) or "no outcome"
+        say((f"run {run.id} {outcome}", "red"), f": {run.reason}" if run.reason else "", stderr=True)
+    raise typer.Exit(code)
+
+
 @run_app.command("watch")
 def run_watch(run_id: str) -> None:
-    """Follow a run live until it finishes, then print its summary."""
+    """Follow a run live until it finishes, then print its summary. Exits 0 if the run completed,
+    4 if it failed, 5 if it was stopped."""
     stub = Ctx.stub()
     try:
         for event in stub.WatchRun(control_pb2.WatchRunRequest(run_id=run_id)):
@@ -445,18 +541,20 @@ def run_watch(run_id: str) -> None:
                 central = data.get("central", {})
                 text += (f" | clients {', '.join(data.get('responded', []))}"
                          + (f" | global loss {central['loss']:.4f} acc {central['accuracy']:.4f}" if "loss" in central else ""))
-            console.print(f"[dim]{stamp}[/dim] [{style}]{text}[/{style}]" if style else f"[dim]{stamp}[/dim] {text}")
+            say((stamp, "dim"), " ", (text, style))
     except grpc.RpcError as err:
         fail(f"{err.code().name}: {err.details()}", 2 if err.code() == grpc.StatusCode.NOT_FOUND else 1)  # type: ignore[attr-defined]
+    run = call(stub.GetRun, control_pb2.GetRunRequest(run_id=run_id))
     if Ctx.output == Output.table:
-        render_run(call(stub.GetRun, control_pb2.GetRunRequest(run_id=run_id)))
+        render_run(run)
+    exit_with_outcome(run)
 
 
 @run_app.command("diagnose")
 def run_diagnose(run_id: str) -> None:
     """Why is the run waiting? Who is missing, since when, how long until the timeout."""
     def render(d: common_pb2.Diagnosis) -> None:
-        console.print(d.summary)
+        say(d.summary)
         if d.missing:
             table = Table("client", "state", "heartbeat age", "reason", title="Missing")
             for m in d.missing:
@@ -511,7 +609,7 @@ def models_download(model_id: str, out: Annotated[Path, typer.Option("--out", "-
     if Ctx.output == Output.json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(f"wrote {result['bytes']} bytes of {result['model_id']} to {out}")
+        say(f"wrote {result['bytes']} bytes of {result['model_id']} to {out}")
 
 
 # ------------------------------------------------------------------ telemetry (Elasticsearch)

@@ -1,21 +1,35 @@
-"""A Grid that observes the user's ServerApp: rounds, replies, failures, timeouts, quorum."""
+"""A Grid that observes the user's ServerApp: rounds, replies, failures, timeouts, quorum.
+
+Every ServerApp, whatever its API style, sends its messages through the Grid, so the Grid is
+where rounds, participation and client failures are seen for all of them. A step (one
+``send_and_receive`` call, or a :meth:`ObservedGrid.phase` of concurrent single-message
+calls, as Flower's legacy ``Server`` makes) is reported as phase started, replies as they
+arrive, and phase finished; a step with fewer successful replies than ``min(quorum, sent)``
+fails the run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedops_common.observer import ObserverClient, metric_values
+from fedops_common import metricvalues
 from fedops_common.proto import agent_pb2, common_pb2
+from fedops_control.flower.reporter import CooperativeStop, QuorumNotMet, Reporter
 
 POLL_INTERVAL_S = 0.1
 # Before the first send, how long get_node_ids waits for the run's nodes to join. Flower's
 # sample_nodes sleeps 1 s between its checks: waiting here instead, in 0.1 s steps, starts
 # round 1 as soon as the last node joins.
 JOIN_WAIT_S = 1.0
+# Flower's SuperNode reports a ClientApp exception as "<class 'ModuleNotFoundError'>:<'No module ...'>".
+_FLOWER_ERROR = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
 
 
 def content_bytes(message: Message) -> int:
@@ -25,36 +39,34 @@ def content_bytes(message: Message) -> int:
     return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())
 
 
-class QuorumNotMet(RuntimeError):
-    """Fewer successful replies than the task's quorum."""
+def error_text(message: Message) -> str:
+    """A reply's error as ``Type: message`` (Flower's own format rewritten)."""
+    reason = message.error.reason or f"error code {message.error.code}"
+    match = _FLOWER_ERROR.match(reason.strip())
+    return f"{match.group(1)}: {match.group(2)}" if match else reason
 
 
-class CooperativeStop(Exception):
-    """The operator asked to stop after the current round."""
+class _Step:
+    """One phase: the nodes sent to, and who replied."""
 
-
-class RunState:
-    """What the ServerApp-side instrumentation knows about the run so far."""
-
-    def __init__(self, run_id: str, round_timeout_s: float, quorum: int, node_count: int = 0) -> None:
-        self.run_id = run_id
-        self.round_timeout_s = round_timeout_s
-        self.quorum = quorum
-        self.node_count = node_count  # the run's selected clients (0: unknown)
-        self.sent = False             # whether any message was pushed yet
-        self.current_round = 0
-        self.last_phase = ""
-        self.round_from_strategy = False  # set when Strategy.start tells us the round
-        self.stop_requested = False
+    def __init__(self, round_number: int, phase: str, node_ids: list[int]) -> None:
+        self.round = round_number
+        self.phase = phase
+        self.node_ids = node_ids
+        self.replied: set[int] = set()
+        self.ok = 0
+        self.lock = threading.Lock()
 
 
 class ObservedGrid(Grid):
     """Delegates to Flower's Grid; reports every send/receive and enforces timeout and quorum."""
 
-    def __init__(self, inner: Grid, observer: ObserverClient, state: RunState) -> None:
+    def __init__(self, inner: Grid, reporter: Reporter, strategy_observed: bool = False) -> None:
         self._inner = inner
-        self._observer = observer
-        self._state = state
+        self._reporter = reporter
+        self._state = reporter.state
+        self._batch: _Step | None = None
+        self.strategy_observed = strategy_observed  # a strategy hook reports round ends and stops
 
     @property
     def run(self):  # type: ignore[no-untyped-def]
@@ -87,21 +99,53 @@ class ObservedGrid(Grid):
         return self._inner.pull_messages(message_ids)
 
     def _round_of(self, messages: list[Message], phase: str) -> int:
-        """The strategy's round if known, else the group id, else count train phases."""
-        group = messages[0].metadata.group_id if messages else ""
-        if self._state.round_from_strategy:
-            pass
-        elif group.isdigit():
-            self._state.current_round = int(group)
-        elif phase == "train" and self._state.last_phase != "train":
-            self._state.current_round += 1
-        self._state.last_phase = phase
-        return max(self._state.current_round, 1)
+        """The strategy's round if a hook set it, else the messages' numeric group id, else
+        count train phases. The initial parameter exchange (group id "0") is round 0."""
+        state = self._state
+        with state.lock:
+            group = messages[0].metadata.group_id
+            if not state.round_from_strategy:
+                if group.isdigit():
+                    state.current_round = int(group)
+                elif phase == "train" and state.last_phase != "train":
+                    state.current_round += 1
+            state.last_phase = phase
+            return state.current_round
 
-    def _report(self, kind: str, **fields) -> agent_pb2.ServerEventAck:  # type: ignore[no-untyped-def]
-        ack = self._observer.server_event(agent_pb2.ServerEvent(run_id=self._state.run_id, kind=kind, **fields))
-        self._state.stop_requested = self._state.stop_requested or ack.stop_requested
-        return ack
+    @contextlib.contextmanager
+    def phase(self, round_number: int, phase: str, node_ids: list[int], timeout_s: float | None) -> Iterator[None]:
+        """One step made of concurrent single-message ``send_and_receive`` calls (Flower's legacy
+        ``Server`` sends each client's message from its own thread): reported as one phase."""
+        step = _Step(round_number, phase, node_ids)
+        self._start(step, self._timeout(timeout_s))
+        self._batch = step
+        try:
+            yield
+        finally:
+            self._batch = None
+        self._finish(step)
+
+    def _timeout(self, timeout: float | None) -> float:
+        cap = self._state.round_timeout_s
+        return cap if timeout is None else min(timeout, cap)
+
+    def _start(self, step: _Step, timeout: float) -> None:
+        if (self._state.stop_requested and step.phase == "train" and not self.strategy_observed
+                and step.round > 1):
+            raise CooperativeStop(f"stopped by operator before round {step.round}")
+        self._reporter.send(step.round, phase_started=agent_pb2.PhaseStarted(
+            phase=step.phase, node_ids=step.node_ids, timeout_s=timeout))
+
+    def _finish(self, step: _Step) -> None:
+        timed_out = [node for node in step.node_ids if node not in step.replied]
+        needed = min(self._state.quorum, len(step.node_ids))
+        self._reporter.send(step.round, phase_finished=agent_pb2.PhaseFinished(
+            phase=step.phase, timed_out_node_ids=timed_out, sent=len(step.node_ids), ok=step.ok, needed=needed))
+        if step.ok < needed:
+            failure = agent_pb2.QuorumFailure(phase=step.phase, sent=len(step.node_ids), ok=step.ok, needed=needed,
+                                              timed_out=len(timed_out))
+            raise QuorumNotMet(f"round {step.round} {step.phase}: {step.ok} of {len(step.node_ids)} replies "
+                               f"succeeded, {needed} needed ({len(timed_out)} timed out)", failure)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push, then poll replies every 100 ms, reporting each reply as it arrives."""
@@ -109,47 +153,43 @@ class ObservedGrid(Grid):
         if not messages:
             return []
         phase = messages[0].metadata.message_type
-        server_round = self._round_of(messages, phase)
-        if self._state.stop_requested and phase == "train":
-            raise CooperativeStop(f"stopped by operator before round {server_round}")
-        cap = self._state.round_timeout_s
-        timeout = cap if timeout is None else min(timeout, cap)
+        batch = self._batch
+        step = batch if batch is not None else _Step(self._round_of(messages, phase), phase,
+                                                     [m.metadata.dst_node_id for m in messages])
+        timeout = self._timeout(timeout)
+        if batch is None:
+            self._start(step, timeout)
         node_by_msg: dict[str, int] = {}
         sent_bytes: dict[str, int] = {}
         msg_ids = list(self.push_messages(messages))
         for msg_id, message in zip(msg_ids, messages):
             node_by_msg[msg_id] = message.metadata.dst_node_id
             sent_bytes[msg_id] = content_bytes(message)
-        self._report("phase_started", round=server_round, phase=phase,
-                     node_ids=list(node_by_msg.values()), timeout_s=timeout)
         pending = set(msg_ids)
         replies: list[Message] = []
-        ok = 0
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
-            batch = list(self._inner.pull_messages(pending))
-            if batch:
-                results = []
-                for reply in batch:
-                    pending.discard(reply.metadata.reply_to_message_id)
-                    node_id = node_by_msg.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-                    result = common_pb2.ClientRoundResult(
-                        node_id=node_id, phase=phase, bytes_sent=sent_bytes.get(reply.metadata.reply_to_message_id, 0),
-                        bytes_received=content_bytes(reply))
-                    if reply.has_error():
-                        result.error = reply.error.reason or f"error {reply.error.code}"
-                    else:
-                        ok += 1
-                        result.metrics.update(metric_values(reply.content))
-                    results.append(result)
-                replies.extend(batch)
-                self._report("replies", round=server_round, phase=phase, results=results)
-            else:
+            batch_replies = list(self._inner.pull_messages(pending))
+            if not batch_replies:
                 time.sleep(POLL_INTERVAL_S)
-        timed_out = [node_by_msg[m] for m in pending]
-        self._report("phase_finished", round=server_round, phase=phase, node_ids=timed_out,
-                     message=f"{ok}/{len(messages)} replies ok, {len(timed_out)} timed out")
-        if ok < min(self._state.quorum, len(messages)):
-            raise QuorumNotMet(f"round {server_round} {phase}: {ok} successful replies, "
-                               f"quorum is {self._state.quorum} ({len(timed_out)} timed out)")
+                continue
+            results = []
+            for reply in batch_replies:
+                msg_id = reply.metadata.reply_to_message_id
+                pending.discard(msg_id)
+                node_id = node_by_msg.get(msg_id, reply.metadata.src_node_id)
+                result = common_pb2.ClientRoundResult(node_id=node_id, phase=phase, bytes_sent=sent_bytes.get(msg_id, 0),
+                                                      bytes_received=content_bytes(reply))
+                with step.lock:
+                    step.replied.add(node_id)
+                    if reply.has_error():
+                        result.error = error_text(reply)
+                    else:
+                        step.ok += 1
+                        metricvalues.fill(result.metrics, result.metric_lists, metricvalues.from_records(reply.content))
+                results.append(result)
+            replies.extend(batch_replies)
+            self._reporter.send(step.round, replies=agent_pb2.PhaseReplies(results=results))
+        if batch is None:
+            self._finish(step)
         return replies

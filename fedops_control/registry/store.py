@@ -9,8 +9,21 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedops_control.state.models import ModelRow, RoundRow, RunRow
+from fedops_common import metricvalues
+from fedops_control.state.models import ClientResultRow, ModelRow, RoundRow, RunRow
 from fedops_control.task.errors import InvalidArgument, NotFound
+from fedops_control.task.strategy import StrategySpec
+
+
+def client_means(rows: list[ClientResultRow]) -> dict[str, float]:
+    """``client.<phase>.<metric>``: the mean over the round's clients that succeeded (scalars only)."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        if row.error:
+            continue
+        for name, value in metricvalues.scalars(row.metrics).items():
+            sums.setdefault(f"client.{row.phase}.{name}", []).append(value)
+    return {name: sum(values) / len(values) for name, values in sums.items()}
 
 
 class ModelStore:
@@ -21,7 +34,8 @@ class ModelStore:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def add(self, run_id: str, round_number: int, data: bytes, metrics: dict[str, float], fmt: str) -> ModelRow:
+    def add(self, run_id: str, round_number: int, data: bytes, metrics: dict[str, metricvalues.Value],
+            fmt: str) -> ModelRow:
         """Store the global model of a run's round; version numbers increase per task."""
         with self._sessions.begin() as db:
             run = db.get(RunRow, run_id)
@@ -33,6 +47,8 @@ class ModelStore:
             if round_row:
                 merged.update({f"train.{k}": v for k, v in round_row.train_metrics.items()})
                 merged.update({f"evaluate.{k}": v for k, v in round_row.evaluate_metrics.items()})
+            merged.update(client_means(db.query(ClientResultRow).filter(
+                ClientResultRow.run_id == run_id, ClientResultRow.round == round_number).all()))
             version = (db.query(func.max(ModelRow.version)).filter(ModelRow.task_id == run.task_id).scalar() or 0) + 1
             parent = (db.query(ModelRow).filter(ModelRow.run_id == run_id).order_by(ModelRow.round.desc()).first())
             parent_id = parent.id if parent else run.resumed_from_model_id
@@ -60,11 +76,7 @@ class ModelStore:
                 query = query.filter(ModelRow.run_id == run_id)
             return list(query.order_by(ModelRow.task_id, ModelRow.version.desc()).all())
 
-    def best_metric_of(self, task_strategy: dict) -> tuple[str, bool]:  # type: ignore[type-arg]
-        """The metric deciding "best", and whether lower is better."""
-        return task_strategy.get("best_metric", "central.accuracy"), bool(task_strategy.get("best_metric_lower_is_better"))
-
-    def resolve(self, model_id: str, task_id: str = "", strategy: dict | None = None) -> ModelRow:  # type: ignore[type-arg]
+    def resolve(self, model_id: str, task_id: str = "", strategy: StrategySpec | None = None) -> ModelRow:
         """A version by id, or ``latest``/``best`` of ``task_id``."""
         if model_id in ("latest", "best"):
             if not task_id:
@@ -74,8 +86,9 @@ class ModelStore:
                 raise NotFound(f"task {task_id} has no stored models")
             if model_id == "latest":
                 return versions[0]
-            metric, lower = self.best_metric_of(strategy or {})
-            scored = [v for v in versions if metric in v.metrics]
+            strategy = strategy or StrategySpec()
+            metric, lower = strategy.best_metric, strategy.best_metric_lower_is_better
+            scored = [v for v in versions if isinstance(v.metrics.get(metric), (int, float))]
             if not scored:
                 return versions[0]
             return (min if lower else max)(scored, key=lambda v: (v.metrics[metric], v.version))
@@ -85,7 +98,7 @@ class ModelStore:
             raise NotFound(f"model {model_id} not found")
         return row
 
-    def tags_for(self, row: ModelRow, strategy: dict) -> list[str]:  # type: ignore[type-arg]
+    def tags_for(self, row: ModelRow, strategy: StrategySpec) -> list[str]:
         """"latest"/"best" labels of a version within its task."""
         tags = []
         if self.resolve("latest", row.task_id).id == row.id:

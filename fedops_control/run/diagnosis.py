@@ -9,6 +9,7 @@ from fedops_common.proto import common_pb2
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.state.models import ClientRow, RoundRow, RunRow
 from fedops_control.task.errors import NotFound
+from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
 
@@ -38,11 +39,12 @@ def diagnose(sessions: sessionmaker[Session], agents: AgentRegistry, run_id: str
         run = db.get(RunRow, run_id)
         if run is None:
             raise NotFound(f"run {run_id} not found")
-        quorum = int(run.strategy.get("min_clients", 1))
+        quorum = StrategySpec.from_dict(run.strategy).min_clients
         diag = common_pb2.Diagnosis(run_id=run_id, state=run.state, round=run.current_round, clients_needed=quorum)
         if run.state == S.RUN_STATE_FINISHED:
             outcome = common_pb2.RunOutcome.Name(run.outcome).split("_")[-1].lower()
-            diag.summary = f"Run {outcome} after {run.current_round} rounds: {run.reason}"
+            diag.summary = (f"Run {outcome} after {run.completed_rounds} completed round"
+                            f"{'' if run.completed_rounds == 1 else 's'}: {run.reason}")
             return diag
         if run.state != S.RUN_STATE_RUNNING:
             diag.waiting = True

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proc import pid_alive
-from fedops_common.observer import KEY_CONTROL, KEY_CREDENTIAL_FILE, KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE
+from fedops_common import runconfig as keys
 from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.security import write_secret
 from fedops_common.telemetry import TelemetryWriter
@@ -25,10 +25,12 @@ from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_control
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
-from fedops_control.state.models import (ClientResultRow, ClientRow, MembershipRow, ModelRow, RoundRow, RunRow,
-                                         TaskRow)
+from fedops_control.run.preflight import Preflight, app_requirements, summary
+from fedops_control.run.reports import ClientReports, ServerReports
+from fedops_control.state.models import ClientRow, MembershipRow, ModelRow, RoundRow, RunRow, TaskRow
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
-from fedops_control.task.spec import KEY_PATTERN
+from fedops_control.task.spec import KEY_PATTERN, check_keys, read_app_config
+from fedops_control.task.strategy import StrategySpec
 from fedops_control.task.templating import check_template, render_client_config, render_hyperparameters
 
 log = get_logger(__name__)
@@ -55,12 +57,14 @@ class RunManager:
     def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentRegistry,
                  models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str,
                  writer: TelemetryWriter | None = None, tokens: TokenStore | None = None,
-                 control_tls: tuple[Path | None, Path | None, Path | None] | None = None) -> None:
+                 control_tls: tuple[Path | None, Path | None, Path | None] | None = None,
+                 preflight: Preflight | None = None) -> None:
         self._tokens = tokens  # None: the service runs without auth
+        self._preflight = preflight or Preflight()
         # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
         # TLS, presents our own certificate (it runs beside us, on our behalf).
         self._control_tls = {key: str(Path(path).resolve()) if path else "" for key, path in zip(
-            (KEY_TLS_CA_FILE, KEY_TLS_CERT_FILE, KEY_TLS_KEY_FILE), control_tls or (None, None, None))}
+            (keys.TLS_CA_FILE, keys.TLS_CERT_FILE, keys.TLS_KEY_FILE), control_tls or (None, None, None))}
         self._sessions = sessions
         self._writer = writer
         self._bus = bus
@@ -74,41 +78,27 @@ class RunManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finishing: set[str] = set()
         self._closing = False  # set on exit: agents' sessions then end because we do, not they
+        self._server_reports = ServerReports(sessions, bus, agents, writer, self._round_notice,
+                                             lambda run_id, outcome, reason: self._spawn(
+                                                 self._finish_after_flower(run_id, outcome, reason)))
+        self._client_reports = ClientReports(sessions, bus, writer)
 
     # ---------------------------------------------------------------- start
     async def start_run(self, task_id: str, client_ids: list[str], resume_from: str,
                         overrides: dict[str, Any]) -> RunRow:
-        """Validate, create the run row and launch it in the background."""
-        with self._sessions.begin() as db:
+        """Validate, preflight the agents, create the run row and launch it in the background."""
+        with self._sessions() as db:
             task = db.get(TaskRow, task_id)
             if task is None:
                 raise NotFound(f"task {task_id} not found")
-            members = {m.client_id: m for m in db.query(MembershipRow).filter(MembershipRow.task_id == task_id)}
-            if not client_ids:
-                client_ids = sorted(cid for cid, m in members.items() if m.selected)
-            if not client_ids:
-                raise FailedPrecondition(f"task {task_id} has no selected clients: select clients or pass client_ids")
-            if len(set(client_ids)) != len(client_ids):
-                raise InvalidArgument("client_ids", "duplicate client id")
-            clients: dict[str, ClientRow] = {}
-            for cid in client_ids:
-                client = db.get(ClientRow, cid)
-                if client is None:
-                    raise InvalidArgument("client_ids", f"unknown client {cid!r}")
-                if cid not in members:
-                    raise InvalidArgument("client_ids", f"client {cid!r} is not enrolled in task {task_id}")
-                if not self._agents.is_connected(cid):
-                    raise FailedPrecondition(f"client {cid} is offline")
-                busy = db.query(RunRow).filter(RunRow.state.in_(ACTIVE_STATES)).all()
-                if any(cid in r.client_ids for r in busy):
-                    raise FailedPrecondition(f"client {cid} is already in an active run")
-                clients[cid] = client
-            quorum = int(task.strategy["min_clients"])
-            if len(client_ids) < quorum:
-                raise FailedPrecondition(f"{len(client_ids)} clients selected but the quorum (strategy.min_clients) is {quorum}")
+            client_ids = self._admit_clients(db, task_id, client_ids)
+            strategy = StrategySpec.from_dict(task.strategy)
+            if len(client_ids) < strategy.min_clients:
+                raise FailedPrecondition(f"{len(client_ids)} clients selected but the quorum (strategy.min_clients) "
+                                         f"is {strategy.min_clients}")
             if resume_from:
                 try:
-                    resume_row = self._models.resolve(resume_from, task_id, task.strategy)
+                    resume_row = self._models.resolve(resume_from, task_id, strategy)
                 except NotFound as err:
                     raise InvalidArgument("resume_from_model_id", str(err)) from None
                 if resume_row.task_id != task_id:
@@ -118,34 +108,76 @@ class RunManager:
                 if not KEY_PATTERN.match(key) or isinstance(value, (dict, list)) or value is None:
                     raise InvalidArgument(f"hyperparameter_overrides.{key}", "invalid key or value")
                 check_template(f"hyperparameter_overrides.{key}", value, set(task.hyperparameters) | set(overrides), False)
+            app = dict(task.app)
+            requirements: list[str] = []
+            if "local_path" in app:  # a git app is fetched at launch: its keys are checked then
+                app_dir = Path(app["local_path"]).expanduser().resolve()
+                check_keys("hyperparameter_overrides", overrides, read_app_config(app_dir))
+                requirements = app_requirements(app_dir)
+            task_values = {"title": task.title, "hyperparameters": dict(task.hyperparameters),
+                           "client_config": dict(task.client_config), "app": app}
+            data_paths = {cid: db.get(ClientRow, cid).data_path for cid in client_ids}
 
-            run_id = f"run-{uuid.uuid4().hex[:12]}"
-            strategy = dict(task.strategy)
-            variables = {
-                "run.id": run_id, "run.client_count": len(client_ids), "run.client_ids": ",".join(client_ids),
-                "task.id": task.id, "task.title": task.title,
-                **{f"strategy.{k}": v for k, v in strategy.items() if not isinstance(v, dict)},
-            }
-            hyperparameters = render_hyperparameters({**task.hyperparameters, **overrides}, variables)
-            for setting, key in strategy["run_config_keys"].items():
-                if key and key not in hyperparameters:
-                    hyperparameters[key] = strategy[setting]
-            node_configs = {}
-            for index, cid in enumerate(client_ids):
-                client_vars = {**variables, "client.id": cid, "client.index": index,
-                               "client.data_path": clients[cid].data_path}
-                node_configs[cid] = render_client_config(task.client_config, client_vars)
-            config_hash = hashlib.sha256(json.dumps(
-                {"app": task.app, "strategy": strategy, "hp": hyperparameters, "nodes": node_configs},
-                sort_keys=True, default=str).encode()).hexdigest()
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        problems = await self._preflight.run(self._agents, client_ids, requirements, run_id, check_data_path=True)
+        if any(problems.values()):
+            raise FailedPrecondition("preflight failed: " + summary(problems))
+
+        variables = {
+            "run.id": run_id, "run.client_count": len(client_ids), "run.client_ids": ",".join(client_ids),
+            "task.id": task_id, "task.title": task_values["title"],
+            **{f"strategy.{k}": v for k, v in strategy.to_dict().items() if not isinstance(v, dict)},
+        }
+        hyperparameters = render_hyperparameters({**task_values["hyperparameters"], **overrides}, variables)
+        for key, value in strategy.run_config_values().items():
+            hyperparameters.setdefault(key, value)
+        node_configs = {}
+        for index, cid in enumerate(client_ids):
+            client_vars = {**variables, "client.id": cid, "client.index": index, "client.data_path": data_paths[cid]}
+            node_configs[cid] = render_client_config(task_values["client_config"], client_vars)
+        config_hash = hashlib.sha256(json.dumps(
+            {"app": app, "strategy": strategy.to_dict(), "hp": hyperparameters, "nodes": node_configs},
+            sort_keys=True, default=str).encode()).hexdigest()
+        with self._sessions.begin() as db:
+            self._admit_clients(db, task_id, client_ids)  # again: another run may have taken one meanwhile
             run = RunRow(id=run_id, task_id=task_id, state=S.RUN_STATE_PENDING, client_ids=client_ids,
-                         total_rounds=int(strategy["rounds"]), run_config=hyperparameters, node_configs=node_configs,
-                         strategy=strategy, config_hash=config_hash, resumed_from_model_id=resume_from)
+                         total_rounds=strategy.rounds if strategy.run_config_keys["rounds"] else 0,
+                         run_config=hyperparameters, node_configs=node_configs, strategy=strategy.to_dict(),
+                         config_hash=config_hash, resumed_from_model_id=resume_from,
+                         app_decides=strategy.app_decides())
             db.add(run)
         metrics.RUNS_STARTED.labels(task_id).inc()
         await self._bus.publish(run_id, "run_created", f"run created for task {task_id} with {len(client_ids)} clients")
+        if strategy.app_decides():
+            await self._announce_app_decides(run_id, strategy.app_decides())
         self._spawn(self._launch(run_id))
         return run
+
+    async def _announce_app_decides(self, run_id: str, settings: list[str]) -> None:
+        await self._bus.publish(run_id, "app_decides", "the app hard-codes " + ", ".join(
+            f"strategy.{name}" for name in settings) + " (no run-config key receives it): the app decides",
+            data={"settings": settings})
+
+    def _admit_clients(self, db: Session, task_id: str, client_ids: list[str]) -> list[str]:
+        """The run's clients (default: the task's selection); each enrolled, connected and free."""
+        members = {m.client_id: m for m in db.query(MembershipRow).filter(MembershipRow.task_id == task_id)}
+        if not client_ids:
+            client_ids = sorted(cid for cid, m in members.items() if m.selected)
+        if not client_ids:
+            raise FailedPrecondition(f"task {task_id} has no selected clients: select clients or pass client_ids")
+        if len(set(client_ids)) != len(client_ids):
+            raise InvalidArgument("client_ids", "duplicate client id")
+        busy = db.query(RunRow).filter(RunRow.state.in_(ACTIVE_STATES)).all()
+        for cid in client_ids:
+            if db.get(ClientRow, cid) is None:
+                raise InvalidArgument("client_ids", f"unknown client {cid!r}")
+            if cid not in members:
+                raise InvalidArgument("client_ids", f"client {cid!r} is not enrolled in task {task_id}")
+            if not self._agents.is_connected(cid):
+                raise FailedPrecondition(f"client {cid} is offline")
+            if any(cid in r.client_ids for r in busy):
+                raise FailedPrecondition(f"client {cid} is already in an active run")
+        return client_ids
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -167,7 +199,7 @@ class RunManager:
             with self._sessions() as db:
                 run = db.get(RunRow, run_id)
                 task = db.get(TaskRow, run.task_id)
-                app, strategy, task_id = dict(task.app), dict(run.strategy), task.id
+                app, strategy, task_id = dict(task.app), StrategySpec.from_dict(run.strategy), task.id
                 run_config, node_configs, client_ids = dict(run.run_config), dict(run.node_configs), list(run.client_ids)
                 resume = run.resumed_from_model_id
             workdir = self._data_dir / "runs" / run_id
@@ -183,22 +215,22 @@ class RunManager:
             handle = await link
             with self._sessions.begin() as db:
                 db.get(RunRow, run_id).superlink_address = handle.address
-                keys = {cid: db.get(ClientRow, cid).supernode_public_key for cid in client_ids}
+                public_keys = {cid: db.get(ClientRow, cid).supernode_public_key for cid in client_ids}
             if handle.ca_file is not None:  # SuperNode authentication: admit this run's agents only
-                missing = sorted(cid for cid, key in keys.items() if not key)
+                missing = sorted(cid for cid, key in public_keys.items() if not key)
                 if missing:
                     raise FailedPrecondition(f"client {missing[0]} sent no SuperNode public key; upgrade its agent")
-                await asyncio.gather(*(flower_control.register_supernode(handle, keys[cid], cid)
+                await asyncio.gather(*(flower_control.register_supernode(handle, public_keys[cid], cid)
                                        for cid in client_ids))
             # A stop may have come during any await above; from here to the commands nothing awaits.
             _raise_if_finished(self.get_run_row(run_id))
-            retry = agent_pb2.RetryPolicy(max_restarts=int(strategy.get("client_max_restarts", 2)),
-                                          backoff_initial_s=float(strategy.get("client_restart_backoff_s", 1.0)),
+            retry = agent_pb2.RetryPolicy(max_restarts=strategy.client_max_restarts,
+                                          backoff_initial_s=strategy.client_restart_backoff_s,
                                           backoff_max_s=30.0)
             for cid in client_ids:
                 node_config = {k: _toml_literal(v) for k, v in node_configs[cid].items()}
-                node_config["fedops-run-id"] = _toml_literal(run_id)
-                node_config["fedops-task-id"] = _toml_literal(task_id)
+                node_config[keys.NODE_RUN_ID] = _toml_literal(run_id)
+                node_config[keys.NODE_TASK_ID] = _toml_literal(task_id)
                 command = agent_pb2.AgentCommand(start_training=agent_pb2.StartTraining(
                     run_id=run_id, superlink_address=handle.address, node_config=node_config,
                     superlink_root_certificates=handle.root_certificates, retry=retry))
@@ -232,7 +264,7 @@ class RunManager:
             _raise_if_finished(run)
         return handle
 
-    async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: dict[str, Any],
+    async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: StrategySpec,
                            run_config: dict[str, Any], resume: str, workdir: Path,
                            node_count: int) -> tuple[Path, dict[str, Any]]:
         """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
@@ -244,18 +276,27 @@ class RunManager:
             write_secret(workdir / "run.token", secret)
             credential_file = str((workdir / "run.token").resolve())
         fedops_config = {
-            "fedops-run-id": run_id, "fedops-task-id": task_id, KEY_CONTROL: self._control_address,
-            KEY_CREDENTIAL_FILE: credential_file, **self._control_tls,
-            "fedops-round-timeout": float(strategy["round_timeout_s"]),
-            "fedops-quorum": int(strategy["min_clients"]), "fedops-node-count": node_count,
-            "fedops-resume-model-id": resume,
+            keys.RUN_ID: run_id, keys.TASK_ID: task_id, keys.CONTROL_ADDRESS: self._control_address,
+            keys.CREDENTIAL_FILE: credential_file, **self._control_tls,
+            keys.ROUND_TIMEOUT: strategy.round_timeout_s, keys.QUORUM: strategy.min_clients,
+            keys.NODE_COUNT: node_count, keys.RESUME_MODEL_ID: resume,
         }
         app_dir = workdir / "app"
         app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)
-        unknown = sorted(set(run_config) - set(app_config))
-        if unknown and "local_path" not in app:
-            raise InvalidArgument(f"hyperparameters.{unknown[0]}", "not a key of the app's run config")
-        return app_dir, {k: _coerce(v, app_config[k]) for k, v in run_config.items() if k in app_config}
+        # Strategy settings whose key the app lacks (a git app, checked only now, or an app edited
+        # since the task was made) are the app's to decide, and the run says so.
+        derived = {key: setting for setting, key in strategy.run_config_keys.items() if key}
+        undelivered = sorted(derived[key] for key in set(run_config) - set(app_config) if key in derived)
+        if undelivered:
+            with self._sessions.begin() as db:
+                row = db.get(RunRow, run_id)
+                row.app_decides = sorted({*row.app_decides, *undelivered})
+                if "rounds" in undelivered:
+                    row.total_rounds = 0  # known once the app's strategy starts
+            await self._announce_app_decides(run_id, undelivered)
+        run_config = {k: v for k, v in run_config.items() if k in app_config or k not in derived}
+        check_keys("hyperparameters", run_config, app_config)
+        return app_dir, {k: _coerce(v, app_config[k]) for k, v in run_config.items()}
 
     # ---------------------------------------------------------------- stop / finish
     async def stop_run(self, run_id: str, hard: bool) -> RunRow:
@@ -311,11 +352,7 @@ class RunManager:
                 self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
             metrics.RUNS_FINISHED.labels(task_id, name).inc()
-            for status in ("selected", "responded", "failed", "straggling"):
-                try:
-                    metrics.ROUND_CLIENTS.remove(run_id, task_id, status)
-                except KeyError:
-                    pass
+            metrics.forget_run(run_id)
             await self._bus.publish(run_id, "run_finished", f"run {name}: {reason}", data={"outcome": name})
         finally:
             self._finishing.discard(run_id)
@@ -335,131 +372,10 @@ class RunManager:
             raise NotFound(f"run {run_id} not found")
         return run
 
-    def _client_of(self, run: RunRow, node_id: int) -> str:
-        return run.node_clients.get(str(node_id), "")
-
     async def on_server_event(self, event: agent_pb2.ServerEvent) -> bool:
         """Apply a ServerApp-side report; returns whether a cooperative stop is requested."""
-        run = self.get_run_row(event.run_id)
-        self._last_report[run.id] = asyncio.get_running_loop().time()
-        kind, number = event.kind, event.round
-        publish: list[tuple[str, str, int, str, dict[str, Any]]] = []
-        docs: list[dict[str, Any]] = []  # round-metrics telemetry documents
-        notices: list[tuple[str, agent_pb2.AgentCommand]] = []
-        with self._sessions.begin() as db:
-            run = db.get(RunRow, event.run_id)
-            task_id = run.task_id
-            round_row = db.get(RoundRow, (run.id, number)) if number else None
-
-            def doc(scope: str, phase: str = "", client_id: str = "", values: Any = None, **extra: Any) -> None:
-                docs.append({"metric.scope": scope, "fedops.run.id": run.id, "fedops.task.id": task_id,
-                             "fedops.round": number, "fedops.phase": phase, "fedops.client.id": client_id,
-                             "metrics": dict(values or {}), **extra})
-
-            if kind == "initial_evaluation":
-                run.initial_central_metrics = dict(event.metrics)
-                doc("central", values=event.metrics, message="initial global model evaluated")
-                publish.append(("central_evaluation", "initial global model evaluated", 0, "", dict(event.metrics)))
-            elif kind == "phase_started":
-                clients = [self._client_of(run, n) or f"node:{n}" for n in event.node_ids]
-                if round_row is None:
-                    round_row = RoundRow(run_id=run.id, number=number, started_at=utcnow(), selected=[], responded=[],
-                                         failed=[], train_metrics={}, evaluate_metrics={}, central_metrics={})
-                    db.add(round_row)
-                    notice = self._round_notice(db, run, number)
-                    notices += [(cid, notice) for cid in clients]
-                if event.phase == "train" or not round_row.selected:
-                    round_row.selected = sorted(set(round_row.selected) | set(clients))
-                round_row.phase, round_row.phase_started_at = event.phase, utcnow()
-                round_row.phase_timeout_s, round_row.phase_expected, round_row.phase_received = event.timeout_s, clients, []
-                run.current_round = max(run.current_round, number)
-                publish.append(("round_phase", f"round {number} {event.phase}: sent to {len(clients)} clients",
-                                number, "", {"phase": event.phase, "clients": clients}))
-                for outcome in ("ok", "failed"):  # export 0 before the first failure: rates and alerts see it
-                    metrics.CLIENT_OUTCOMES.labels(task_id, event.phase, outcome)
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "selected").set(len(round_row.selected))
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(len(clients))
-                if event.phase == "train":
-                    metrics.ROUND_CLIENTS.labels(run.id, task_id, "responded").set(0)
-                    metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(0)
-            elif kind == "replies" and round_row is not None:
-                for result in event.results:
-                    cid = self._client_of(run, result.node_id) or f"node:{result.node_id}"
-                    round_row.phase_received = [*round_row.phase_received, cid]
-                    metrics.CLIENT_BYTES.labels(cid, "sent").inc(result.bytes_sent)
-                    metrics.CLIENT_BYTES.labels(cid, "received").inc(result.bytes_received)
-                    metrics.CLIENT_OUTCOMES.labels(task_id, result.phase, "failed" if result.error else "ok").inc()
-                    doc("client", result.phase, cid, result.metrics, **{
-                        "fedops.flower.node_id": str(result.node_id), "fedops.bytes_sent": result.bytes_sent,
-                        "fedops.bytes_received": result.bytes_received, "error.message": result.error or None})
-                    if result.error:
-                        round_row.failed = sorted(set(round_row.failed) | {cid})
-                        db.add(ClientResultRow(run_id=run.id, round=number, phase=result.phase, client_id=cid,
-                                               node_id=str(result.node_id), error=result.error))
-                        self._mark_client_failed(db, cid, run.id, f"round {number} {result.phase}: {result.error}")
-                        metrics.CLIENT_FAILURES.labels(cid).inc()
-                        publish.append(("client_failed", f"{cid} failed round {number} {result.phase}: {result.error}",
-                                        number, cid, {}))
-                    else:
-                        round_row.responded = sorted(set(round_row.responded) | {cid})
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "responded").set(len(round_row.responded))
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(len(round_row.failed))
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(
-                    len(set(round_row.phase_expected) - set(round_row.phase_received)))
-            elif kind == "phase_finished" and round_row is not None:
-                for node_id in event.node_ids:
-                    cid = self._client_of(run, node_id) or f"node:{node_id}"
-                    round_row.failed = sorted(set(round_row.failed) | {cid})
-                    reason = f"no reply in round {number} {event.phase} within {round_row.phase_timeout_s:.0f}s"
-                    db.add(ClientResultRow(run_id=run.id, round=number, phase=event.phase, client_id=cid,
-                                           node_id=str(node_id), error=reason))
-                    self._mark_client_failed(db, cid, run.id, reason)
-                    metrics.CLIENT_FAILURES.labels(cid).inc()
-                    metrics.CLIENT_OUTCOMES.labels(task_id, event.phase, "failed").inc()
-                    publish.append(("client_failed", f"{cid}: {reason}", number, cid, {}))
-                if round_row.phase_started_at is not None:
-                    metrics.PHASE_DURATION.labels(event.phase).observe(
-                        (utcnow() - round_row.phase_started_at).total_seconds())
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "failed").set(len(round_row.failed))
-                metrics.ROUND_CLIENTS.labels(run.id, task_id, "straggling").set(0)
-                round_row.phase_expected, round_row.phase_received = [], []
-                publish.append(("phase_finished", f"round {number} {event.phase}: {event.message}", number, "", {}))
-            elif kind == "aggregated" and round_row is not None:
-                if event.phase == "train":
-                    round_row.train_metrics = dict(event.metrics)
-                else:
-                    round_row.evaluate_metrics = dict(event.metrics)
-                doc("aggregated", event.phase, values=event.metrics)
-                publish.append(("aggregated", f"round {number} {event.phase} metrics aggregated", number, "",
-                                {"phase": event.phase, "metrics": dict(event.metrics)}))
-            elif kind == "round_finished" and round_row is not None:
-                round_row.central_metrics = dict(event.metrics) or round_row.central_metrics
-                round_row.phase, round_row.finished_at = "done", utcnow()
-                metrics.ROUNDS_COMPLETED.labels(task_id).inc()
-                metrics.ROUND_DURATION.labels(task_id).observe((round_row.finished_at - round_row.started_at).total_seconds())
-                doc("central", values=round_row.central_metrics, **{
-                    "fedops.clients.responded": list(round_row.responded), "fedops.clients.failed": list(round_row.failed)})
-                publish.append(("round_finished", f"round {number}/{run.total_rounds} finished", number, "",
-                                {"central": dict(round_row.central_metrics), "train": dict(round_row.train_metrics),
-                                 "evaluate": dict(round_row.evaluate_metrics), "responded": list(round_row.responded),
-                                 "failed": list(round_row.failed)}))
-            elif kind == "app_started":
-                publish.append(("app_started", "ServerApp started", 0, "", {}))
-            stop_requested = run.stop_requested == "cooperative"
-            stopped = run.stop_requested != ""
-        for cid, notice in notices:  # agents tag their telemetry with the round and report data status
-            self._agents.send(cid, notice)
-        if self._writer is not None:
-            for document in docs:
-                self._writer.write("round-metrics", document)
-        for kind_, message, rnd, cid, data in publish:
-            await self._bus.publish(event.run_id, kind_, message, round=rnd, client_id=cid, data=data)
-        if kind == "app_finished":
-            self._spawn(self._finish_after_flower(
-                event.run_id, S.RUN_OUTCOME_STOPPED if stopped else S.RUN_OUTCOME_COMPLETED, event.message or "completed"))
-        elif kind == "app_failed":
-            self._spawn(self._finish_after_flower(event.run_id, S.RUN_OUTCOME_FAILED, event.message))
-        return stop_requested
+        self._last_report[event.run_id] = asyncio.get_running_loop().time()
+        return await self._server_reports.apply(event)
 
     async def _finish_after_flower(self, run_id: str, outcome: int, reason: str) -> None:
         """The ServerApp reported its end: answer it at once, let it hand its result to the SuperLink
@@ -489,36 +405,9 @@ class RunManager:
             run_id=run.id, round=number, model_version=previous.version if previous else 0,
             model_id=previous.id if previous else ""))
 
-    def _mark_client_failed(self, db: Session, client_id: str, run_id: str, reason: str) -> None:
-        client = db.get(ClientRow, client_id)
-        if client is not None:
-            client.state, client.state_reason = S.CLIENT_STATE_FAILED, reason
-
     async def on_client_event(self, event: agent_pb2.ClientEvent) -> None:
-        """Apply a ClientApp-side report: node id mapping and per-client metrics."""
-        with self._sessions.begin() as db:
-            run = db.get(RunRow, event.run_id)
-            if run is None:
-                raise NotFound(f"run {event.run_id} not found")
-            if event.client_id not in run.client_ids:
-                raise InvalidArgument("client_id", f"{event.client_id!r} is not a participant of {run.id}")
-            run.node_clients = {**run.node_clients, str(event.node_id): event.client_id}
-            # A ClientApp learns its round only from the group id, which not every strategy sets.
-            event.round = event.round or run.current_round
-            db.add(ClientResultRow(run_id=run.id, round=event.round, phase=event.phase, client_id=event.client_id,
-                                   node_id=str(event.node_id), metrics=dict(event.metrics),
-                                   duration_s=event.duration_s, error=event.error))
-        if self._writer is not None:
-            self._writer.write("round-metrics", {
-                "metric.scope": "client-local", "fedops.run.id": event.run_id, "fedops.round": event.round,
-                "fedops.phase": event.phase, "fedops.client.id": event.client_id,
-                "fedops.flower.node_id": str(event.node_id), "fedops.duration_s": event.duration_s,
-                "metrics": dict(event.metrics), "error.message": event.error or None})
-        text = (f"{event.client_id} {event.phase} round {event.round}: "
-                + (f"error {event.error}" if event.error else ", ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())))
-        await self._bus.publish(event.run_id, "client_result", text, round=event.round, client_id=event.client_id,
-                                data={"phase": event.phase, "metrics": dict(event.metrics),
-                                      "duration_s": event.duration_s, "error": event.error})
+        """Apply a ClientApp-side report: node id mapping and the client's own result."""
+        await self._client_reports.apply(event)
 
     async def on_model_stored(self, run_id: str, model_id: str, version: int, round_number: int) -> None:
         """Announce a stored global model."""

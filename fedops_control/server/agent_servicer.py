@@ -17,6 +17,7 @@ from fedops_control.access.interceptor import AccessControl
 from fedops_control.clients.registry import HEARTBEAT_INTERVAL_S, AgentRegistry
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.manager import RunManager
+from fedops_control.run.preflight import Preflight
 from fedops_control.server.convert import model_to_proto
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
 from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
@@ -41,11 +42,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Implements fedops.v1.AgentService."""
 
     def __init__(self, sessions: sessionmaker[DbSession], agents: AgentRegistry, runs: RunManager,
-                 access: AccessControl) -> None:
+                 access: AccessControl, preflight: Preflight) -> None:
         self._sessions = sessions
         self._agents = agents
         self._runs = runs
         self._access = access
+        self._preflight = preflight
 
     @staticmethod
     def _check_certificate(context, device_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -170,6 +172,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         now = utcnow()
         self._agents.last_seen[client_id] = now
         body = message.WhichOneof("body")
+        if body == "preflight":  # answers a pending StartRun; nothing to store
+            self._preflight.on_result(client_id, message.preflight)
+            return
         with self._sessions.begin() as db:
             row = db.get(ClientRow, client_id)
             row.last_heartbeat = now
@@ -242,8 +247,9 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
         except PermissionDenied as err:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
         try:
+            metrics = {**dict(header.metrics), **{k: list(v.values) for k, v in header.metric_lists.items()}}
             row = await asyncio.to_thread(self._models.add, header.run_id, header.round, b"".join(parts),
-                                          dict(header.metrics), header.format or "npz")
+                                          metrics, header.format or "npz")
         except NotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         await self._runs.on_model_stored(row.run_id, row.id, row.version, row.round)

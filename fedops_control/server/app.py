@@ -35,6 +35,7 @@ from fedops_control.registry.store import ModelStore
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import LocalProcessLauncher
 from fedops_control.run.manager import RunManager
+from fedops_control.run.preflight import Preflight
 from fedops_control.server.agent_servicer import AgentServicer, ObserverServicer
 from fedops_control.server.control_servicer import ControlServicer
 from fedops_control.state.db import open_database, sqlite_url
@@ -120,12 +121,14 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                     if security.superlink_tls else None)
     launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
                                     spare_dir=data_dir / "superlinks" if spare_superlink else None)
+    preflight = Preflight()  # StartRun sends the checks (RunManager), agents' answers arrive (AgentServicer)
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
-                      control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None)
+                      control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None,
+                      preflight=preflight)
     control_pb2_grpc.add_ControlServiceServicer_to_server(
         ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access, preflight), server)
     agent_pb2_grpc.add_ObserverServiceServicer_to_server(ObserverServicer(runs, models, access), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(sessions, access), server)
     health_servicer = health.aio.HealthServicer()

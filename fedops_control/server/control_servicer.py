@@ -21,6 +21,7 @@ from fedops_control.server.errors import grpc_errors, grpc_stream_errors
 from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
 from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.task.spec import task_from_proto
+from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
 UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters", "client_config"}
@@ -78,7 +79,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             if path not in UPDATABLE:
                 raise InvalidArgument("update_paths", f"cannot update {path!r}; one of {sorted(UPDATABLE)}")
         with self._sessions() as db:
-            current = task_to_proto(db, self._task(db, request.task.id))
+            row = self._task(db, request.task.id)
+            current, previous = task_to_proto(db, row), StrategySpec.from_dict(row.strategy)
         merged = common_pb2.Task()
         merged.CopyFrom(current)
         for path in paths:
@@ -89,7 +91,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 getattr(merged, path).CopyFrom(getattr(request.task, path))
             else:
                 setattr(merged, path, getattr(request.task, path))
-        spec = task_from_proto(merged)
+        spec = task_from_proto(merged, previous)
         with self._sessions.begin() as db:
             row = self._task(db, request.task.id)
             for key, value in spec.items():
@@ -229,10 +231,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return diagnose(self._sessions, self._agents, request.run_id)
 
     # ---------------------------------------------------------------- models
-    def _strategy(self, task_id: str) -> dict:  # type: ignore[type-arg]
+    def _strategy(self, task_id: str) -> StrategySpec:
         with self._sessions() as db:
             task = db.get(TaskRow, task_id)
-            return dict(task.strategy) if task else {}
+            return StrategySpec.from_dict(task.strategy if task else None)
 
     @grpc_errors
     async def ListModels(self, request, context):  # type: ignore[no-untyped-def]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from fedops_common import metricvalues
 from fedops_common.convert import dict_to_struct, to_timestamp
 from fedops_common.proto import common_pb2
 from fedops_control.clients.registry import AgentRegistry
 from fedops_control.state.models import (ClientResultRow, ClientRow, DataStatusRow, MembershipRow, ModelRow, RoundRow,
                                          RunRow, TaskRow)
+from fedops_control.task.strategy import StrategySpec
 
 
 def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
@@ -19,10 +21,9 @@ def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
         app.local_path = row.app["local_path"]
     else:
         app.git.CopyFrom(common_pb2.GitSource(**row.app["git"]))
-    strategy = {k: v for k, v in row.strategy.items() if k != "run_config_keys"}
     return common_pb2.Task(
         id=row.id, title=row.title, description=row.description, tags=row.tags, app=app,
-        strategy=common_pb2.StrategySettings(**strategy, run_config_keys=row.strategy.get("run_config_keys", {})),
+        strategy=StrategySpec.from_dict(row.strategy).to_proto(),
         hyperparameters=dict_to_struct(row.hyperparameters), client_config=dict_to_struct(row.client_config),
         selected_client_ids=sorted(m.client_id for m in members if m.selected),
         enrolled_client_ids=sorted(m.client_id for m in members if m.enrolled),
@@ -59,29 +60,36 @@ def run_to_proto(db: Session, row: RunRow, with_rounds: bool = True) -> common_p
         run_config=dict_to_struct(row.run_config), config_hash=row.config_hash, flower_run_id=row.flower_run_id,
         superlink_address=row.superlink_address, resumed_from_model_id=row.resumed_from_model_id,
         created_at=to_timestamp(row.created_at), started_at=to_timestamp(row.started_at),
-        finished_at=to_timestamp(row.finished_at), initial_central_metrics=row.initial_central_metrics)
+        finished_at=to_timestamp(row.finished_at), initial_central_metrics=metricvalues.scalars(row.initial_central_metrics),
+        completed_rounds=row.completed_rounds, model_note=row.model_note, api_style=row.api_style,
+        app_decides=row.app_decides)
     if not with_rounds:
         return run
     results: dict[int, list[ClientResultRow]] = {}
     for result in db.query(ClientResultRow).filter(ClientResultRow.run_id == row.id).order_by(ClientResultRow.id):
         results.setdefault(result.round, []).append(result)
     for rnd in db.query(RoundRow).filter(RoundRow.run_id == row.id).order_by(RoundRow.number):
-        run.rounds.append(common_pb2.Round(
+        round_ = common_pb2.Round(
             number=rnd.number, phase=rnd.phase, started_at=to_timestamp(rnd.started_at),
             finished_at=to_timestamp(rnd.finished_at), selected_client_ids=rnd.selected,
-            responded_client_ids=rnd.responded, failed_client_ids=rnd.failed, train_metrics=rnd.train_metrics,
-            evaluate_metrics=rnd.evaluate_metrics, central_metrics=rnd.central_metrics,
-            model_version_id=rnd.model_version_id,
-            client_results=[common_pb2.ClientRoundResult(
-                client_id=r.client_id, node_id=int(r.node_id or 0), phase=r.phase, metrics=r.metrics,
-                duration_s=r.duration_s, error=r.error) for r in results.get(rnd.number, [])]))
+            responded_client_ids=rnd.responded, failed_client_ids=rnd.failed, model_version_id=rnd.model_version_id)
+        metricvalues.fill(round_.train_metrics, round_.train_metric_lists, rnd.train_metrics)
+        metricvalues.fill(round_.evaluate_metrics, round_.evaluate_metric_lists, rnd.evaluate_metrics)
+        metricvalues.fill(round_.central_metrics, round_.central_metric_lists, rnd.central_metrics)
+        for r in results.get(rnd.number, []):
+            result = round_.client_results.add(client_id=r.client_id, node_id=int(r.node_id or 0), phase=r.phase,
+                                               duration_s=r.duration_s, error=r.error)
+            metricvalues.fill(result.metrics, result.metric_lists, r.metrics)
+        run.rounds.append(round_)
     return run
 
 
 def model_to_proto(row: ModelRow, tags: list[str] | None = None) -> common_pb2.ModelVersion:
     """Model version with lineage."""
-    return common_pb2.ModelVersion(
+    version = common_pb2.ModelVersion(
         id=row.id, task_id=row.task_id, run_id=row.run_id, round=row.round, version=row.version,
-        participant_client_ids=row.participants, config_hash=row.config_hash, metrics=row.metrics,
+        participant_client_ids=row.participants, config_hash=row.config_hash,
         sha256=row.sha256, size_bytes=row.size_bytes, format=row.format, parent_id=row.parent_id,
         created_at=to_timestamp(row.created_at), tags=tags or [])
+    metricvalues.fill(version.metrics, version.metric_lists, row.metrics)
+    return version

@@ -69,8 +69,12 @@ class RunRow(Base):
     superlink_address: Mapped[str] = mapped_column(String(128), default="")
     resumed_from_model_id: Mapped[str] = mapped_column(String(64), default="")
     stop_requested: Mapped[str] = mapped_column(String(16), default="")
-    initial_central_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    initial_central_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     node_clients: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    api_style: Mapped[int] = mapped_column(Integer, default=0)          # common_pb2.ApiStyle
+    completed_rounds: Mapped[int] = mapped_column(Integer, default=0)   # round 0 (initialisation) not counted
+    model_note: Mapped[str] = mapped_column(Text, default="")           # why the registry holds no model
+    app_decides: Mapped[list[str]] = mapped_column(JSON, default=list)  # strategy settings the app hard-codes
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -90,9 +94,10 @@ class RoundRow(Base):
     selected: Mapped[list[str]] = mapped_column(JSON, default=list)
     responded: Mapped[list[str]] = mapped_column(JSON, default=list)
     failed: Mapped[list[str]] = mapped_column(JSON, default=list)
-    train_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    evaluate_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    central_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Metrics: name -> a number or a list of numbers (fedops_common.metricvalues).
+    train_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    evaluate_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    central_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_version_id: Mapped[str] = mapped_column(String(64), default="")
 
 
@@ -104,7 +109,7 @@ class ClientResultRow(Base):
     phase: Mapped[str] = mapped_column(String(16))
     client_id: Mapped[str] = mapped_column(String(64), default="")
     node_id: Mapped[str] = mapped_column(String(24), default="")  # uint64 overflows BIGINT
-    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str] = mapped_column(Text, default="")
 
@@ -130,7 +135,7 @@ class ModelRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     participants: Mapped[list[str]] = mapped_column(JSON, default=list)
     config_hash: Mapped[str] = mapped_column(String(64), default="")
-    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(16), default="npz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -11,28 +12,9 @@ import tomllib
 from fedops_common.convert import struct_to_dict
 from fedops_common.proto import common_pb2
 from fedops_control.task.errors import InvalidArgument
+from fedops_control.task.strategy import BEST_METRIC, DEFAULT_RUN_CONFIG_KEYS, ENFORCED_BY_FEDOPS, StrategySpec
 from fedops_control.task.templating import check_template
 
-# Strategy setting -> the run-config key of the app that receives it (Flower template names).
-DEFAULT_RUN_CONFIG_KEYS = {
-    "rounds": "num-server-rounds",
-    "fraction_train": "fraction-train",
-    "fraction_evaluate": "fraction-evaluate",
-    "min_clients": "min-nodes",
-    "round_timeout_s": "round-timeout",
-}
-STRATEGY_DEFAULTS: dict[str, Any] = {
-    "name": "FedAvg",
-    "rounds": 3,
-    "min_clients": 2,
-    "fraction_train": 1.0,
-    "fraction_evaluate": 1.0,
-    "round_timeout_s": 300.0,
-    "best_metric": "central.accuracy",
-    "best_metric_lower_is_better": False,
-    "client_max_restarts": 2,
-    "client_restart_backoff_s": 1.0,
-}
 MAX_CLIENT_RESTARTS = 100
 MAX_RESTART_BACKOFF_S = 3600.0
 MAX_ROUNDS = 100_000
@@ -41,45 +23,60 @@ KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 GIT_URL_PATTERN = re.compile(r"^(https://|http://|ssh://|git@|file://)\S+$")
 
 
-def strategy_from_proto(msg: common_pb2.StrategySettings) -> dict[str, Any]:
-    """Strategy dict with defaults for unset (zero) fields."""
-    out = dict(STRATEGY_DEFAULTS)
-    for field in ("name", "best_metric"):
-        if getattr(msg, field):
-            out[field] = getattr(msg, field)
-    if msg.HasField("client_max_restarts"):
-        out["client_max_restarts"] = msg.client_max_restarts
-    for field in ("rounds", "min_clients", "fraction_train", "fraction_evaluate", "round_timeout_s",
-                  "client_restart_backoff_s"):
-        value = getattr(msg, field)
-        if value != 0:
-            out[field] = value
-    out["best_metric_lower_is_better"] = bool(msg.best_metric_lower_is_better) or (
-        out["best_metric"].endswith("loss") and not msg.best_metric)
-    out["run_config_keys"] = {**DEFAULT_RUN_CONFIG_KEYS, **dict(msg.run_config_keys)}
-    return out
-
-
-def validate_strategy(strategy: dict[str, Any]) -> None:
+def validate_strategy(strategy: StrategySpec) -> None:
     """Range checks; raises InvalidArgument naming ``strategy.<field>``."""
-    if not 1 <= int(strategy["rounds"]) <= MAX_ROUNDS:
+    if not 1 <= strategy.rounds <= MAX_ROUNDS:
         raise InvalidArgument("strategy.rounds", f"must be between 1 and {MAX_ROUNDS}")
-    if int(strategy["min_clients"]) < 1:
+    if strategy.min_clients < 1:
         raise InvalidArgument("strategy.min_clients", "must be at least 1")
-    for field in ("fraction_train", "fraction_evaluate"):
-        if not 0.0 < float(strategy[field]) <= 1.0:
-            raise InvalidArgument(f"strategy.{field}", "must be in (0, 1]")
-    if not 0.0 < float(strategy["round_timeout_s"]) <= MAX_ROUND_TIMEOUT_S:
+    for name in ("fraction_train", "fraction_evaluate"):
+        if not 0.0 < float(getattr(strategy, name)) <= 1.0:
+            raise InvalidArgument(f"strategy.{name}", "must be in (0, 1]")
+    if not 0.0 < strategy.round_timeout_s <= MAX_ROUND_TIMEOUT_S:
         raise InvalidArgument("strategy.round_timeout_s", f"must be in (0, {MAX_ROUND_TIMEOUT_S}] seconds")
-    if not 0 <= int(strategy.get("client_max_restarts", 0)) <= MAX_CLIENT_RESTARTS:
+    if not 0 <= strategy.client_max_restarts <= MAX_CLIENT_RESTARTS:
         raise InvalidArgument("strategy.client_max_restarts", f"must be between 0 and {MAX_CLIENT_RESTARTS}")
-    if not 0.0 < float(strategy.get("client_restart_backoff_s", 1.0)) <= MAX_RESTART_BACKOFF_S:
+    if not 0.0 < strategy.client_restart_backoff_s <= MAX_RESTART_BACKOFF_S:
         raise InvalidArgument("strategy.client_restart_backoff_s", f"must be in (0, {MAX_RESTART_BACKOFF_S:g}] seconds")
-    for setting, key in strategy["run_config_keys"].items():
+    if not BEST_METRIC.match(strategy.best_metric):
+        raise InvalidArgument("strategy.best_metric", "central.NAME, train.NAME, evaluate.NAME, client.train.NAME or "
+                                                      f"client.evaluate.NAME, not {strategy.best_metric[:140]!r}")
+    for setting, key in strategy.run_config_keys.items():
         if setting not in DEFAULT_RUN_CONFIG_KEYS:
-            raise InvalidArgument(f"strategy.run_config_keys.{setting}", "unknown strategy setting")
+            raise InvalidArgument(f"strategy.run_config_keys.{setting}", "unknown strategy setting "
+                                  f"(one of {', '.join(DEFAULT_RUN_CONFIG_KEYS)})")
         if key and not KEY_PATTERN.match(key):
             raise InvalidArgument(f"strategy.run_config_keys.{setting}", f"invalid run-config key {key!r}")
+
+
+def fit_strategy_to_app(strategy: StrategySpec, msg: common_pb2.StrategySettings, app_config: dict[str, Any],
+                        previous: StrategySpec | None = None) -> StrategySpec:
+    """Check that the app can receive every setting the request gives (or, for an update, changes),
+    and mark the ones it cannot receive and nobody set as hard-coded by the app: nothing the user
+    set is dropped silently. Quorum and round timeout are enforced by FedOps whatever the app does."""
+    keys = dict(strategy.run_config_keys)
+    given, mapped = strategy.given(msg, previous), strategy.mapped(msg, previous)
+    have = ", ".join(sorted(app_config)) or "none"
+    for setting, key in strategy.run_config_keys.items():
+        enforced = setting in ENFORCED_BY_FEDOPS
+        if not key:
+            if setting in given and not enforced:
+                raise InvalidArgument(f"strategy.{setting}", f"the app hard-codes it (strategy.run_config_keys."
+                                      f"{setting} is empty), so FedOps cannot pass it; map it to a run-config key "
+                                      "or leave it unset")
+            continue
+        if key in app_config:
+            continue
+        if setting in mapped:
+            raise InvalidArgument(f"strategy.run_config_keys.{setting}",
+                                  f"the app's [tool.flwr.app.config] has no key {key!r} (it has: {have})")
+        if setting in given and not enforced:
+            raise InvalidArgument(f"strategy.{setting}",
+                                  f"the app cannot receive it: its [tool.flwr.app.config] has no key {key!r} "
+                                  f"(it has: {have}); map it with strategy.run_config_keys.{setting}=KEY, or "
+                                  "leave it unset and let the app decide")
+        keys[setting] = ""  # the app decides (quorum and round timeout: FedOps still enforces them)
+    return dataclasses.replace(strategy, run_config_keys=keys)
 
 
 def app_from_proto(msg: common_pb2.AppReference) -> dict[str, Any]:
@@ -124,6 +121,14 @@ def validate_app(app: dict[str, Any]) -> None:
             raise InvalidArgument("app.git.subdirectory", "must stay inside the repository")
 
 
+def check_keys(prefix: str, values: dict[str, Any], app_config: dict[str, Any]) -> None:
+    """Every key must be one of the app's run-config keys (a typo must not be dropped silently)."""
+    for key in values:
+        if key not in app_config:
+            raise InvalidArgument(f"{prefix}.{key}", "not a key of the app's [tool.flwr.app.config] "
+                                                     f"({', '.join(sorted(app_config)) or 'it has none'})")
+
+
 def _check_values(prefix: str, values: dict[str, Any], hp_names: set[str], allow_client: bool) -> None:
     for key, value in values.items():
         field = f"{prefix}.{key}"
@@ -136,8 +141,9 @@ def _check_values(prefix: str, values: dict[str, Any], hp_names: set[str], allow
         check_template(field, value, hp_names, allow_client)
 
 
-def task_from_proto(msg: common_pb2.Task) -> dict[str, Any]:
-    """Validate a Task message and return the dict stored in the DB (without id/timestamps)."""
+def task_from_proto(msg: common_pb2.Task, previous: StrategySpec | None = None) -> dict[str, Any]:
+    """Validate a Task message and return the dict stored in the DB (without id/timestamps);
+    ``previous``: the stored strategy, when updating."""
     title = msg.title.strip()
     if not title:
         raise InvalidArgument("title", "must not be empty")
@@ -152,7 +158,7 @@ def task_from_proto(msg: common_pb2.Task) -> dict[str, Any]:
         raise InvalidArgument("app", "a Flower app reference is required")
     app = app_from_proto(msg.app)
     validate_app(app)
-    strategy = strategy_from_proto(msg.strategy)
+    strategy = StrategySpec.from_proto(msg.strategy)
     validate_strategy(strategy)
     hyperparameters = struct_to_dict(msg.hyperparameters)
     client_config = struct_to_dict(msg.client_config)
@@ -160,16 +166,14 @@ def task_from_proto(msg: common_pb2.Task) -> dict[str, Any]:
     _check_values("client_config", client_config, set(hyperparameters), allow_client=True)
     if "local_path" in app:
         known = read_app_config(Path(app["local_path"]).expanduser())
-        for key in hyperparameters:
-            if key not in known:
-                raise InvalidArgument(f"hyperparameters.{key}",
-                                      f"not a key of the app's [tool.flwr.app.config] ({', '.join(sorted(known))})")
+        check_keys("hyperparameters", hyperparameters, known)
+        strategy = fit_strategy_to_app(strategy, msg.strategy, known, previous)
     return {
         "title": title,
         "description": msg.description,
         "tags": tags,
         "app": app,
-        "strategy": strategy,
+        "strategy": strategy.to_dict(),
         "hyperparameters": hyperparameters,
         "client_config": client_config,
     }

@@ -5,6 +5,7 @@ import tomllib
 import streamlit as st
 
 from fedops_common.convert import short_name
+from fedops_control.task.spec import DEFAULT_RUN_CONFIG_KEYS
 from fedops_dash.backends import BackendError
 from fedops_dash.ui import acted, attempt, control, page, pick_or_stop
 
@@ -18,6 +19,36 @@ def parse_hyperparameters(text: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"hyperparameters: {err}") from None
+
+
+BEST_METRIC_HELP = ("central.NAME, train.NAME or evaluate.NAME (aggregated by the strategy); client.train.NAME or "
+                    "client.evaluate.NAME (mean over the round's clients)")
+
+
+def best_metric_inputs(metric: str, lower: bool) -> tuple[str, bool]:
+    """The metric that picks the 'best' model, and its direction."""
+    b1, b2 = st.columns([3, 1])
+    return (b1.text_input("Best metric (empty = the service's default)", metric, help=BEST_METRIC_HELP).strip(),
+            b2.checkbox("Lower is better", lower,
+                        help="unticked: the service decides (lower for names ending in 'loss')"))
+
+
+def run_config_key_inputs(keys: dict[str, str]) -> dict[str, str]:
+    """One input per strategy setting: the app's run-config key receiving it; empty = the app hard-codes it."""
+    st.caption("Run-config keys: the app's key receiving each setting; empty = hard-coded by the app (not passed)")
+    columns = st.columns(len(DEFAULT_RUN_CONFIG_KEYS))
+    return {setting: column.text_input(setting, keys.get(setting, "")).strip()
+            for column, setting in zip(columns, DEFAULT_RUN_CONFIG_KEYS, strict=True)}
+
+
+def strategy_changes(values: dict, keys: dict[str, str], metric: str, lower: bool) -> dict:
+    """Strategy fields to send: settings the app hard-codes (empty key) are not sent."""
+    out = {field: value for field, value in values.items() if field not in keys or keys[field]}
+    out["run_config_keys"] = keys
+    if metric:
+        out["best_metric"] = metric
+    out["best_metric_lower_is_better"] = lower
+    return out
 
 
 with st.expander("Create a task", expanded=False):
@@ -36,14 +67,17 @@ with st.expander("Create a task", expanded=False):
         timeout = c4.number_input("Round timeout (s)", 1.0, 86_400.0, 300.0)
         hp_text = st.text_area("Hyperparameters (TOML: key = value; ${...} templating allowed)",
                                'local-epochs = 1\nlearning-rate = 0.1', height=90)
+        best_metric, lower_is_better = best_metric_inputs("", False)
+        run_config_keys = run_config_key_inputs(DEFAULT_RUN_CONFIG_KEYS)
         if st.form_submit_button("Create task"):
             try:
                 app = {"local_path": app_path} if source == "local directory" else {
                     "git": {"url": git_url, "ref": git_ref, "subdirectory": git_subdir}}
+                values = {"rounds": int(rounds), "min_clients": int(min_clients), "fraction_train": fraction,
+                          "fraction_evaluate": fraction, "round_timeout_s": timeout}
                 created = ctl.create_task(
-                    title, app, {"name": "FedAvg", "rounds": int(rounds), "min_clients": int(min_clients),
-                                 "fraction_train": fraction, "fraction_evaluate": fraction,
-                                 "round_timeout_s": timeout},
+                    title, app, {"name": "FedAvg", **strategy_changes(values, run_config_keys, best_metric,
+                                                                      lower_is_better)},
                     parse_hyperparameters(hp_text), description,
                     [t.strip() for t in tags.split(",") if t.strip()])
                 acted("task created", task_id=created["id"])
@@ -67,10 +101,14 @@ with st.form("edit-task"):
     new_rounds = e1.number_input("Rounds", 1, 100_000, int(strategy.get("rounds", 1)))
     new_quorum = e2.number_input("Quorum", 1, 10_000, int(strategy.get("min_clients", 1)))
     new_timeout = e3.number_input("Round timeout (s)", 1.0, 86_400.0, float(strategy.get("round_timeout_s", 300)))
+    new_metric, new_lower = best_metric_inputs(strategy.get("best_metric", ""),
+                                               bool(strategy.get("best_metric_lower_is_better", False)))
+    new_keys = run_config_key_inputs(strategy.get("run_config_keys", {}))
     if st.form_submit_button("Save"):
         try:
-            ctl.update_task(task_id, {"title": new_title, "strategy": {
-                "rounds": int(new_rounds), "min_clients": int(new_quorum), "round_timeout_s": new_timeout}})
+            values = {"rounds": int(new_rounds), "min_clients": int(new_quorum), "round_timeout_s": new_timeout}
+            ctl.update_task(task_id, {"title": new_title,
+                                      "strategy": strategy_changes(values, new_keys, new_metric, new_lower)})
             acted("task edited", task_id=task_id)
             st.success("Saved")
         except BackendError as err:

@@ -1,0 +1,31 @@
+"""Keys FedOps adds to the run config and node config of the apps it launches.
+
+One table shared by the control service (which writes them into the bundle it submits and
+into each SuperNode's node config), the agent, and the wrappers that run inside Flower's
+app processes (which read them). Every key starts with ``fedops-`` so it cannot collide
+with a user's own run-config keys.
+"""
+
+from __future__ import annotations
+
+# Run config (the bundle's [tool.flwr.app.config]): read by both wrappers.
+RUN_ID = "fedops-run-id"
+TASK_ID = "fedops-task-id"
+INNER_SERVERAPP = "fedops-serverapp"      # the user's own ServerApp component ("module:attr")
+INNER_CLIENTAPP = "fedops-clientapp"      # the user's own ClientApp component
+ROUND_TIMEOUT = "fedops-round-timeout"    # seconds; the observing Grid caps every wait with it
+QUORUM = "fedops-quorum"                  # strategy.min_clients
+NODE_COUNT = "fedops-node-count"          # the run's selected clients
+RESUME_MODEL_ID = "fedops-resume-model-id"
+
+# How the apps reach the control service (run config for the ServerApp, node config for ClientApps).
+CONTROL_ADDRESS = "fedops-control-address"
+CREDENTIAL_FILE = "fedops-credential-file"
+TLS_CA_FILE = "fedops-tls-ca-file"
+TLS_CERT_FILE = "fedops-tls-cert-file"
+TLS_KEY_FILE = "fedops-tls-key-file"
+
+# Node config of each SuperNode (set by the control service and the agent).
+NODE_RUN_ID = RUN_ID
+NODE_TASK_ID = TASK_ID
+NODE_CLIENT_ID = "fedops-client-id"

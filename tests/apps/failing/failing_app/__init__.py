@@ -1,0 +1,1 @@
+"""A Flower app that fails: its ServerApp raises before the first round."""

@@ -1,0 +1,1 @@
+"""legacy-analytics-app: federated analytics (a global mean) with a custom Flower Strategy."""

@@ -1,0 +1,1 @@
+"""message-lists-app: FedAvg with Flower's Message API and list-valued metrics."""

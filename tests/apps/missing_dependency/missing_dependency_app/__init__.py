@@ -1,0 +1,1 @@
+"""missing-dependency-app: its ClientApp needs a package that is not installed (loading it fails)."""

@@ -1,0 +1,13 @@
+"""no-message-app: a trivial ClientApp (never reached: the ServerApp sends nothing)."""
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def train_fn(msg: Message, context: Context) -> Message:
+    """Reply with the number of examples only."""
+    metrics = MetricRecord({"num-examples": 1})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
