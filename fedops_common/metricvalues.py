@@ -93,6 +93,11 @@ def fill(scalar_map: Any, list_map: Any, values: Mapping[str, Any] | None) -> No
         list_map[key].values.extend(items)
 
 
+def merged(scalar_map: Mapping[str, float], list_map: Mapping[str, Any]) -> dict[str, Value]:
+    """One dict from a proto's ``map<string, double>`` and ``map<string, MetricList>`` pair."""
+    return {**{k: float(v) for k, v in scalar_map.items()}, **{k: list(v.values) for k, v in list_map.items()}}
+
+
 def text(values: Mapping[str, Any] | None, keys: Iterable[str] = ()) -> str:
     """``k=v`` pairs for one line of text; lists as ``[a, b, …]`` (at most 4 items shown)."""
     wanted = set(keys)

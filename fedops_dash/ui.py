@@ -82,6 +82,14 @@ def pick_or_stop(label: str, items: list[dict[str, Any]], query_key: str, empty:
     return value
 
 
+def metric_cells(scalars: dict[str, Any] | None, lists: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """A row's metric cells from a message's scalar map and list map (JSON form): lists as text."""
+    cells: dict[str, Any] = {f"{prefix}{k}": v for k, v in (scalars or {}).items()}
+    for name, value in (lists or {}).items():
+        cells[f"{prefix}{name}"] = "[" + ", ".join(f"{v:.3g}" for v in value.get("values", [])) + "]"
+    return cells
+
+
 def metrics_table(rows: list[dict[str, Any]]) -> None:
     if rows:
         st.dataframe(rows, width="stretch", hide_index=True)

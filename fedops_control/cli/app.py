@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from fedops_common import metricvalues
 from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
@@ -176,11 +177,6 @@ def parse_run_config_keys(pairs: list[str] | None) -> dict[str, str]:
                                      param_hint="--run-config-key")
         out[setting] = key.strip()
     return out
-
-
-def fmt_metrics(metrics: Any, keys: tuple[str, ...] = ()) -> str:
-    items = [(k, v) for k, v in sorted(metrics.items()) if not keys or k in keys]
-    return ", ".join(f"{k}={v:.4g}" for k, v in items)
 
 
 @app.command("health")
@@ -443,23 +439,31 @@ def clients_data_status(
 # ------------------------------------------------------------------ runs
 def render_run(run: common_pb2.Run) -> None:
     outcome = f" ({enum_label(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
+    total = run.total_rounds or "?"
     say((f"Run {run.id}", "bold"), f" task={run.task_id} state={enum_label(S.RunState, run.state)}{outcome} "
-        f"round {run.current_round}/{run.total_rounds}  {run.reason}")
-    table = Table("round", "phase", "participants", "failed", "central loss", "central acc", "train", "evaluate",
-                  "model", title="Rounds")
+        f"round {run.current_round}/{total}, {run.completed_rounds} completed  {run.reason}")
+    if run.api_style:
+        say(f"observed as: {enum_label(S.ApiStyle, run.api_style)}")
+    if run.app_decides:
+        say("the app hard-codes: " + ", ".join(f"strategy.{name}" for name in run.app_decides))
+    if run.model_note:
+        say(f"models: {run.model_note}")
+    table = Table("round", "phase", "participants", "failed", "central", "train", "evaluate", "model", title="Rounds")
     if run.initial_central_metrics:
-        table.add_row("0", "initial", "", "", f"{run.initial_central_metrics.get('loss', float('nan')):.4f}",
-                      f"{run.initial_central_metrics.get('accuracy', float('nan')):.4f}", "", "", "")
+        table.add_row("0", "initial", "", "", metricvalues.text(run.initial_central_metrics), "", "", "")
     for r in run.rounds:
         table.add_row(str(r.number), r.phase, ", ".join(r.responded_client_ids), ", ".join(r.failed_client_ids),
-                      f"{r.central_metrics['loss']:.4f}" if "loss" in r.central_metrics else "",
-                      f"{r.central_metrics['accuracy']:.4f}" if "accuracy" in r.central_metrics else "",
-                      fmt_metrics(r.train_metrics), fmt_metrics(r.evaluate_metrics), r.model_version_id)
+                      metricvalues.text(metricvalues.merged(r.central_metrics, r.central_metric_lists)),
+                      metricvalues.text(metricvalues.merged(r.train_metrics, r.train_metric_lists)),
+                      metricvalues.text(metricvalues.merged(r.evaluate_metrics, r.evaluate_metric_lists)),
+                      r.model_version_id)
     console.print(table)
     clients = Table("round", "client", "phase", "metrics", "seconds", "error", title="Per-client results")
     for r in run.rounds:
         for c in r.client_results:
-            clients.add_row(str(r.number), c.client_id, c.phase, fmt_metrics(c.metrics), f"{c.duration_s:.2f}", c.error)
+            clients.add_row(str(r.number), c.client_id, c.phase,
+                            metricvalues.text(metricvalues.merged(c.metrics, c.metric_lists)), f"{c.duration_s:.2f}",
+                            c.error)
     console.print(clients)
 
 
@@ -570,15 +574,19 @@ def render_models(resp: control_pb2.ListModelsResponse) -> None:
                   title="Model versions")
     for m in resp.models:
         table.add_row(m.id, m.task_id, m.run_id, str(m.round), f"v{m.version}", ", ".join(m.tags),
-                      fmt_metrics(m.metrics, ("central.accuracy", "central.loss")), ", ".join(m.participant_client_ids),
+                      metricvalues.text(m.metrics, ("central.accuracy", "central.loss")), ", ".join(m.participant_client_ids),
                       m.parent_id, str(m.size_bytes))
     console.print(table)
 
 
 @models_app.command("list")
 def models_list(task: Annotated[str, typer.Option()] = "", run: Annotated[str, typer.Option()] = "") -> None:
-    """List global model versions with lineage."""
-    emit(call(Ctx.stub().ListModels, control_pb2.ListModelsRequest(task_id=task, run_id=run)), render_models)
+    """List global model versions with lineage (for a run without any: why the registry holds none)."""
+    response = call(Ctx.stub().ListModels, control_pb2.ListModelsRequest(task_id=task, run_id=run))
+    emit(response, render_models)
+    if run and not response.models and Ctx.output == Output.table:
+        note = call(Ctx.stub().GetRun, control_pb2.GetRunRequest(run_id=run)).model_note
+        say(f"no model versions: {note or 'the run has stored none yet'}")
 
 
 @models_app.command("show")

@@ -234,7 +234,7 @@ class ServerReports:
             return
         for result in applied.event.replies.results:
             cid = applied.client_of(result.node_id)
-            values = {**dict(result.metrics), **{k: list(v.values) for k, v in result.metric_lists.items()}}
+            values = metricvalues.merged(result.metrics, result.metric_lists)
             round_row.phase_received = [*round_row.phase_received, cid]
             metrics.CLIENT_BYTES.labels(cid, "sent").inc(result.bytes_sent)
             metrics.CLIENT_BYTES.labels(cid, "received").inc(result.bytes_received)

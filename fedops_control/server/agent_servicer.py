@@ -9,6 +9,7 @@ import re
 import grpc
 from sqlalchemy.orm import Session as DbSession, sessionmaker
 
+from fedops_common import metricvalues
 from fedops_common.convert import struct_to_dict, utcnow
 from fedops_common.logging import get_logger
 from fedops_common.observer import CHUNK_BYTES
@@ -247,9 +248,9 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
         except PermissionDenied as err:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
         try:
-            metrics = {**dict(header.metrics), **{k: list(v.values) for k, v in header.metric_lists.items()}}
             row = await asyncio.to_thread(self._models.add, header.run_id, header.round, b"".join(parts),
-                                          metrics, header.format or "npz")
+                                          metricvalues.merged(header.metrics, header.metric_lists),
+                                          header.format or "npz")
         except NotFound as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         await self._runs.on_model_stored(row.run_id, row.id, row.version, row.round)

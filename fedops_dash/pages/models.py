@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from fedops_dash.ui import attempt, control, metrics_table, page, pick
+from fedops_dash.ui import attempt, control, metric_cells, metrics_table, page, pick
 
 page("Models")
 ctl = control()
@@ -13,13 +13,15 @@ if task_id is None:
     st.stop()
 models = attempt("Listing models", lambda: ctl.models(task_id=task_id), [])
 if not models:
-    st.info("No model version stored for this task yet: one is stored after every round.")
+    notes = {r["model_note"] for r in attempt("Listing runs", lambda: ctl.runs(task_id), []) if r.get("model_note")}
+    st.info("No model version stored for this task yet: one is stored after every round that has a model."
+            + "".join(f" {note}." for note in sorted(notes)))
     st.stop()
 metrics_table([{"version": m["version"], "id": m["id"], "run": m["run_id"], "round": m["round"],
                 "tags": ", ".join(m.get("tags", [])), "parent": m.get("parent_id", ""),
                 "participants": ", ".join(m.get("participant_client_ids", [])),
                 "config hash": m.get("config_hash", "")[:12], "sha256": m.get("sha256", "")[:12],
-                **m.get("metrics", {})} for m in models])
+                **metric_cells(m.get("metrics"), m.get("metric_lists"))} for m in models])
 
 st.subheader("Compare")
 by_label = {f"v{m['version']} ({m['id']})": m for m in models}

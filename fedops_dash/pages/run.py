@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 from fedops_common.convert import short_name
-from fedops_dash.ui import attempt, control, metrics_table, page, pick_or_stop
+from fedops_dash.ui import attempt, control, metric_cells, metrics_table, page, pick_or_stop
 
 REFRESH_S = 3
 page("Run")
@@ -17,7 +17,18 @@ state, outcome = short_name(run.get("state", "")), short_name(run.get("outcome",
 current, total = int(run.get("current_round", 0)), int(run.get("total_rounds", 0))
 st.markdown(f"**{run_id}** of task `{run['task_id']}`: **{state}**" + (f" ({outcome})" if outcome else "")
             + (f" — {run['reason']}" if run.get("reason") else ""))
-st.progress(min(current / total, 1.0) if total else 0.0, text=f"round {current} of {total}")
+completed = int(run.get("completed_rounds", 0))
+st.progress(min(completed / total, 1.0) if total else 0.0,
+            text=f"round {current} of {total or '?'}, {completed} completed")
+notes = []
+if run.get("api_style"):
+    notes.append(f"observed as **{short_name(run['api_style']).replace('_', ' ')}**")
+if run.get("app_decides"):
+    notes.append("the app hard-codes " + ", ".join(f"`strategy.{s}`" for s in run["app_decides"]))
+if run.get("model_note"):
+    notes.append(f"models: {run['model_note']}")
+if notes:
+    st.caption("; ".join(notes))
 
 rounds = run.get("rounds", [])
 global_rows = []
@@ -25,9 +36,8 @@ if run.get("initial_central_metrics"):
     global_rows.append({"round": 0, **{f"central {k}": v for k, v in run["initial_central_metrics"].items()}})
 for r in rounds:
     row = {"round": r["number"]}
-    row.update({f"central {k}": v for k, v in r.get("central_metrics", {}).items()})
-    row.update({f"train {k}": v for k, v in r.get("train_metrics", {}).items()})
-    row.update({f"evaluate {k}": v for k, v in r.get("evaluate_metrics", {}).items()})
+    for scope in ("central", "train", "evaluate"):
+        row.update(metric_cells(r.get(f"{scope}_metrics"), r.get(f"{scope}_metric_lists"), f"{scope} "))
     global_rows.append(row)
 st.subheader("Global model per round")
 if global_rows:
@@ -46,7 +56,8 @@ metrics_table([{"round": r["number"], "phase": r.get("phase", ""),
 st.subheader("Per-client local metrics")
 metrics_table([{"round": r["number"], "client": c.get("client_id", ""), "phase": c.get("phase", ""),
                 "duration s": round(c.get("duration_s", 0.0), 2), "error": c.get("error", ""),
-                **c.get("metrics", {})} for r in rounds for c in r.get("client_results", [])])
+                **metric_cells(c.get("metrics"), c.get("metric_lists"))}
+               for r in rounds for c in r.get("client_results", [])])
 
 st.subheader("Diagnosis")
 diagnosis = attempt("Diagnosing", lambda: ctl.diagnose(run_id), None)
