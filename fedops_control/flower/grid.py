@@ -145,7 +145,7 @@ class ObservedGrid(Grid):
             failure = agent_pb2.QuorumFailure(phase=step.phase, sent=len(step.node_ids), ok=step.ok, needed=needed,
                                               timed_out=len(timed_out))
             raise QuorumNotMet(f"round {step.round} {step.phase}: {step.ok} of {len(step.node_ids)} replies "
-                               f"succeeded, {needed} needed ({len(timed_out)} timed out)", failure)
+                               f"succeeded, {needed} needed for the quorum ({len(timed_out)} timed out)", failure)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push, then poll replies every 100 ms, reporting each reply as it arrives."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomli_w
 
+from fedops_common import runconfig as keys
 from fedops_control.task.errors import InvalidArgument
 
 SERVER_WRAPPER = "fedops_control.flower.serverapp:app"
@@ -53,8 +54,8 @@ def build_bundle(source: Path, target: Path, fedops_config: dict[str, Any]) -> d
     app = data["tool"]["flwr"]["app"]
     components = app["components"]
     app_config = dict(app.get("config", {}))
-    fedops_config = {**fedops_config, "fedops-serverapp": components["serverapp"],
-                     "fedops-clientapp": components["clientapp"]}
+    fedops_config = {**fedops_config, keys.INNER_SERVERAPP: components["serverapp"],
+                     keys.INNER_CLIENTAPP: components["clientapp"]}
     components["serverapp"] = SERVER_WRAPPER
     components["clientapp"] = CLIENT_WRAPPER
     app["config"] = {**app_config, **fedops_config}

@@ -119,7 +119,7 @@ def _root_cause(applied: Applied, failed: agent_pb2.AppFailed) -> str:
         return f"{failed.error_type}: {failed.message}" if failed.error_type else failed.message
     quorum = failed.quorum
     step = (f"round {event.round} {quorum.phase}: {quorum.ok} of {quorum.sent} "
-            f"{'reply' if quorum.sent == 1 else 'replies'} succeeded, {quorum.needed} needed")
+            f"{'reply' if quorum.sent == 1 else 'replies'} succeeded, {quorum.needed} needed for the quorum")
     rows = (applied.db.query(ClientResultRow)
             .filter(ClientResultRow.run_id == applied.run.id, ClientResultRow.round == event.round,
                     ClientResultRow.phase == quorum.phase, ClientResultRow.error != "").all())
