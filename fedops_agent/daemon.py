@@ -25,15 +25,29 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from fedops_agent import forkserver, preflight
 from fedops_agent.datastatus import compute_data_status
 from fedops_agent.device import device_info, stable_device_id
-from fedops_agent.identity import CREDENTIAL_FILE, load_credential, save_credential, supernode_keypair
+from fedops_agent.identity import (
+    CREDENTIAL_FILE,
+    load_credential,
+    save_credential,
+    supernode_keypair,
+)
 from fedops_agent.resources import ResourceSampler, TrainingTags
-from fedops_agent.supernode import SuperNodeProcess, start_supernode, stop_supernode, wait_exit
+from fedops_agent.supernode import (
+    SuperNodeProcess,
+    start_supernode,
+    stop_supernode,
+    wait_exit,
+)
+from fedops_common import runconfig as keys
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
-from fedops_common import runconfig as keys
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
 from fedops_common.security import ChannelSecurity, token_digest
-from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, Telemetry, start_telemetry
+from fedops_common.telemetry.actor import (
+    ENV_ELASTICSEARCH_URL,
+    Telemetry,
+    start_telemetry,
+)
 from fedops_common.telemetry.metrics_http import serve_metrics
 
 log = get_logger(__name__)

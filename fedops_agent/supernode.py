@@ -10,7 +10,12 @@ from pathlib import Path
 from fedops_agent import forkserver
 from fedops_common.logging import get_logger
 from fedops_common.net import free_port
-from fedops_common.proc import ChildProcess, console_script, flower_env, stop_process_group
+from fedops_common.proc import (
+    ChildProcess,
+    console_script,
+    flower_env,
+    stop_process_group,
+)
 
 log = get_logger(__name__)
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from fedops_common.security import ChannelSecurity, TokenInterceptor, aio_token_interceptors
+from fedops_common.security import (
+    ChannelSecurity,
+    TokenInterceptor,
+    aio_token_interceptors,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [

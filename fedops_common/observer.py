@@ -7,8 +7,8 @@ break a training run.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc

@@ -20,7 +20,14 @@ from fedops_common.grpc_channel import control_channel
 from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import console_script, scan_processes, stop_process_group
 from fedops_common.proto import access_pb2, access_pb2_grpc
-from fedops_common.security import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN, ChannelSecurity, read_secret
+from fedops_common.security import (
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    ChannelSecurity,
+    read_secret,
+)
 
 
 @dataclass

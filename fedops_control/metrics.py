@@ -14,10 +14,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedops_common.convert import enum_label
-from fedops_common.convert import utcnow
+from fedops_common.convert import enum_label, utcnow
 from fedops_common.proto import common_pb2
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
 from fedops_control.state.models import ClientRow, RoundRow, RunRow
 from fedops_control.task.strategy import StrategySpec
 
@@ -51,7 +50,7 @@ RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["t
 class StateCollector(Collector):
     """Gauges read from the database at scrape time."""
 
-    def __init__(self, sessions: sessionmaker[Session], agents: AgentRegistry) -> None:
+    def __init__(self, sessions: sessionmaker[Session], agents: AgentSessions) -> None:
         self._sessions = sessions
         self._agents = agents
 
@@ -103,13 +102,74 @@ class StateCollector(Collector):
         yield from (runs, clients, connected, age, current, waiting, missing, quorum)
 
 
+# ---------------------------------------------------------------- the façade the run code calls
+def run_started(task_id: str) -> None:
+    RUNS_STARTED.labels(task_id).inc()
+
+
+def run_finished(run_id: str, task_id: str, outcome: str) -> None:
+    """Count the outcome and drop the run's own series."""
+    RUNS_FINISHED.labels(task_id, outcome).inc()
+    forget_run(run_id)
+
+
+def round_completed(task_id: str, seconds: float) -> None:
+    ROUNDS_COMPLETED.labels(task_id).inc()
+    ROUND_DURATION.labels(task_id).observe(seconds)
+
+
+def phase_started(run_id: str, task_id: str, phase: str, selected: int, sent: int) -> None:
+    """A phase went out: its clients straggle until they reply; a train phase starts the round's counts."""
+    for outcome in ("ok", "failed"):  # export 0 before the first failure: rates and alerts see it
+        CLIENT_OUTCOMES.labels(task_id, phase, outcome)
+    round_clients(run_id, task_id, selected=selected, straggling=sent,
+                  **({"responded": 0, "failed": 0} if phase == "train" else {}))
+
+
+def phase_finished(phase: str, seconds: float | None) -> None:
+    if seconds is not None:
+        PHASE_DURATION.labels(phase).observe(seconds)
+
+
+def round_clients(run_id: str, task_id: str, **counts: int) -> None:
+    """The current round's clients by status (selected, responded, failed, straggling)."""
+    for status, count in counts.items():
+        ROUND_CLIENTS.labels(run_id, task_id, status).set(count)
+
+
+def client_result(task_id: str, client_id: str, phase: str, failed: bool, sent_bytes: int = 0,
+                  received_bytes: int = 0) -> None:
+    """One client's reply (or timeout) in a phase."""
+    CLIENT_OUTCOMES.labels(task_id, phase, "failed" if failed else "ok").inc()
+    if sent_bytes or received_bytes:
+        CLIENT_BYTES.labels(client_id, "sent").inc(sent_bytes)
+        CLIENT_BYTES.labels(client_id, "received").inc(received_bytes)
+    if failed:
+        CLIENT_FAILURES.labels(client_id).inc()
+
+
+def client_failed(client_id: str) -> None:
+    """A failure outside a phase's replies (a lost agent, a crashed SuperNode)."""
+    CLIENT_FAILURES.labels(client_id).inc()
+
+
+def global_metrics(run_id: str, task_id: str, scope: str, values: dict[str, float]) -> None:
+    for name, value in values.items():
+        ROUND_METRIC.labels(run_id, task_id, scope, name).set(value)
+
+
+def client_metrics(run_id: str, client_id: str, phase: str, values: dict[str, float]) -> None:
+    for name, value in values.items():
+        CLIENT_METRIC.labels(run_id, client_id, phase, name).set(value)
+
+
 def forget_run(run_id: str) -> None:
     """Drop the per-run series of a finished run."""
     for gauge in (ROUND_CLIENTS, ROUND_METRIC, CLIENT_METRIC):
         gauge.remove_by_labels({"run_id": run_id})
 
 
-def register_state_collector(sessions: sessionmaker[Session], agents: AgentRegistry) -> StateCollector:
+def register_state_collector(sessions: sessionmaker[Session], agents: AgentSessions) -> StateCollector:
     """Add the collector to the default registry (what /metrics serves)."""
     collector = StateCollector(sessions, agents)
     REGISTRY.register(collector)

@@ -11,14 +11,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
+from fedops_client import ControlClient, ControlError
 from fedops_common.convert import dict_to_struct
-from fedops_common.grpc_channel import control_channel
-from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_common.proto import common_pb2, control_pb2
 from fedops_common.telemetry.queries import QueryError as BackendError
-from fedops_common.telemetry.queries import prometheus_query, resource_timeline, search_logs
+from fedops_common.telemetry.queries import (
+    prometheus_query,
+    resource_timeline,
+    search_logs,
+)
 
 ENV_CONTROL = "FEDOPS_CONTROL"
 ENV_ELASTICSEARCH = "FEDOPS_ELASTICSEARCH_URL"
@@ -49,17 +52,17 @@ def to_dict(message: Any) -> dict[str, Any]:
 
 
 class Control:
-    """The control service's ControlService."""
+    """The control service's ControlService, through the client library fedopsctl uses too."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._stub = control_pb2_grpc.ControlServiceStub(control_channel(address))
+        self._client = ControlClient(address)
 
     def _call(self, method: str, request: Any, timeout: float = 15) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=timeout)
-        except grpc.RpcError as err:
-            raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+            return self._client.call(method, request, timeout)
+        except ControlError as err:
+            raise BackendError(str(err)) from None
 
     def tasks(self) -> list[dict[str, Any]]:
         return [to_dict(t) for t in self._call("ListTasks", control_pb2.ListTasksRequest()).tasks]
@@ -76,21 +79,12 @@ class Control:
         return to_dict(self._call("CreateTask", control_pb2.CreateTaskRequest(task=task)))
 
     def update_task(self, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """``changes``: title, description, tags, strategy (merged into the current), hyperparameters."""
-        current = self._call("GetTask", control_pb2.GetTaskRequest(task_id=task_id))
-        task = common_pb2.Task(id=task_id)
-        for key in ("title", "description"):
-            if key in changes:
-                setattr(task, key, changes[key])
-        if "tags" in changes:
-            task.tags.extend(changes["tags"])
-        if "strategy" in changes:
-            task.strategy.CopyFrom(current.strategy)
-            json_format.ParseDict(changes["strategy"], task.strategy)
-        if "hyperparameters" in changes:
-            task.hyperparameters.CopyFrom(dict_to_struct(changes["hyperparameters"]))
-        request = control_pb2.UpdateTaskRequest(task=task, update_paths=sorted(changes))
-        return to_dict(self._call("UpdateTask", request))
+        """``changes``: title, description, tags, strategy (merged into the current), hyperparameters,
+        as :func:`fedops_client.task_update_request` takes them."""
+        try:
+            return to_dict(self._client.update_task(task_id, **changes))
+        except ControlError as err:
+            raise BackendError(str(err)) from None
 
     def select_clients(self, task_id: str, client_ids: list[str]) -> dict[str, Any]:
         return to_dict(self._call("SetTaskMembership",
@@ -124,11 +118,11 @@ class Control:
         an active run's is cut after ``wait_s`` and what arrived is returned."""
         events: list[dict[str, Any]] = []
         try:
-            for event in self._stub.WatchRun(control_pb2.WatchRunRequest(run_id=run_id), timeout=wait_s):
+            for event in self._client.stream("WatchRun", control_pb2.WatchRunRequest(run_id=run_id), timeout=wait_s):
                 events.append(to_dict(event))
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+        except ControlError as err:
+            if err.code.name != "DEADLINE_EXCEEDED":
+                raise BackendError(str(err)) from None
         return events
 
     def models(self, task_id: str = "", run_id: str = "") -> list[dict[str, Any]]:
@@ -137,9 +131,7 @@ class Control:
 
     def download_model(self, model_id: str) -> bytes:
         try:
-            return b"".join(c.data for c in self._stub.DownloadModel(control_pb2.GetModelRequest(model_id=model_id),
-                                                                     timeout=120))
-        except grpc.RpcError as err:
-            raise BackendError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
-
-
+            return b"".join(c.data for c in self._client.stream(
+                "DownloadModel", control_pb2.GetModelRequest(model_id=model_id), timeout=120))
+        except ControlError as err:
+            raise BackendError(str(err)) from None

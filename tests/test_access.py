@@ -17,8 +17,15 @@ from hypothesis import strategies as st
 
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proc import console_script
-from fedops_common.proto import (access_pb2, access_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2, control_pb2,
-                                 control_pb2_grpc)
+from fedops_common.proto import (
+    access_pb2,
+    access_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    control_pb2,
+    control_pb2_grpc,
+)
 from fedops_common.security import ChannelSecurity
 from fedops_control.access.policy import ENROLMENT, METHOD_ROLES, allows
 from fedops_control.devstack import LocalStack
@@ -317,7 +324,7 @@ def _only_fleet_api_is_reachable(run_id: str, run_dir: Path, address: str) -> No
     public_port = int(address.rsplit(":", 1)[1])
     local = LocalProcessLauncher().adopt(run_id, run_dir, address)
     assert local is not None
-    internal_port = int(local.extra["local_address"].rsplit(":", 1)[1])
+    internal_port = int(local.control_address.rsplit(":", 1)[1])
     assert internal_port != public_port
     # 127.0.0.2 is this host too, but not the address 127.0.0.1 binds: only 0.0.0.0 listeners answer there.
     socket.create_connection(("127.0.0.2", public_port), timeout=5).close()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedops_control.devstack import LocalStack
+from fedops_control.errors import InvalidArgument
 from fedops_control.run.bundle import fetch_app
-from fedops_control.task.errors import InvalidArgument
 from tests.conftest import DIGITS_APP, control_stack
 from tests.test_e2e import wait_finished, wait_for
 

@@ -4,7 +4,6 @@ through FedOps with real processes, Elasticsearch and Prometheus, and fully obse
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,4 +247,4 @@ def test_client_failure_reason_leads_with_the_root_cause(fleet: dict[str, Any]) 
     assert sorted(c["client_id"] for c in failures) == sorted(finished["client_ids"])  # one row per client
     assert all(c["error"].startswith("ModuleNotFoundError") for c in failures)
     diagnosis = stack.ctl_json("run", "diagnose", run["id"])
-    assert "after 0 completed rounds: ModuleNotFoundError" in diagnosis["summary"]
+    assert "after 0 rounds: ModuleNotFoundError" in diagnosis["summary"]

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fedops_control.devstack import LocalStack
 from fedops_common.net import free_port
 from fedops_common.proc import console_script, stop_process_group
+from fedops_control.devstack import LocalStack
 from tests.backends import Elasticsearch, Prometheus, prometheus_config, wait_until
 from tests.test_e2e import create_task, start_clients, wait_finished
 

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from fedops_common.telemetry.kibana import SAVED_OBJECTS, KibanaError, import_saved_objects
+from fedops_common.telemetry.kibana import (
+    SAVED_OBJECTS,
+    KibanaError,
+    import_saved_objects,
+)
+
+pytestmark = pytest.mark.integration  # real servers or processes, no FL run
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "observability" / "grafana"

@@ -22,7 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedops_common.grpc_channel import MAX_MESSAGE_BYTES, control_channel
-from fedops_common.proto import access_pb2, access_pb2_grpc, agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+from fedops_common.proto import (
+    access_pb2,
+    access_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+)
 from fedops_control.devstack import LocalStack
 from tests.conftest import DIGITS_APP, control_stack
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from fedops_control.flower.grid import JOIN_WAIT_S, ObservedGrid
-from fedops_control.flower.reporter import Reporter, RunState
+from fedops_flower.serverapp.grid import JOIN_WAIT_S, ObservedGrid
+from fedops_flower.serverapp.reporter import Reporter, RunState
 
 
 class JoiningNodes:

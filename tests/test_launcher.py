@@ -13,6 +13,8 @@ from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.run import flower_control
 from fedops_control.run.launcher import CLAIMED_BY, LocalProcessLauncher, is_loopback
 
+pytestmark = pytest.mark.integration  # real servers or processes, no FL run
+
 
 def test_loopback_names() -> None:
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
@@ -32,7 +34,7 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
     handle = asyncio.run(launcher.start("run-1", workdir))
     try:
         port = int(handle.address.rsplit(":", 1)[1])
-        internal = int(handle.extra["local_address"].rsplit(":", 1)[1])
+        internal = int(handle.control_address.rsplit(":", 1)[1])
         assert (port != internal) == (bind_host == "0.0.0.0")
         if bind_host == "0.0.0.0":
             socket.create_connection(("127.0.0.2", port), timeout=5).close()  # every interface
@@ -44,8 +46,8 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
         assert flower_control.status_text(asyncio.run(flower_control.get_run(handle, "12345"))) == "unknown"
         adopted = LocalProcessLauncher(bind_host=bind_host).adopt("run-1", workdir, handle.address)
         assert adopted is not None
-        assert adopted.extra["pid"] == str(handle.process.pid)  # the group leader
-        assert adopted.extra["local_address"] == handle.extra["local_address"]
+        assert adopted.pid == handle.process.pid  # the group leader
+        assert adopted.control_address == handle.control_address
         assert LocalProcessLauncher().adopt("run-2", tmp_path / "run-2", handle.address) is None
         asyncio.run(launcher.stop(adopted))
         assert not pid_alive(handle.process.pid) or handle.process.poll() is not None
@@ -71,7 +73,7 @@ def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> Non
         assert (spare.flwr_home.parent / CLAIMED_BY).read_text() == "run-1"
         assert (workdir / "superlink.log").exists()
         adopted = LocalProcessLauncher(spare_dir=spares).adopt("run-1", workdir, handle.address)
-        assert adopted is not None and adopted.extra["pid"] == str(handle.process.pid)
+        assert adopted is not None and adopted.pid == handle.process.pid
         assert flower_control.status_text(await flower_control.get_run(handle, "1")) == "unknown"
         await launcher.stop(handle)
         assert not pid_alive(handle.process.pid) and _group(spare.flwr_home.parent) == []

@@ -14,7 +14,14 @@ import yaml
 
 from fedops_common.net import free_port
 from fedops_control.devstack import LocalStack
-from tests.backends import PROMETHEUS_YML, Elasticsearch, Prometheus, http_json, prometheus_config, wait_until
+from tests.backends import (
+    PROMETHEUS_YML,
+    Elasticsearch,
+    Prometheus,
+    http_json,
+    prometheus_config,
+    wait_until,
+)
 from tests.test_e2e import create_task, start_clients, wait_finished
 
 pytestmark = pytest.mark.e2e

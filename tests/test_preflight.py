@@ -17,9 +17,15 @@ import pytest
 from fedops_agent.preflight import check
 from fedops_common.grpc_channel import control_channel
 from fedops_common.proto import agent_pb2, control_pb2, control_pb2_grpc
-from fedops_control.clients.registry import AgentRegistry
-from fedops_control.run.preflight import NOT_CONNECTED, Preflight, app_requirements, no_answer, summary
-from fedops_control.task.errors import InvalidArgument
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import InvalidArgument
+from fedops_control.run.preflight import (
+    NOT_CONNECTED,
+    Preflight,
+    app_requirements,
+    no_answer,
+    summary,
+)
 from tests.conftest import DIGITS_APP, ROOT, control_stack
 
 MISSING = "fedops-no-such-package"
@@ -98,7 +104,7 @@ def test_app_requirements(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- control: Preflight.run()
 def test_preflight_collects_answers_times_out_and_reports_offline_clients() -> None:
     async def scenario() -> dict[str, list[str]]:
-        agents, preflight = AgentRegistry(), Preflight()
+        agents, preflight = AgentSessions(), Preflight()
         queues = {cid: agents.open(cid) for cid in ("client-ok", "client-bad", "client-silent")}
 
         async def answer(cid: str, problems: list[str]) -> None:
@@ -132,7 +138,7 @@ def test_agent_servicer_routes_answers_without_the_database() -> None:
     from fedops_control.server.agent_servicer import AgentServicer
 
     async def scenario() -> list[str]:
-        agents, preflight = AgentRegistry(), Preflight()
+        agents, preflight = AgentSessions(), Preflight()
         queue = agents.open("client-a")
         sessions = mock.Mock(side_effect=AssertionError("no DB work"))
         sessions.begin.side_effect = AssertionError("no DB work")

@@ -14,6 +14,8 @@ from fedops_common.net import free_port
 from fedops_common.proc import pid_alive, scan_processes
 from tests.test_e2e import wait_for
 
+pytestmark = pytest.mark.integration  # real servers or processes, no FL run
+
 
 def _titles(marker: str) -> dict[int, str]:
     """pid -> command line (or title) of every process that mentions ``marker``."""

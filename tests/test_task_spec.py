@@ -4,7 +4,7 @@ import pytest
 
 from fedops_common.convert import dict_to_struct
 from fedops_common.proto import common_pb2
-from fedops_control.task.errors import InvalidArgument
+from fedops_control.errors import InvalidArgument
 from fedops_control.task.spec import task_from_proto
 from tests.conftest import DIGITS_APP
 

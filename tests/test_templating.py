@@ -2,8 +2,12 @@
 
 import pytest
 
-from fedops_control.task.errors import InvalidArgument
-from fedops_control.task.templating import check_template, render_client_config, render_hyperparameters
+from fedops_control.errors import InvalidArgument
+from fedops_control.task.templating import (
+    check_template,
+    render_client_config,
+    render_hyperparameters,
+)
 
 VARS = {"run.id": "run-1", "run.client_count": 3, "run.client_ids": "a,b,c", "task.id": "t", "task.title": "T",
         "strategy.rounds": 5}

@@ -41,7 +41,7 @@ def main(root: Path = Path(".fedops/demo"), rounds: int = 3, agents: int = 3) ->
             stack.start_agent(f"client{i}", [task["id"]], data_dir)
         clients = [stack.client_id(f"client{i}") for i in range(agents)]
         stack.ctl("task", "select", task["id"], *clients)
-        ctl = [sys.executable, "-m", "fedops_control.cli.app", "--token-file", str(stack.admin_token_file)]
+        ctl = [sys.executable, "-m", "fedops_cli.app", "--token-file", str(stack.admin_token_file)]
         subprocess.run([*ctl, "--control", address, "clients", "list"], check=True)
         run = stack.ctl_json("run", "start", task["id"])
         print(f"started {run['id']}; watching live (Ctrl-C stops watching, not the run)")

@@ -14,7 +14,11 @@ from typing import Any
 
 from fedops_common.logging import configure_logging
 from fedops_common.telemetry.shipper import Shipper, elasticsearch_client
-from fedops_common.telemetry.writer import ENV_TELEMETRY_DIR, TelemetryWriter, telemetry_dir_from_env
+from fedops_common.telemetry.writer import (
+    ENV_TELEMETRY_DIR,
+    TelemetryWriter,
+    telemetry_dir_from_env,
+)
 
 ENV_ELASTICSEARCH_URL = "FEDOPS_ELASTICSEARCH_URL"
 

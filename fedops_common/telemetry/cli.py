@@ -13,7 +13,11 @@ from elasticsearch import ApiError
 
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL
 from fedops_common.telemetry.elastic import TEMPLATES_DIR, apply_templates
-from fedops_common.telemetry.kibana import SAVED_OBJECTS, KibanaError, import_saved_objects
+from fedops_common.telemetry.kibana import (
+    SAVED_OBJECTS,
+    KibanaError,
+    import_saved_objects,
+)
 from fedops_common.telemetry.shipper import Shipper, elasticsearch_client
 
 app = typer.Typer(help="FedOps telemetry: Elasticsearch setup and shipping.", no_args_is_help=True)

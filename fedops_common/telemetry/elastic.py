@@ -7,7 +7,12 @@ from pathlib import Path
 
 from elasticsearch import ApiError, Elasticsearch
 
-from fedops_common.telemetry.documents import FAMILIES, alias_for, index_for, observability_dir
+from fedops_common.telemetry.documents import (
+    FAMILIES,
+    alias_for,
+    index_for,
+    observability_dir,
+)
 
 TEMPLATES_DIR = observability_dir() / "elk" / "index-templates"
 COMPONENT_PREFIX = "component-"

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout
 from elasticsearch import Elasticsearch, helpers
-from elastic_transport import ConnectionError as TransportConnectionError, ConnectionTimeout
 from prometheus_client import Counter, Gauge
 
 from fedops_common.logging import get_logger

@@ -7,10 +7,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.convert import to_timestamp
 from fedops_common.proto import access_pb2, access_pb2_grpc
 from fedops_control.access.interceptor import AccessControl
-from fedops_control.access.tokens import DEFAULT_ENROLMENT_TTL_S, MAX_TTL_S, OPERATOR_ROLES
+from fedops_control.access.tokens import (
+    DEFAULT_ENROLMENT_TTL_S,
+    MAX_TTL_S,
+    OPERATOR_ROLES,
+)
+from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.server.errors import grpc_errors
 from fedops_control.state.models import CredentialRow, TaskRow
-from fedops_control.task.errors import InvalidArgument, NotFound
 
 A = access_pb2
 

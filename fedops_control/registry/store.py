@@ -10,8 +10,8 @@ from sqlalchemy import func
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common import metricvalues
+from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.state.models import ClientResultRow, ModelRow, RoundRow, RunRow
-from fedops_control.task.errors import InvalidArgument, NotFound
 from fedops_control.task.strategy import StrategySpec
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import tomli_w
 
 from fedops_common import runconfig as keys
-from fedops_control.task.errors import InvalidArgument
+from fedops_control.errors import InvalidArgument
 
-SERVER_WRAPPER = "fedops_control.flower.serverapp:app"
-CLIENT_WRAPPER = "fedops_agent.flower.clientapp:app"
+SERVER_WRAPPER = "fedops_flower.serverapp.app:app"
+CLIENT_WRAPPER = "fedops_flower.clientapp.app:app"
 IGNORED = shutil.ignore_patterns(".git", "__pycache__", ".venv", "*.fab", ".pytest_cache")
 
 

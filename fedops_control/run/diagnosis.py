@@ -6,15 +6,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
 from fedops_common.proto import common_pb2
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import NotFound
 from fedops_control.state.models import ClientRow, RoundRow, RunRow
-from fedops_control.task.errors import NotFound
 from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
 
 
-def _missing(db: Session, agents: AgentRegistry, client_ids: list[str]) -> list[common_pb2.MissingClient]:
+def _missing(db: Session, agents: AgentSessions, client_ids: list[str]) -> list[common_pb2.MissingClient]:
     out = []
     for cid in client_ids:
         client = db.get(ClientRow, cid)
@@ -33,7 +33,7 @@ def _missing(db: Session, agents: AgentRegistry, client_ids: list[str]) -> list[
     return out
 
 
-def diagnose(sessions: sessionmaker[Session], agents: AgentRegistry, run_id: str) -> common_pb2.Diagnosis:
+def diagnose(sessions: sessionmaker[Session], agents: AgentSessions, run_id: str) -> common_pb2.Diagnosis:
     """Explain the current wait of a run in numbers and one plain sentence."""
     with sessions() as db:
         run = db.get(RunRow, run_id)
@@ -43,8 +43,7 @@ def diagnose(sessions: sessionmaker[Session], agents: AgentRegistry, run_id: str
         diag = common_pb2.Diagnosis(run_id=run_id, state=run.state, round=run.current_round, clients_needed=quorum)
         if run.state == S.RUN_STATE_FINISHED:
             outcome = common_pb2.RunOutcome.Name(run.outcome).split("_")[-1].lower()
-            diag.summary = (f"Run {outcome} after {run.completed_rounds} completed round"
-                            f"{'' if run.completed_rounds == 1 else 's'}: {run.reason}")
+            diag.summary = f"Run {outcome} after {run.completed_rounds} rounds: {run.reason}"  # completed ones
             return diag
         if run.state != S.RUN_STATE_RUNNING:
             diag.waiting = True

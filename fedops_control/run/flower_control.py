@@ -59,7 +59,7 @@ class _RuntimeVersionHeaders:
 @contextmanager
 def _client(handle: SuperLinkHandle) -> Iterator[ControlHttpClient]:
     """A Control API client for the SuperLink's loopback address."""
-    address = handle.extra.get("local_address", handle.address)
+    address = handle.control_address
     client = ControlHttpClient.from_server_address(
         server_address=address, insecure=handle.ca_file is None,
         root_certificates=handle.root_certificates if handle.ca_file is not None else None,

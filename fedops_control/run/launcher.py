@@ -1,6 +1,7 @@
-"""Where a run's Flower SuperLink lives. One interface; a local-process launcher for now.
+"""Where a run's Flower SuperLink lives: the launcher interface, and the local-process launcher.
 
-A Kubernetes launcher implements the same methods.
+Callers (the run manager, the Control API calls) see a handle's addresses and CA only, and ask the
+launcher whether the SuperLink is alive and to stop it: how it runs is the launcher's business.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.net import free_port, wait_for_port
-from fedops_common.proc import console_script, flower_env, scan_processes, stop_group_by_pid, stop_process_group
-from fedops_control.access.ca import CA_CERT, CertificateAuthority
+from fedops_common.proc import (
+    console_script,
+    flower_env,
+    pid_alive,
+    scan_processes,
+    stop_group_by_pid,
+    stop_process_group,
+)
 
 LOOPBACK = "127.0.0.1"
 GATEWAY_MODULE = "fedops_control.run.fleet_gateway"
@@ -27,14 +35,16 @@ GATEWAY_MODULE = "fedops_control.run.fleet_gateway"
 
 @dataclass
 class SuperLinkHandle:
-    """A running SuperLink: the address agents and the CLI use, and how to stop it."""
+    """A running SuperLink: the address agents use, the address of its Control API, its TLS CA."""
 
     run_id: str
     address: str                 # host:port agents reach the run's Fleet API on (its gateway)
-    flwr_home: Path
-    process: subprocess.Popen[bytes] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    control_address: str         # host:port this service reaches the run's Control API on
     ca_file: Path | None = None  # CA of the SuperLink's TLS certificate; None = plaintext, no node auth
+    # The launcher's own: the local launcher's process (or the pid of an adopted one) and Flower home.
+    flwr_home: Path = field(default=Path(), repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pid: int = field(default=0, repr=False)
 
     @property
     def root_certificates(self) -> bytes:
@@ -56,6 +66,10 @@ class SuperLinkLauncher(Protocol):
     async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle: ...
 
     async def stop(self, handle: SuperLinkHandle) -> None: ...
+
+    def is_alive(self, handle: SuperLinkHandle) -> bool:
+        """Whether the run's SuperLink still runs."""
+        ...
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """Find the SuperLink of a run started before this control service restarted (None if gone)."""
@@ -146,7 +160,7 @@ class LocalProcessLauncher:
                 handle: SuperLinkHandle | None = await spare
             except Exception:  # a spare that failed to start (its log says why): start one now
                 handle = None
-            if handle is not None and handle.process is not None and handle.process.poll() is None:
+            if handle is not None and self.is_alive(handle):
                 return _claim(handle, run_id, workdir)
             if handle is not None:
                 await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
@@ -181,17 +195,21 @@ class LocalProcessLauncher:
             stop_process_group(process)
             raise
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
-                               flwr_home=flwr_home, process=process, ca_file=ca_file,
-                               extra={"local_address": f"{LOOPBACK}:{internal_port}"})
+                               control_address=f"{LOOPBACK}:{internal_port}", ca_file=ca_file,
+                               flwr_home=flwr_home, process=process)
 
     async def stop(self, handle: SuperLinkHandle) -> None:
         """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group);
         then warm up the next spare (not earlier: a spare starting beside a run slows the run)."""
         if handle.process is not None:
             await asyncio.to_thread(stop_process_group, handle.process)
-        elif handle.extra.get("pid"):
-            await asyncio.to_thread(stop_group_by_pid, int(handle.extra["pid"]))
+        elif handle.pid:
+            await asyncio.to_thread(stop_group_by_pid, handle.pid)
         self._warm_up()
+
+    def is_alive(self, handle: SuperLinkHandle) -> bool:
+        """Its process (or, adopted after a restart, its pid) is still running."""
+        return handle.process.poll() is None if handle.process is not None else pid_alive(handle.pid)
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The process group of ``run_id``'s SuperLink, found by its database path (which names the
@@ -206,9 +224,8 @@ class LocalProcessLauncher:
             flag = b"--upstream-port\0" if GATEWAY_MODULE.encode() in cmdline else b"--port\0"
             internal_port = cmdline.split(flag, 1)[1].split(b"\0", 1)[0].decode()
             ca_file = workdir / "tls" / CA_CERT
-            return SuperLinkHandle(run_id=run_id, address=address, flwr_home=flwr_home, process=None,
-                                   ca_file=ca_file if ca_file.exists() else None,
-                                   extra={"local_address": f"{LOOPBACK}:{internal_port}", "pid": str(pid)})
+            return SuperLinkHandle(run_id=run_id, address=address, control_address=f"{LOOPBACK}:{internal_port}",
+                                   ca_file=ca_file if ca_file.exists() else None, flwr_home=flwr_home, pid=pid)
         return None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -11,27 +10,33 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fedops_common import runconfig as keys
 from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
-from fedops_common.proc import pid_alive
-from fedops_common import runconfig as keys
 from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.security import write_secret
 from fedops_common.telemetry import TelemetryWriter
 from fedops_control import metrics
 from fedops_control.access.tokens import TokenStore
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import bundle, flower_control
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import SuperLinkHandle, SuperLinkLauncher
+from fedops_control.run.plan import TaskInputs, check_overrides, plan_run
 from fedops_control.run.preflight import Preflight, app_requirements, summary
 from fedops_control.run.reports import ClientReports, ServerReports
-from fedops_control.state.models import ClientRow, MembershipRow, ModelRow, RoundRow, RunRow, TaskRow
-from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
-from fedops_control.task.spec import KEY_PATTERN, check_keys, read_app_config
+from fedops_control.state.models import (
+    ClientRow,
+    MembershipRow,
+    ModelRow,
+    RoundRow,
+    RunRow,
+    TaskRow,
+)
+from fedops_control.task.spec import check_keys, read_app_config
 from fedops_control.task.strategy import StrategySpec
-from fedops_control.task.templating import check_template, render_client_config, render_hyperparameters
 
 log = get_logger(__name__)
 S = common_pb2  # enum namespace
@@ -54,7 +59,7 @@ def _coerce(value: Any, default: Any) -> Any:
 class RunManager:
     """Owns every run of this control service."""
 
-    def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentRegistry,
+    def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentSessions,
                  models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str,
                  writer: TelemetryWriter | None = None, tokens: TokenStore | None = None,
                  control_tls: tuple[Path | None, Path | None, Path | None] | None = None,
@@ -104,18 +109,15 @@ class RunManager:
                 if resume_row.task_id != task_id:
                     raise InvalidArgument("resume_from_model_id", f"model belongs to task {resume_row.task_id}")
                 resume_from = resume_row.id
-            for key, value in overrides.items():
-                if not KEY_PATTERN.match(key) or isinstance(value, (dict, list)) or value is None:
-                    raise InvalidArgument(f"hyperparameter_overrides.{key}", "invalid key or value")
-                check_template(f"hyperparameter_overrides.{key}", value, set(task.hyperparameters) | set(overrides), False)
+            check_overrides(overrides, task.hyperparameters)
             app = dict(task.app)
             requirements: list[str] = []
             if "local_path" in app:  # a git app is fetched at launch: its keys are checked then
                 app_dir = Path(app["local_path"]).expanduser().resolve()
                 check_keys("hyperparameter_overrides", overrides, read_app_config(app_dir))
                 requirements = app_requirements(app_dir)
-            task_values = {"title": task.title, "hyperparameters": dict(task.hyperparameters),
-                           "client_config": dict(task.client_config), "app": app}
+            inputs = TaskInputs(task_id=task_id, title=task.title, app=app, strategy=strategy,
+                                hyperparameters=dict(task.hyperparameters), client_config=dict(task.client_config))
             data_paths = {cid: db.get(ClientRow, cid).data_path for cid in client_ids}
 
         run_id = f"run-{uuid.uuid4().hex[:12]}"
@@ -123,33 +125,18 @@ class RunManager:
         if any(problems.values()):
             raise FailedPrecondition("preflight failed: " + summary(problems))
 
-        variables = {
-            "run.id": run_id, "run.client_count": len(client_ids), "run.client_ids": ",".join(client_ids),
-            "task.id": task_id, "task.title": task_values["title"],
-            **{f"strategy.{k}": v for k, v in strategy.to_dict().items() if not isinstance(v, dict)},
-        }
-        hyperparameters = render_hyperparameters({**task_values["hyperparameters"], **overrides}, variables)
-        for key, value in strategy.run_config_values().items():
-            hyperparameters.setdefault(key, value)
-        node_configs = {}
-        for index, cid in enumerate(client_ids):
-            client_vars = {**variables, "client.id": cid, "client.index": index, "client.data_path": data_paths[cid]}
-            node_configs[cid] = render_client_config(task_values["client_config"], client_vars)
-        config_hash = hashlib.sha256(json.dumps(
-            {"app": app, "strategy": strategy.to_dict(), "hp": hyperparameters, "nodes": node_configs},
-            sort_keys=True, default=str).encode()).hexdigest()
+        plan = plan_run(run_id, inputs, client_ids, data_paths, overrides)
         with self._sessions.begin() as db:
             self._admit_clients(db, task_id, client_ids)  # again: another run may have taken one meanwhile
-            run = RunRow(id=run_id, task_id=task_id, state=S.RUN_STATE_PENDING, client_ids=client_ids,
-                         total_rounds=strategy.rounds if strategy.run_config_keys["rounds"] else 0,
-                         run_config=hyperparameters, node_configs=node_configs, strategy=strategy.to_dict(),
-                         config_hash=config_hash, resumed_from_model_id=resume_from,
-                         app_decides=strategy.app_decides())
+            run = RunRow(id=run_id, task_id=task_id, state=S.RUN_STATE_PENDING, client_ids=plan.client_ids,
+                         total_rounds=plan.total_rounds, run_config=plan.run_config, node_configs=plan.node_configs,
+                         strategy=strategy.to_dict(), config_hash=plan.config_hash, resumed_from_model_id=resume_from,
+                         app_decides=plan.app_decides)
             db.add(run)
-        metrics.RUNS_STARTED.labels(task_id).inc()
+        metrics.run_started(task_id)
         await self._bus.publish(run_id, "run_created", f"run created for task {task_id} with {len(client_ids)} clients")
-        if strategy.app_decides():
-            await self._announce_app_decides(run_id, strategy.app_decides())
+        if plan.app_decides:
+            await self._announce_app_decides(run_id, plan.app_decides)
         self._spawn(self._launch(run_id))
         return run
 
@@ -351,8 +338,7 @@ class RunManager:
             if self._tokens is not None:  # the run's apps are gone: their token must not outlive them
                 self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
-            metrics.RUNS_FINISHED.labels(task_id, name).inc()
-            metrics.forget_run(run_id)
+            metrics.run_finished(run_id, task_id, name)
             await self._bus.publish(run_id, "run_finished", f"run {name}: {reason}", data={"outcome": name})
         finally:
             self._finishing.discard(run_id)
@@ -430,7 +416,7 @@ class RunManager:
             else:
                 client.state, client.state_reason = S.CLIENT_STATE_OFFLINE, "agent disconnected"
         if run_id:
-            metrics.CLIENT_FAILURES.labels(client_id).inc()
+            metrics.client_failed(client_id)
             await self._bus.publish(run_id, "client_failed", f"{client_id}: agent disconnected", client_id=client_id)
         await self._bus.notify()
 
@@ -443,7 +429,7 @@ class RunManager:
             if active and not report.succeeded and client is not None:
                 client.state, client.state_reason = S.CLIENT_STATE_FAILED, report.reason
         if active and not report.succeeded:
-            metrics.CLIENT_FAILURES.labels(client_id).inc()
+            metrics.client_failed(client_id)
             await self._bus.publish(report.run_id, "client_failed", f"{client_id}: {report.reason}", client_id=client_id)
 
     # ---------------------------------------------------------------- watchdog
@@ -457,9 +443,7 @@ class RunManager:
                     run = self.get_run_row(run_id)
                     if run.state != S.RUN_STATE_RUNNING:
                         continue
-                    exited = (handle.process.poll() is not None if handle.process is not None
-                              else not pid_alive(int(handle.extra.get("pid", 0))))
-                    if exited:
+                    if not self._launcher.is_alive(handle):
                         await self.finish(run_id, S.RUN_OUTCOME_FAILED, "SuperLink process exited")
                         continue
                     if now - self._last_report.get(run_id, now) < SILENCE_BEFORE_STATUS_CHECK_S:

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from fedops_common.proto import agent_pb2
-from fedops_control.clients.registry import AgentRegistry
-from fedops_control.task.errors import InvalidArgument
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import InvalidArgument
 
 MAX_PROBLEMS = 20           # per client: an agent's answer is not trusted to be small
 MAX_PROBLEM_CHARS = 300
@@ -37,7 +37,7 @@ class Preflight:
         # can answer only for itself.
         self._pending: dict[tuple[str, str], asyncio.Future[list[str]]] = {}
 
-    async def run(self, agents: AgentRegistry, client_ids: list[str], requirements: list[str], run_id: str,
+    async def run(self, agents: AgentSessions, client_ids: list[str], requirements: list[str], run_id: str,
                   check_data_path: bool, timeout_s: float = 10.0) -> dict[str, list[str]]:
         """Send the check to each client and wait for all answers; problems per client (empty: ready)."""
         preflight_id = uuid.uuid4().hex

@@ -19,10 +19,16 @@ from fedops_common.convert import utcnow
 from fedops_common.proto import agent_pb2, common_pb2
 from fedops_common.telemetry import TelemetryWriter
 from fedops_control import metrics
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.run.events import EventBus
-from fedops_control.state.models import ClientResultRow, ClientRow, ModelRow, RoundRow, RunRow
-from fedops_control.task.errors import InvalidArgument, NotFound
+from fedops_control.state.models import (
+    ClientResultRow,
+    ClientRow,
+    ModelRow,
+    RoundRow,
+    RunRow,
+)
 
 S = common_pb2
 A = agent_pb2
@@ -93,9 +99,7 @@ def _close_round(applied: Applied, round_row: RoundRow, counted: bool) -> None:
     if not counted or round_row.number < 1:
         return
     applied.run.completed_rounds += 1
-    metrics.ROUNDS_COMPLETED.labels(applied.run.task_id).inc()
-    metrics.ROUND_DURATION.labels(applied.run.task_id).observe(
-        (round_row.finished_at - round_row.started_at).total_seconds())
+    metrics.round_completed(applied.run.task_id, (round_row.finished_at - round_row.started_at).total_seconds())
 
 
 def _close_open_rounds(applied: Applied, before: int | None = None) -> None:
@@ -108,8 +112,7 @@ def _close_open_rounds(applied: Applied, before: int | None = None) -> None:
 
 
 def _set_metric_gauges(run: RunRow, scope: str, values: dict[str, Any]) -> None:
-    for name, value in metricvalues.scalars(values).items():
-        metrics.ROUND_METRIC.labels(run.id, run.task_id, scope, name).set(value)
+    metrics.global_metrics(run.id, run.task_id, scope, metricvalues.scalars(values))
 
 
 def _root_cause(applied: Applied, failed: agent_pb2.AppFailed) -> str:
@@ -138,7 +141,7 @@ def _root_cause(applied: Applied, failed: agent_pb2.AppFailed) -> str:
 class ServerReports:
     """Applies ServerApp-side reports to the run's rows."""
 
-    def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentRegistry,
+    def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentSessions,
                  writer: TelemetryWriter | None, round_notice: Callable[[Session, RunRow, int], agent_pb2.AgentCommand],
                  on_end: Callable[[str, int, str], None]) -> None:
         self._sessions = sessions
@@ -220,13 +223,7 @@ class ServerReports:
         applied.say("round_phase", f"{label} {started.phase}: sent to {len(clients)} "
                                    f"client{'s' if len(clients) != 1 else ''}",
                     data={"phase": started.phase, "clients": clients})
-        for outcome in ("ok", "failed"):  # export 0 before the first failure: rates and alerts see it
-            metrics.CLIENT_OUTCOMES.labels(run.task_id, started.phase, outcome)
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "selected").set(len(round_row.selected))
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "straggling").set(len(clients))
-        if started.phase == "train":
-            metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "responded").set(0)
-            metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "failed").set(0)
+        metrics.phase_started(run.id, run.task_id, started.phase, len(round_row.selected), len(clients))
 
     def _replies(self, applied: Applied) -> None:
         run, round_row, number = applied.run, applied.round, applied.number
@@ -236,9 +233,8 @@ class ServerReports:
             cid = applied.client_of(result.node_id)
             values = metricvalues.merged(result.metrics, result.metric_lists)
             round_row.phase_received = [*round_row.phase_received, cid]
-            metrics.CLIENT_BYTES.labels(cid, "sent").inc(result.bytes_sent)
-            metrics.CLIENT_BYTES.labels(cid, "received").inc(result.bytes_received)
-            metrics.CLIENT_OUTCOMES.labels(run.task_id, result.phase, "failed" if result.error else "ok").inc()
+            metrics.client_result(run.task_id, cid, result.phase, bool(result.error), result.bytes_sent,
+                                  result.bytes_received)
             applied.doc("client", result.phase, cid, values, **{
                 "fedops.flower.node_id": str(result.node_id), "fedops.bytes_sent": result.bytes_sent,
                 "fedops.bytes_received": result.bytes_received, "error.message": result.error or None})
@@ -247,16 +243,12 @@ class ServerReports:
             if result.error:
                 round_row.failed = sorted(set(round_row.failed) | {cid})
                 _mark_failed(applied.db, cid, f"round {number} {result.phase}: {result.error}")
-                metrics.CLIENT_FAILURES.labels(cid).inc()
                 applied.say("client_failed", f"{cid} failed round {number} {result.phase}: {result.error}", cid)
             else:
                 round_row.responded = sorted(set(round_row.responded) | {cid})
-                for name, value in metricvalues.scalars(values).items():
-                    metrics.CLIENT_METRIC.labels(run.id, cid, result.phase, name).set(value)
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "responded").set(len(round_row.responded))
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "failed").set(len(round_row.failed))
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "straggling").set(
-            len(set(round_row.phase_expected) - set(round_row.phase_received)))
+                metrics.client_metrics(run.id, cid, result.phase, metricvalues.scalars(values))
+        metrics.round_clients(run.id, run.task_id, responded=len(round_row.responded), failed=len(round_row.failed),
+                              straggling=len(set(round_row.phase_expected) - set(round_row.phase_received)))
 
     def _phase_finished(self, applied: Applied) -> None:
         finished, run, round_row, number = applied.event.phase_finished, applied.run, applied.round, applied.number
@@ -268,14 +260,11 @@ class ServerReports:
             reason = f"no reply in round {number} {finished.phase} within {round_row.phase_timeout_s:.0f}s"
             record_client_result(applied.db, run.id, number, finished.phase, cid, str(node_id), error=reason)
             _mark_failed(applied.db, cid, reason)
-            metrics.CLIENT_FAILURES.labels(cid).inc()
-            metrics.CLIENT_OUTCOMES.labels(run.task_id, finished.phase, "failed").inc()
+            metrics.client_result(run.task_id, cid, finished.phase, failed=True)
             applied.say("client_failed", f"{cid}: {reason}", cid)
-        if round_row.phase_started_at is not None:
-            metrics.PHASE_DURATION.labels(finished.phase).observe(
-                (utcnow() - round_row.phase_started_at).total_seconds())
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "failed").set(len(round_row.failed))
-        metrics.ROUND_CLIENTS.labels(run.id, run.task_id, "straggling").set(0)
+        metrics.phase_finished(finished.phase, (utcnow() - round_row.phase_started_at).total_seconds()
+                               if round_row.phase_started_at is not None else None)
+        metrics.round_clients(run.id, run.task_id, failed=len(round_row.failed), straggling=0)
         round_row.phase_expected, round_row.phase_received = [], []
         timed_out = len(finished.timed_out_node_ids)
         summary = (f"{finished.ok}/{finished.sent} replies ok, {timed_out} timed out, {finished.needed} needed")

@@ -1,4 +1,4 @@
-"""AgentService (device agents) and ObserverService (our wrappers inside Flower's apps)."""
+"""AgentService: device agents register, then hold a session (heartbeats, reports, commands)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import hashlib
 import re
 
 import grpc
-from sqlalchemy.orm import Session as DbSession, sessionmaker
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
-from fedops_common import metricvalues
 from fedops_common.convert import struct_to_dict, utcnow
 from fedops_common.logging import get_logger
-from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import access_pb2, agent_pb2, agent_pb2_grpc, common_pb2
 from fedops_control.access.interceptor import AccessControl
-from fedops_control.clients.registry import HEARTBEAT_INTERVAL_S, AgentRegistry
-from fedops_control.registry.store import ModelStore
+from fedops_control.agents.sessions import HEARTBEAT_INTERVAL_S, AgentSessions
+from fedops_control.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
-from fedops_control.server.convert import model_to_proto
-from fedops_control.server.errors import grpc_errors, grpc_stream_errors
-from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
-from fedops_control.task.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from fedops_control.server.errors import grpc_errors
+from fedops_control.state.models import (
+    ClientRow,
+    DataStatusRow,
+    MembershipRow,
+    RunRow,
+    TaskRow,
+)
 
 log = get_logger(__name__)
 S = common_pb2
@@ -42,7 +49,7 @@ def client_id_for(device_id: str) -> str:
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Implements fedops.v1.AgentService."""
 
-    def __init__(self, sessions: sessionmaker[DbSession], agents: AgentRegistry, runs: RunManager,
+    def __init__(self, sessions: sessionmaker[DbSession], agents: AgentSessions, runs: RunManager,
                  access: AccessControl, preflight: Preflight) -> None:
         self._sessions = sessions
         self._agents = agents
@@ -200,68 +207,3 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "heartbeat"
         if body == "training":
             await self._runs.on_training_report(client_id, message.training)
-
-
-class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
-    """Implements fedops.v1.ObserverService."""
-
-    def __init__(self, runs: RunManager, models: ModelStore, access: AccessControl) -> None:
-        self._runs = runs
-        self._models = models
-        self._access = access
-
-    def _check_subject(self, context, subject: str, field: str) -> None:  # type: ignore[no-untyped-def]
-        """An agent reports for itself only; a run's apps for their run only."""
-        if not self._access.enabled:
-            return
-        identity = self._access.identity(context)
-        if identity is None or identity.subject != subject:
-            raise PermissionDenied(f"{field}: this credential may not report for {subject[:64]!r}")
-
-    @grpc_errors
-    async def ReportServerEvent(self, request, context):  # type: ignore[no-untyped-def]
-        self._check_subject(context, request.run_id, "run_id")
-        stop = await self._runs.on_server_event(request)
-        return agent_pb2.ServerEventAck(stop_requested=stop)
-
-    @grpc_errors
-    async def ReportClientEvent(self, request, context):  # type: ignore[no-untyped-def]
-        self._check_subject(context, request.client_id, "client_id")
-        await self._runs.on_client_event(request)
-        return agent_pb2.ClientEventAck()
-
-    async def UploadModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        header = None
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in request_iterator:
-            if header is None:
-                header = chunk.version
-            size += len(chunk.data)
-            if size > MAX_MODEL_BYTES:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "data: model larger than 2 GiB")
-            parts.append(chunk.data)
-        if header is None or not header.run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version.run_id: required on the first chunk")
-        try:
-            self._check_subject(context, header.run_id, "version.run_id")
-        except PermissionDenied as err:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
-        try:
-            row = await asyncio.to_thread(self._models.add, header.run_id, header.round, b"".join(parts),
-                                          metricvalues.merged(header.metrics, header.metric_lists),
-                                          header.format or "npz")
-        except NotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        await self._runs.on_model_stored(row.run_id, row.id, row.version, row.round)
-        return model_to_proto(row)
-
-    @grpc_stream_errors
-    async def FetchModel(self, request, context):  # type: ignore[no-untyped-def]
-        row = self._models.resolve(request.model_id)
-        identity = self._access.identity(context)
-        if self._access.enabled and (identity is None or self._runs.task_of(identity.subject) != row.task_id):
-            raise PermissionDenied("model_id: a run may fetch only models of its own task")
-        data = self._models.read(row)
-        for start in range(0, max(len(data), 1), CHUNK_BYTES):
-            yield common_pb2.ModelChunk(data=data[start:start + CHUNK_BYTES])

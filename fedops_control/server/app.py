@@ -13,30 +13,38 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from sqlalchemy.orm import Session, sessionmaker
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.orm import Session, sessionmaker
 
+from fedops_common.ca import CertificateAuthority
 from fedops_common.grpc_channel import CHANNEL_OPTIONS
 from fedops_common.logging import get_logger
+from fedops_common.proto import (
+    access_pb2,
+    access_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+)
+from fedops_common.security import read_secret, write_secret
 from fedops_common.telemetry import TelemetryWriter
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, start_telemetry
 from fedops_common.telemetry.metrics_http import serve_metrics
-from fedops_common.proto import access_pb2, access_pb2_grpc, agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
-from fedops_common.security import read_secret, write_secret
 from fedops_control.access.audit import AuditLog
-from fedops_control.access.ca import CertificateAuthority
 from fedops_control.access.interceptor import AccessControl, AuthInterceptor
 from fedops_control.access.servicer import AccessServicer
 from fedops_control.access.tokens import TokenStore
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
 from fedops_control.metrics import register_state_collector
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import LocalProcessLauncher
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
-from fedops_control.server.agent_servicer import AgentServicer, ObserverServicer
+from fedops_control.server.agent_servicer import AgentServicer
+from fedops_control.server.observer_servicer import ObserverServicer
 from fedops_control.server.control_servicer import ControlServicer
 from fedops_control.state.db import open_database, sqlite_url
 from fedops_control.state.models import ClientRow
@@ -86,7 +94,7 @@ def bootstrap_admin(tokens: TokenStore, token_file: Path) -> None:
         write_secret(token_file, secret)
 
 
-def agent_targets(sessions: sessionmaker[Session], agents: AgentRegistry) -> list[dict[str, Any]]:
+def agent_targets(sessions: sessionmaker[Session], agents: AgentSessions) -> list[dict[str, Any]]:
     """Prometheus HTTP service discovery: the /metrics endpoint of every connected agent."""
     connected = set(agents.connected())
     with sessions() as db:
@@ -106,7 +114,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     data_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(database_url or sqlite_url(data_dir / "control.db"))
     bus = EventBus(sessions, writer)
-    agents = AgentRegistry()
+    agents = AgentSessions()
     models = ModelStore(sessions, data_dir / "models")
     tokens = TokenStore(sessions)
     access = AccessControl(tokens, enabled=security.auth)

@@ -6,20 +6,30 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
-
 from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
 from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
-from fedops_control.clients.registry import AgentRegistry
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.diagnosis import diagnose
 from fedops_control.run.events import EventBus
 from fedops_control.run.manager import RunManager
-from fedops_control.server.convert import (client_to_proto, data_status_to_proto, model_to_proto, run_to_proto,
-                                           task_to_proto)
+from fedops_control.server.convert import (
+    client_to_proto,
+    data_status_to_proto,
+    model_to_proto,
+    run_to_proto,
+    task_to_proto,
+)
 from fedops_control.server.errors import grpc_errors, grpc_stream_errors
-from fedops_control.state.models import ClientRow, DataStatusRow, MembershipRow, RunRow, TaskRow
-from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound
+from fedops_control.state.models import (
+    ClientRow,
+    DataStatusRow,
+    MembershipRow,
+    RunRow,
+    TaskRow,
+)
 from fedops_control.task.spec import task_from_proto
 from fedops_control.task.strategy import StrategySpec
 
@@ -33,7 +43,7 @@ RUN_FINISHED_GRACE_S = 30.0
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     """Implements fedops.v1.ControlService."""
 
-    def __init__(self, sessions, runs: RunManager, agents: AgentRegistry, models: ModelStore, bus: EventBus,  # type: ignore[no-untyped-def]
+    def __init__(self, sessions, runs: RunManager, agents: AgentSessions, models: ModelStore, bus: EventBus,  # type: ignore[no-untyped-def]
                  require_enrolment: bool = False) -> None:
         self._require_enrolment = require_enrolment  # with auth on, only enrolled clients can be selected
         self._sessions = sessions

@@ -7,9 +7,17 @@ from sqlalchemy.orm import Session
 from fedops_common import metricvalues
 from fedops_common.convert import dict_to_struct, to_timestamp
 from fedops_common.proto import common_pb2
-from fedops_control.clients.registry import AgentRegistry
-from fedops_control.state.models import (ClientResultRow, ClientRow, DataStatusRow, MembershipRow, ModelRow, RoundRow,
-                                         RunRow, TaskRow)
+from fedops_control.agents.sessions import AgentSessions
+from fedops_control.state.models import (
+    ClientResultRow,
+    ClientRow,
+    DataStatusRow,
+    MembershipRow,
+    ModelRow,
+    RoundRow,
+    RunRow,
+    TaskRow,
+)
 from fedops_control.task.strategy import StrategySpec
 
 
@@ -30,7 +38,7 @@ def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
         created_at=to_timestamp(row.created_at), updated_at=to_timestamp(row.updated_at))
 
 
-def client_to_proto(db: Session, row: ClientRow, agents: AgentRegistry) -> common_pb2.Client:
+def client_to_proto(db: Session, row: ClientRow, agents: AgentSessions) -> common_pb2.Client:
     """Client with liveness; a client without a session shows as offline unless it failed."""
     state = row.state
     if not agents.is_connected(row.id) and state != common_pb2.CLIENT_STATE_FAILED:

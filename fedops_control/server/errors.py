@@ -9,7 +9,13 @@ from typing import Any
 import grpc
 
 from fedops_common.logging import get_logger
-from fedops_control.task.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from fedops_control.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 DOMAIN_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied, Unauthenticated)
 

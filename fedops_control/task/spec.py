@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from fedops_common.convert import struct_to_dict
 from fedops_common.proto import common_pb2
-from fedops_control.task.errors import InvalidArgument
-from fedops_control.task.strategy import BEST_METRIC, DEFAULT_RUN_CONFIG_KEYS, ENFORCED_BY_FEDOPS, StrategySpec
+from fedops_common.strategy_settings import (
+    BEST_METRIC,
+    DEFAULT_RUN_CONFIG_KEYS,
+    ENFORCED_BY_FEDOPS,
+    MAX_CLIENT_RESTARTS,
+    MAX_RESTART_BACKOFF_S,
+    MAX_ROUND_TIMEOUT_S,
+    MAX_ROUNDS,
+)
+from fedops_control.errors import InvalidArgument
+from fedops_control.task.strategy import StrategySpec
 from fedops_control.task.templating import check_template
 
-MAX_CLIENT_RESTARTS = 100
-MAX_RESTART_BACKOFF_S = 3600.0
-MAX_ROUNDS = 100_000
-MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 GIT_URL_PATTERN = re.compile(r"^(https://|http://|ssh://|git@|file://)\S+$")
 

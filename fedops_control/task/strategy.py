@@ -7,24 +7,11 @@ so defaults live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedops_common.proto import common_pb2
-
-# Strategy setting -> the run-config key of the app that receives it (Flower template names).
-DEFAULT_RUN_CONFIG_KEYS = {
-    "rounds": "num-server-rounds",
-    "fraction_train": "fraction-train",
-    "fraction_evaluate": "fraction-evaluate",
-    "min_clients": "min-nodes",
-    "round_timeout_s": "round-timeout",
-}
-# Settings FedOps enforces itself (the observing Grid): the app's key, if any, only mirrors them.
-ENFORCED_BY_FEDOPS = ("min_clients", "round_timeout_s")
-# best_metric: central.NAME, train.NAME, evaluate.NAME, client.train.NAME, client.evaluate.NAME.
-BEST_METRIC = re.compile(r"^(central|train|evaluate|client\.train|client\.evaluate)\.[A-Za-z0-9_.:/-]{1,128}$")
+from fedops_common.strategy_settings import DEFAULT_RUN_CONFIG_KEYS, ENFORCED_BY_FEDOPS
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fedops_control.task.errors import InvalidArgument
+from fedops_control.errors import InvalidArgument
 
 PATTERN = re.compile(r"\$\{([^}]*)\}")
 

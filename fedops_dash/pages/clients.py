@@ -4,7 +4,14 @@ import streamlit as st
 
 from fedops_common.convert import short_name
 from fedops_dash.backends import resource_timeline
-from fedops_dash.ui import attempt, control, elasticsearch_or_notice, metrics_table, page, pick
+from fedops_dash.ui import (
+    attempt,
+    control,
+    elasticsearch_or_notice,
+    metrics_table,
+    page,
+    pick,
+)
 
 page("Clients")
 ctl = control()

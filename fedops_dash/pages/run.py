@@ -5,7 +5,14 @@ import time
 import streamlit as st
 
 from fedops_common.convert import short_name
-from fedops_dash.ui import attempt, control, metric_cells, metrics_table, page, pick_or_stop
+from fedops_dash.ui import (
+    attempt,
+    control,
+    metric_cells,
+    metrics_table,
+    page,
+    pick_or_stop,
+)
 
 REFRESH_S = 3
 page("Run")

@@ -5,7 +5,7 @@ import tomllib
 import streamlit as st
 
 from fedops_common.convert import short_name
-from fedops_control.task.spec import DEFAULT_RUN_CONFIG_KEYS
+from fedops_common.strategy_settings import DEFAULT_RUN_CONFIG_KEYS
 from fedops_dash.backends import BackendError
 from fedops_dash.ui import acted, attempt, control, page, pick_or_stop
 

@@ -17,11 +17,11 @@ from flwr.supercore.object_ref import load_app
 
 from fedops_common import metricvalues
 from fedops_common import runconfig as keys
-from fedops_common.appoutput import capture_output
 from fedops_common.logging import bind_ids, get_logger
 from fedops_common.observer import ObserverClient
 from fedops_common.proto import agent_pb2
 from fedops_common.telemetry.actor import app_process_telemetry
+from fedops_flower.appoutput import capture_output
 
 
 def _round_of(message: Message) -> int:

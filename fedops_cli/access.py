@@ -9,18 +9,17 @@ from typing import Annotated
 
 import typer
 
+from fedops_cli.context import Ctx, Output, Table, call, console, emit, fail, say
+from fedops_cli.tasks import task_app
+from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.convert import enum_label
-from fedops_common.proto import access_pb2, access_pb2_grpc
-from fedops_control.access.ca import CA_CERT, CertificateAuthority
-from fedops_control.cli.app import Ctx, Output, Table, app, call, console, emit, fail, say, task_app
+from fedops_common.proto import access_pb2
 
 A = access_pb2
 token_app = typer.Typer(help="Operator API tokens (roles viewer, operator, admin) and revocation.",
                         no_args_is_help=True)
 ca_app = typer.Typer(help="A small CA: TLS certificates for the control service, agents and operators.",
                      no_args_is_help=True)
-app.add_typer(token_app, name="token")
-app.add_typer(ca_app, name="ca")
 
 
 class RoleName(str, Enum):
@@ -37,10 +36,6 @@ class KindName(str, Enum):
     run = "run"
 
 
-def _stub() -> access_pb2_grpc.AccessServiceStub:
-    return access_pb2_grpc.AccessServiceStub(Ctx.channel())
-
-
 def _render_issued(issued: access_pb2.IssuedToken) -> None:
     info = issued.info
     say(f"{enum_label(A.TokenKind, info.kind)} token {info.token_id} for {info.subject or info.name} "
@@ -48,10 +43,9 @@ def _render_issued(issued: access_pb2.IssuedToken) -> None:
     print(issued.token)
 
 
-@app.command("whoami")
 def whoami() -> None:
     """The identity and role of the token in use."""
-    emit(call(_stub().WhoAmI, A.WhoAmIRequest()),
+    emit(call("WhoAmI", A.WhoAmIRequest(), service="access"),
          lambda r: say(f"{r.name or 'anonymous'} - role {enum_label(A.Role, r.role)}"
                        + (f", token {r.token_id}" if r.token_id else "")))
 
@@ -64,7 +58,7 @@ def token_create(
 ) -> None:
     """Create an API token (admin). The secret is printed once."""
     role_value = A.Role.Value(f"ROLE_{role.value.upper()}")
-    emit(call(_stub().CreateApiToken, A.CreateApiTokenRequest(name=name, role=role_value, ttl_s=ttl)),
+    emit(call("CreateApiToken", A.CreateApiTokenRequest(name=name, role=role_value, ttl_s=ttl), service="access"),
          _render_issued)
 
 
@@ -75,7 +69,7 @@ def token_list(
 ) -> None:
     """Tokens and agent credentials, never their secrets (admin)."""
     kind_value = 0 if kind == KindName.all else A.TokenKind.Value(f"TOKEN_KIND_{kind.value.upper()}")
-    response = call(_stub().ListTokens, A.ListTokensRequest(kind=kind_value, include_revoked=include_revoked))
+    response = call("ListTokens", A.ListTokensRequest(kind=kind_value, include_revoked=include_revoked), service="access")
 
     def render(resp: access_pb2.ListTokensResponse) -> None:
         table = Table("token", "kind", "name", "role", "subject", "created", "expires", "used", "revoked")
@@ -92,7 +86,7 @@ def token_list(
 @token_app.command("revoke")
 def token_revoke(token_id: str) -> None:
     """Revoke an API token, an unused enrolment token or an agent credential (admin)."""
-    emit(call(_stub().RevokeToken, A.RevokeTokenRequest(token_id=token_id)),
+    emit(call("RevokeToken", A.RevokeTokenRequest(token_id=token_id), service="access"),
          lambda r: say(f"revoked {r.token_id} ({enum_label(A.TokenKind, r.kind)} {r.name})"))
 
 
@@ -103,7 +97,8 @@ def task_enrol_token(
     ttl: Annotated[int, typer.Option(help="seconds until it expires; 0 = 24 hours")] = 0,
 ) -> None:
     """A one-time token that enrols one device in this task (give it to `fedops-agent --enrolment-token`)."""
-    emit(call(_stub().CreateEnrolmentToken, A.CreateEnrolmentTokenRequest(task_id=task_id, ttl_s=ttl, name=name)),
+    emit(call("CreateEnrolmentToken", A.CreateEnrolmentTokenRequest(task_id=task_id, ttl_s=ttl, name=name),
+              service="access"),
          _render_issued)
 
 

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedops_common.logging import get_logger
 from fedops_common.proto import common_pb2
-from fedops_control.flower.reporter import CooperativeStop, Reporter
+from fedops_flower.serverapp.reporter import CooperativeStop, Reporter
 
 
 def observe(reporter: Reporter, resume: ArrayRecord | None) -> Callable[[], None]:

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 
 from fedops_common import metricvalues
 from fedops_common.proto import agent_pb2, common_pb2
-from fedops_control.flower.reporter import CooperativeStop, QuorumNotMet, Reporter
+from fedops_flower.serverapp.reporter import CooperativeStop, QuorumNotMet, Reporter
 
 POLL_INTERVAL_S = 0.1
 # Before the first send, how long get_node_ids waits for the run's nodes to join. Flower's

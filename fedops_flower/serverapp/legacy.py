@@ -30,8 +30,8 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
 from fedops_common.proto import common_pb2
-from fedops_control.flower.grid import ObservedGrid
-from fedops_control.flower.reporter import CooperativeStop, Reporter
+from fedops_flower.serverapp.grid import ObservedGrid
+from fedops_flower.serverapp.reporter import CooperativeStop, Reporter
 
 
 def _with_loss(loss: Any, metrics: dict[str, Any] | None) -> dict[str, Any]:

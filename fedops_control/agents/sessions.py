@@ -11,7 +11,7 @@ from fedops_common.proto import agent_pb2
 HEARTBEAT_INTERVAL_S = 2
 
 
-class AgentRegistry:
+class AgentSessions:
     """Which agents hold a session now, and how to send them commands."""
 
     def __init__(self) -> None:

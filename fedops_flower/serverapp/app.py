@@ -14,14 +14,19 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.object_ref import load_app
 
 from fedops_common import runconfig as keys
-from fedops_common.appoutput import capture_output
 from fedops_common.logging import bind_ids, get_logger
 from fedops_common.observer import ObserverClient, npz_to_arrays
 from fedops_common.proto import agent_pb2
 from fedops_common.telemetry.actor import app_process_telemetry
-from fedops_control.flower import legacy, message_strategy
-from fedops_control.flower.grid import ObservedGrid
-from fedops_control.flower.reporter import CooperativeStop, QuorumNotMet, Reporter, RunState
+from fedops_flower.appoutput import capture_output
+from fedops_flower.serverapp import legacy, message_strategy
+from fedops_flower.serverapp.grid import ObservedGrid
+from fedops_flower.serverapp.reporter import (
+    CooperativeStop,
+    QuorumNotMet,
+    Reporter,
+    RunState,
+)
 
 A = agent_pb2
 app = ServerApp()

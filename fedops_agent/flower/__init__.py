@@ -1,1 +1,0 @@
-"""Instrumentation that runs inside Flower's ClientApp process, around the user's app."""

@@ -1,0 +1,1 @@
+"""`fedopsctl`, the command line of FedOps Stack (one module per command group)."""

@@ -1,0 +1,1 @@
+"""Agent sessions: which device agents are connected, and their command queues."""

@@ -1,1 +1,0 @@
-"""`fedopsctl`: the operator CLI (rich tables, or JSON with --output json)."""

@@ -1,1 +1,0 @@
-"""Connected device agents: sessions, command queues, liveness."""

@@ -1,0 +1,1 @@
+"""The ClientApp wrapper: runs in the flwr-clientapp process on a device."""

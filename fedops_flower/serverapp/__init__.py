@@ -1,0 +1,1 @@
+"""The ServerApp wrapper and its hooks: runs in the flwr-serverapp process."""
