@@ -9,7 +9,6 @@ from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
     _runtime_version.Domain.PUBLIC,
     6,
@@ -23,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedops_common/proto/access.proto\x12\tfedops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"Z\n\x08Identity\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x04 \x01(\t\"S\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\r\n\x05ttl_s\x18\x03 \x01(\x03\"K\n\x1b\x43reateEnrolmentTokenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\"@\n\x0bIssuedToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.fedops.v1.TokenInfo\"\xd0\x02\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1d\n\x04role\x18\x04 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\"P\n\x11ListTokensRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.fedops.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t*n\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x0e\n\nROLE_AGENT\x10\n\x12\x0c\n\x08ROLE_RUN\x10\x0b*\x7f\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOKEN_KIND_API\x10\x01\x12\x18\n\x14TOKEN_KIND_ENROLMENT\x10\x02\x12\x14\n\x10TOKEN_KIND_AGENT\x10\x03\x12\x12\n\x0eTOKEN_KIND_RUN\x10\x04\x32\xfb\x02\n\rAccessService\x12\x37\n\x06WhoAmI\x12\x18.fedops.v1.WhoAmIRequest\x1a\x13.fedops.v1.Identity\x12J\n\x0e\x43reateApiToken\x12 .fedops.v1.CreateApiTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12V\n\x14\x43reateEnrolmentToken\x12&.fedops.v1.CreateEnrolmentTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12I\n\nListTokens\x12\x1c.fedops.v1.ListTokensRequest\x1a\x1d.fedops.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.fedops.v1.RevokeTokenRequest\x1a\x14.fedops.v1.TokenInfob\x06proto3')
