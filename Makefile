@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test proto check-proto bench clean
+.PHONY: demo test lint unit proto check-proto bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,20 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## a real 3-round FL run across 3 local agents (SQLite, logs to files)
 	$(PY) examples/digits/demo.py
 
-test: $(VENV)/.installed  ## the whole suite: installs real backends, generated-code check, unit and end-to-end tests
+test: $(VENV)/.installed  ## the whole suite: lint, installs real backends, generated-code check, every test
+	$(MAKE) lint check-proto
 	scripts/install_backends.sh
-	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/check_proto.sh
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA
+
+lint: $(VENV)/.installed  ## ruff (lint) and mypy, configured in pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed  ## the fast tests: no real servers, no FL runs (well under a minute)
+	$(PY) -m pytest -q -m "not e2e and not integration"
+
+check-proto: $(VENV)/.installed  ## fail when the generated stubs differ from proto/
+	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/check_proto.sh
 
 proto: $(VENV)/.installed  ## regenerate gRPC stubs from proto/
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/gen_proto.sh

@@ -48,10 +48,25 @@ def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
     port = free_port()
     (root / "home").mkdir(parents=True)
     (root / "home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "b"\n[superlink.b]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    procs = [subprocess.Popen([console_script("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                               "--disable-runtime-dependency-installation"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+        f'[superlink]\ndefault = "b"\n[superlink.b]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                console_script("flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
         wait_for_port("127.0.0.1", port)
         for i, path in enumerate(data):
@@ -89,7 +104,8 @@ def serverapp_running_s(state_db: Path, flower_run_id: int) -> float:
     signed = flower_run_id - 2**64 if flower_run_id >= 2**63 else flower_run_id  # Flower stores int64
     with contextlib.closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)) as db:
         running_at, finished_at = db.execute(
-            "SELECT running_at, finished_at FROM task WHERE run_id = ? AND running_at IS NOT NULL", (signed,)).fetchone()
+            "SELECT running_at, finished_at FROM task WHERE run_id = ? AND running_at IS NOT NULL", (signed,)
+        ).fetchone()
     return (datetime.fromisoformat(str(finished_at)) - datetime.fromisoformat(str(running_at))).total_seconds()
 
 
@@ -134,7 +150,8 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         else:
             raise TimeoutError(f"FedOps run {run['id']} did not finish in 600 s")
         assert info.outcome == common_pb2.RUN_OUTCOME_COMPLETED, info.reason
-        events = [json.loads(line) for line in stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines()]
+        watched = stack.ctl("--output", "json", "run", "watch", run["id"]).stdout
+        events = [json.loads(line) for line in watched.splitlines()]
         started = [e for e in events if e["kind"] == "app_started"][0]
         finished = [e for e in events if e["kind"] == "run_finished"][0]
         running_s = serverapp_running_s(stack.root / "control" / "runs" / run["id"] / "superlink" / "state.db",

@@ -94,7 +94,7 @@ class Agent:
     def _send(self, **body: Any) -> None:
         self._outbox.put_nowait(agent_pb2.AgentMessage(client_id=self.client_id, **body))
 
-    def _status(self, state: int, reason: str, run_id: str = "") -> None:
+    def _status(self, state: common_pb2.ClientState.ValueType, reason: str, run_id: str = "") -> None:
         log.info("client state", state=S.ClientState.Name(state), reason=reason, run_id=run_id or None)
         self._send(status=agent_pb2.StatusChange(state=state, reason=reason, run_id=run_id))
 
@@ -137,8 +137,8 @@ class Agent:
         try:
             response = await self._register()
         except grpc.RpcError as err:
-            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):  # type: ignore[attr-defined]
-                log.error("registration refused", code=err.code().name, reason=err.details())  # type: ignore[attr-defined]
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                log.error("registration refused", code=err.code().name, reason=err.details())
             raise
         async with control_aio_channel(self.control, self._channel_security()) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -162,7 +162,7 @@ class Agent:
             SESSIONS.inc()
             SESSION_UP.set(1)
 
-            async def outgoing():  # type: ignore[no-untyped-def]
+            async def outgoing():
                 while True:
                     yield await self._outbox.get()
 
@@ -239,7 +239,8 @@ class Agent:
         node_config[keys.NODE_CLIENT_ID] = json.dumps(self.client_id)
         node_config[keys.CONTROL_ADDRESS] = json.dumps(self.control)
         # The ClientApp reports to the control service as this agent, over the same TLS settings.
-        absolute = {keys.CREDENTIAL_FILE: self.state_dir / CREDENTIAL_FILE, keys.TLS_CA_FILE: self.security.ca_file,
+        absolute: dict[str, Path | str] = {
+                    keys.CREDENTIAL_FILE: self.state_dir / CREDENTIAL_FILE, keys.TLS_CA_FILE: self.security.ca_file,
                     keys.TLS_CERT_FILE: self.security.cert_file, keys.TLS_KEY_FILE: self.security.key_file}
         for key, path in absolute.items():
             node_config[key] = json.dumps(str(Path(path).resolve()) if path and Path(path).exists() else "")
@@ -329,31 +330,51 @@ def _load_config(path: Path | None) -> dict[str, Any]:
 
 
 def run(
-    config: Annotated[Path | None, typer.Option(help="TOML file with control, tasks, data_path, state_dir, device_id")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with control, tasks, data_path, state_dir, device_id")
+    ] = None,
     control: Annotated[str | None, typer.Option(help="control service host:port")] = None,
     task: Annotated[list[str] | None, typer.Option(help="task id to enrol in (repeatable)")] = None,
     data_path: Annotated[str | None, typer.Option(help="private local data path (never leaves the device)")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="agent state and SuperNode work dirs")] = None,
     device_id: Annotated[str | None, typer.Option(help="override the stable device id")] = None,
-    elasticsearch_url: Annotated[str | None, typer.Option(
-        envvar=ENV_ELASTICSEARCH_URL, help="ship logs, data status and resource samples here")] = None,
+    elasticsearch_url: Annotated[
+        str | None, typer.Option(envvar=ENV_ELASTICSEARCH_URL, help="ship logs, data status and resource samples here")
+    ] = None,
     metrics_listen: Annotated[str | None, typer.Option(help="host:port of /metrics (port 0: any free port)")] = None,
-    metrics_advertise: Annotated[str | None, typer.Option(
-        help="host:port Prometheus reaches /metrics at, when not the listen address (containers, NAT)")] = None,
+    metrics_advertise: Annotated[
+        str | None,
+        typer.Option(help="host:port Prometheus reaches /metrics at, when not the listen address (containers, NAT)"),
+    ] = None,
     sample_interval: Annotated[float | None, typer.Option(help="seconds between resource samples")] = None,
-    enrolment_token: Annotated[list[str] | None, typer.Option(
-        envvar="FEDOPS_ENROLMENT_TOKEN", help="one-time token enrolling this device in a task (repeatable)")] = None,
-    tls_ca: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the control service (TLS)")] = None,
-    tls_cert: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")] = None,
+    enrolment_token: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="FEDOPS_ENROLMENT_TOKEN", help="one-time token enrolling this device in a task (repeatable)"
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the control service (TLS)")
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")
+    ] = None,
     tls_key: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_KEY", help="key of --tls-cert")] = None,
-    preload_flower: Annotated[bool, typer.Option(
-        help="import Flower once at start-up and fork each run's SuperNode from it (saves ~2 CPU-s per run start)")] = True,
+    preload_flower: Annotated[
+        bool,
+        typer.Option(
+            help="import Flower once at start-up and fork each run's SuperNode from it (saves ~2 CPU-s per run start)"
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps device agent."""
     file_cfg = _load_config(config)
-    security = ChannelSecurity(ca_file=tls_ca or file_cfg.get("tls_ca", ""), cert_file=tls_cert or file_cfg.get("tls_cert", ""),
-                               key_file=tls_key or file_cfg.get("tls_key", ""))
+    security = ChannelSecurity(
+        ca_file=tls_ca or file_cfg.get("tls_ca", ""),
+        cert_file=tls_cert or file_cfg.get("tls_cert", ""),
+        key_file=tls_key or file_cfg.get("tls_key", ""),
+    )
     try:
         security.check()
     except ValueError as err:

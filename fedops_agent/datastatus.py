@@ -113,7 +113,8 @@ def compute_data_status(data_path: str) -> dict[str, Any]:
             stats = {"mean": np.nanmean(matrix, axis=0), "std": np.nanstd(matrix, axis=0),
                      "min": np.nanmin(matrix, axis=0), "max": np.nanmax(matrix, axis=0)}
         for index in range(min(matrix.shape[1], MAX_FEATURES_LISTED)):
-            entry = {"index": index, "missing_ratio": float(missing[:, index].mean()) if matrix.shape[0] else 0.0}
+            entry: dict[str, float | int | None] = {
+                "index": index, "missing_ratio": float(missing[:, index].mean()) if matrix.shape[0] else 0.0}
             for name, values in stats.items():
                 value = float(values[index])
                 entry[name] = None if np.isnan(value) else round(value, 6)
@@ -123,6 +124,6 @@ def compute_data_status(data_path: str) -> dict[str, Any]:
     if labels:
         all_labels = np.concatenate([lab.astype(str) for lab in labels])
         values, counts = np.unique(all_labels, return_counts=True)
-        status["label_histogram"] = {str(v): int(c) for v, c in zip(values, counts)}
+        status["label_histogram"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
         status["sample_count"] = status["sample_count"] or int(all_labels.shape[0])
     return status

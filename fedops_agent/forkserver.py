@@ -118,7 +118,7 @@ def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid:
             flower_superexec()
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    except BaseException:  # noqa: BLE001 - report it in the log, then leave like a crashed process
+    except BaseException:
         import traceback
 
         traceback.print_exc()

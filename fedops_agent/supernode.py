@@ -61,7 +61,7 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
             [*args, "--isolation", "process"], runtime_port,
             ["--insecure", "--runtime-api-address", f"127.0.0.1:{runtime_port}"], env, log_path)
     else:
-        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        log_file = open(log_path, "ab")
         process = subprocess.Popen([console_script("flower-supernode"), *args], env=env, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()

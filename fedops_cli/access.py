@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,13 +22,13 @@ ca_app = typer.Typer(help="A small CA: TLS certificates for the control service,
                      no_args_is_help=True)
 
 
-class RoleName(str, Enum):
+class RoleName(StrEnum):
     viewer = "viewer"
     operator = "operator"
     admin = "admin"
 
 
-class KindName(str, Enum):
+class KindName(StrEnum):
     all = "all"
     api = "api"
     enrolment = "enrolment"
@@ -68,8 +68,10 @@ def token_list(
     include_revoked: Annotated[bool, typer.Option("--all", help="include revoked tokens")] = False,
 ) -> None:
     """Tokens and agent credentials, never their secrets (admin)."""
-    kind_value = 0 if kind == KindName.all else A.TokenKind.Value(f"TOKEN_KIND_{kind.value.upper()}")
-    response = call("ListTokens", A.ListTokensRequest(kind=kind_value, include_revoked=include_revoked), service="access")
+    kind_value = (A.TOKEN_KIND_UNSPECIFIED if kind == KindName.all
+                  else A.TokenKind.Value(f"TOKEN_KIND_{kind.value.upper()}"))
+    request = A.ListTokensRequest(kind=kind_value, include_revoked=include_revoked)
+    response = call("ListTokens", request, service="access")
 
     def render(resp: access_pb2.ListTokensResponse) -> None:
         table = Table("token", "kind", "name", "role", "subject", "created", "expires", "used", "revoked")
@@ -118,9 +120,15 @@ def ca_init(
 @ca_app.command("issue")
 def ca_issue(
     name: Annotated[str, typer.Argument(help="common name: a server's name, an agent's device id, an operator")],
-    directory: Annotated[Path, typer.Option("--dir", help="the CA's directory (certificates go here too)")] = Path("certs"),
-    server_host: Annotated[list[str] | None, typer.Option(
-        "--server-host", help="DNS name or IP the server is reached at (repeatable): a server certificate")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="the CA's directory (certificates go here too)")] = Path(
+        "certs"
+    ),
+    server_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server-host", help="DNS name or IP the server is reached at (repeatable): a server certificate"
+        ),
+    ] = None,
     client: Annotated[bool, typer.Option(help="a client certificate (mutual TLS; agents: name = device id)")] = False,
     days: Annotated[int, typer.Option(help="validity in days")] = 825,
 ) -> None:

@@ -9,7 +9,6 @@ Exit codes: 0 ok, 1 service error, 2 bad input, 3 refused; `run watch` and `run 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -35,13 +34,21 @@ app.command("metrics")(telemetry.platform_metrics)
 
 @app.callback()
 def main_options(
-    control: Annotated[str, typer.Option(envvar="FEDOPS_CONTROL", help="control service host:port")] = "127.0.0.1:50051",
+    control: Annotated[
+        str, typer.Option(envvar="FEDOPS_CONTROL", help="control service host:port")
+    ] = "127.0.0.1:50051",
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
     token: Annotated[str | None, typer.Option(envvar="FEDOPS_TOKEN", help="API token (sent as a bearer token)")] = None,
-    token_file: Annotated[Path | None, typer.Option(
-        envvar="FEDOPS_TOKEN_FILE", help=f"file holding the API token; default {LOCAL_ADMIN_TOKEN} if present")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDOPS_TOKEN_FILE", help=f"file holding the API token; default {LOCAL_ADMIN_TOKEN} if present"
+        ),
+    ] = None,
     tls_ca: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the service (TLS)")] = None,
-    tls_cert: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")
+    ] = None,
     tls_key: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_KEY", help="key of --tls-cert")] = None,
 ) -> None:
     """Global options."""
@@ -65,7 +72,7 @@ def health(service: Annotated[str, typer.Option(help="service name; '' = the ser
     try:
         answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     except grpc.RpcError as err:
-        fail(f"{err.code().name}: {err.details()}", 1)  # type: ignore[attr-defined]
+        fail(f"{err.code().name}: {err.details()}", 1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     if Ctx.output == Output.json:
         print(json.dumps({"status": status}))
@@ -81,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

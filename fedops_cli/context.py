@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
     (Console(stderr=True) if stderr else console).print(Text.assemble(*parts), soft_wrap=True)
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     json = "json"
 

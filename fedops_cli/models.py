@@ -30,9 +30,18 @@ def render_models(resp: control_pb2.ListModelsResponse) -> None:
     table = Table("id", "task", "run", "round", "version", "tags", "metrics", "participants", "parent", "bytes",
                   title="Model versions")
     for m in resp.models:
-        table.add_row(m.id, m.task_id, m.run_id, str(m.round), f"v{m.version}", ", ".join(m.tags),
-                      metricvalues.text(m.metrics, ("central.accuracy", "central.loss")), ", ".join(m.participant_client_ids),
-                      m.parent_id, str(m.size_bytes))
+        table.add_row(
+            m.id,
+            m.task_id,
+            m.run_id,
+            str(m.round),
+            f"v{m.version}",
+            ", ".join(m.tags),
+            metricvalues.text(m.metrics, ("central.accuracy", "central.loss")),
+            ", ".join(m.participant_client_ids),
+            m.parent_id,
+            str(m.size_bytes),
+        )
     console.print(table)
 
 

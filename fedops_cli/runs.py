@@ -86,7 +86,9 @@ def run_start(
 
 
 @run_app.command("stop")
-def run_stop(run_id: str, hard: Annotated[bool, typer.Option(help="stop now instead of after the round")] = False) -> None:
+def run_stop(
+    run_id: str, hard: Annotated[bool, typer.Option(help="stop now instead of after the round")] = False
+) -> None:
     """Stop a run: after the current round (default) or at once (--hard)."""
     mode = control_pb2.STOP_MODE_HARD if hard else control_pb2.STOP_MODE_COOPERATIVE
     emit(call("StopRun", control_pb2.StopRunRequest(run_id=run_id, mode=mode)), render_run)
@@ -104,9 +106,15 @@ def run_list(task: Annotated[str, typer.Option()] = "") -> None:
     def render(resp: control_pb2.ListRunsResponse) -> None:
         table = Table("id", "task", "state", "outcome", "round", "clients", "reason", title="Runs")
         for r in resp.runs:
-            table.add_row(r.id, r.task_id, enum_label(S.RunState, r.state),
-                          enum_label(S.RunOutcome, r.outcome) if r.outcome else "", f"{r.current_round}/{r.total_rounds}",
-                          str(len(r.client_ids)), r.reason)
+            table.add_row(
+                r.id,
+                r.task_id,
+                enum_label(S.RunState, r.state),
+                enum_label(S.RunOutcome, r.outcome) if r.outcome else "",
+                f"{r.current_round}/{r.total_rounds}",
+                str(len(r.client_ids)),
+                r.reason,
+            )
         console.print(table)
 
     emit(call("ListRuns", control_pb2.ListRunsRequest(task_id=task)), render)
@@ -142,8 +150,9 @@ def run_watch(run_id: str) -> None:
             if event.kind == "round_finished":
                 data = json_format.MessageToDict(event.data)
                 central = data.get("central", {})
-                text += (f" | clients {', '.join(data.get('responded', []))}"
-                         + (f" | global loss {central['loss']:.4f} acc {central['accuracy']:.4f}" if "loss" in central else ""))
+                text += f" | clients {', '.join(data.get('responded', []))}" + (
+                    f" | global loss {central['loss']:.4f} acc {central['accuracy']:.4f}" if "loss" in central else ""
+                )
             say((stamp, "dim"), " ", (text, style))
     except ControlError as err:
         fail(str(err), exit_code(err))

@@ -53,18 +53,24 @@ def render_task(task: common_pb2.Task) -> None:
     s = task.strategy
     best = (f"{s.best_metric} ({'lower' if s.best_metric_lower_is_better else 'higher'} is better)"
             if s.best_metric else "")
-    for key, value in [("title", task.title), ("description", task.description), ("tags", ", ".join(task.tags)),
-                       ("app", app_ref),
-                       ("strategy", f"{s.name}: {s.rounds} rounds, quorum {s.min_clients}, fraction "
-                                    f"{s.fraction_train:g}/{s.fraction_evaluate:g}, round timeout {s.round_timeout_s:g}s"),
-                       ("client retry", f"up to {s.client_max_restarts} restarts, backoff from "
-                                        f"{s.client_restart_backoff_s:g}s"),
-                       ("best metric", best),
-                       ("run config", describe_run_config_keys(s.run_config_keys)),
-                       ("hyperparameters", json.dumps(json_format.MessageToDict(task.hyperparameters))),
-                       ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
-                       ("enrolled", ", ".join(task.enrolled_client_ids)),
-                       ("selected", ", ".join(task.selected_client_ids))]:
+    for key, value in [
+        ("title", task.title),
+        ("description", task.description),
+        ("tags", ", ".join(task.tags)),
+        ("app", app_ref),
+        (
+            "strategy",
+            f"{s.name}: {s.rounds} rounds, quorum {s.min_clients}, fraction "
+            f"{s.fraction_train:g}/{s.fraction_evaluate:g}, round timeout {s.round_timeout_s:g}s",
+        ),
+        ("client retry", f"up to {s.client_max_restarts} restarts, backoff from {s.client_restart_backoff_s:g}s"),
+        ("best metric", best),
+        ("run config", describe_run_config_keys(s.run_config_keys)),
+        ("hyperparameters", json.dumps(json_format.MessageToDict(task.hyperparameters))),
+        ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
+        ("enrolled", ", ".join(task.enrolled_client_ids)),
+        ("selected", ", ".join(task.selected_client_ids)),
+    ]:
         table.add_row(key, value)
     console.print(table)
 
@@ -107,14 +113,14 @@ def task_create(
     if bool(app_path) == bool(git_url):
         raise typer.BadParameter("give exactly one of --app or --git-url", param_hint="--app/--git-url")
     app_ref = common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else \
-        common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref, subdirectory=git_subdir))
+        common_pb2.AppReference(git=common_pb2.GitSource(url=git_url or "", ref=git_ref, subdirectory=git_subdir))
     given = {"name": strategy, "rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
              "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
              "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
              "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
     # Only what was given: proto3 zero means unset, and the service refuses a given setting the app cannot receive.
-    settings = common_pb2.StrategySettings(**{k: v for k, v in given.items() if v is not None},
-                                           run_config_keys=parse_run_config_keys(run_config_key))
+    settings = common_pb2.StrategySettings(run_config_keys=parse_run_config_keys(run_config_key))
+    json_format.ParseDict({k: v for k, v in given.items() if v is not None}, settings)
     task = common_pb2.Task(
         title=title, description=description, tags=tag or [], app=app_ref, strategy=settings,
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
@@ -155,8 +161,13 @@ def task_update(
         raise typer.BadParameter("give at most one of --app or --git-url", param_hint="--app/--git-url")
     app_ref = None
     if app_path or git_url:
-        app_ref = (common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else
-                   common_pb2.AppReference(git=common_pb2.GitSource(url=git_url, ref=git_ref, subdirectory=git_subdir)))
+        app_ref = (
+            common_pb2.AppReference(local_path=str(Path(app_path).resolve()))
+            if app_path
+            else common_pb2.AppReference(
+                git=common_pb2.GitSource(url=git_url or "", ref=git_ref, subdirectory=git_subdir)
+            )
+        )
     changes = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
                "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
                "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,

@@ -44,7 +44,7 @@ class ControlError(Exception):
 
     @classmethod
     def of(cls, err: grpc.RpcError) -> ControlError:
-        return cls(err.code(), err.details() or "")  # type: ignore[attr-defined]  # grpc.Call's methods
+        return cls(err.code(), err.details() or "")  # grpc.Call's methods
 
 
 class ControlClient:

@@ -26,7 +26,7 @@ def to_timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value)
     return out
@@ -34,7 +34,7 @@ def to_timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def utcnow() -> dt.datetime:
     """Naive UTC now, as stored in the database."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def short_name(enum_name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,7 +37,7 @@ def _label(key: str) -> str:
     return key.replace(".", "_")
 
 
-def _to_ecs(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _to_ecs(_: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Rename structlog's keys to ECS: @timestamp, log.level, message, service.name."""
     out: dict[str, Any] = {
         "@timestamp": event.pop("timestamp", None),
@@ -73,7 +74,7 @@ def configure_logging(component: str, log_file: Path | None = None, level: str =
 
     Records of other libraries that use the standard ``logging`` module are rendered the same way.
     """
-    def add_component(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_component(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         # Not a context variable: threads that do not inherit the context (Streamlit's script
         # runner, library threads) must name the component too.
         event.setdefault("component", component)

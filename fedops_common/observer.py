@@ -25,7 +25,7 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def _is_retryable(err: BaseException) -> bool:
-    return isinstance(err, grpc.RpcError) and err.code() in _RETRYABLE  # type: ignore[attr-defined]
+    return isinstance(err, grpc.RpcError) and err.code() in _RETRYABLE
 
 
 _retrying = retry(retry=retry_if_exception(_is_retryable), wait=wait_exponential(0.2, max=5),
@@ -35,7 +35,7 @@ _retrying = retry(retry=retry_if_exception(_is_retryable), wait=wait_exponential
 def arrays_to_npz(arrays: dict[str, np.ndarray]) -> bytes:
     """Serialise named arrays (an ArrayRecord's content) to NumPy's npz format."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
     return buf.getvalue()
 
 
@@ -57,9 +57,11 @@ class ObserverClient:
         """A client for the address, credential file and TLS files named in a run or node config."""
         credential = str(config.get(keys.CREDENTIAL_FILE, "") or "")
         security = ChannelSecurity(
-            ca_file=str(config.get(keys.TLS_CA_FILE, "") or ""), cert_file=str(config.get(keys.TLS_CERT_FILE, "") or ""),
+            ca_file=str(config.get(keys.TLS_CA_FILE, "") or ""),
+            cert_file=str(config.get(keys.TLS_CERT_FILE, "") or ""),
             key_file=str(config.get(keys.TLS_KEY_FILE, "") or ""),
-            token=read_secret(Path(credential)) if credential else "")
+            token=read_secret(Path(credential)) if credential else "",
+        )
         return cls(str(config[keys.CONTROL_ADDRESS]), security)
 
     @_retrying

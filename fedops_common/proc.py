@@ -45,11 +45,11 @@ class ChildProcess(Protocol):
     """What :func:`stop_process_group` needs of a child: :class:`subprocess.Popen` has it."""
 
     @property
-    def pid(self) -> int: ...  # noqa: D102
+    def pid(self) -> int: ...
 
-    def poll(self) -> int | None: ...  # noqa: D102
+    def poll(self) -> int | None: ...
 
-    def wait(self, timeout: float | None = None) -> int: ...  # noqa: D102
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 def stop_process_group(process: ChildProcess, hard: bool = False, grace_s: float = 5.0) -> None:

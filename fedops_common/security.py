@@ -109,14 +109,14 @@ def _with_metadata(details: Any, extra: list[tuple[str, str]], factory: Callable
                    details.wait_for_ready)
 
 
-class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+class _Details(grpc.ClientCallDetails):
     def __init__(self, method: str, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any,
                  compression: Any) -> None:
         self.method, self.timeout, self.metadata = method, timeout, metadata
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
-class TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+class TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                        grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Adds the bearer token to every call of a blocking channel (plaintext channels included)."""
 
@@ -140,19 +140,19 @@ class _AioToken:
 
 # grpc.aio files each interceptor under the first call kind it matches, so one class per kind.
 class _AioUnaryUnary(_AioToken, grpc.aio.UnaryUnaryClientInterceptor):
-    intercept_unary_unary = _AioToken._call  # type: ignore[assignment]
+    intercept_unary_unary = _AioToken._call
 
 
 class _AioUnaryStream(_AioToken, grpc.aio.UnaryStreamClientInterceptor):
-    intercept_unary_stream = _AioToken._call  # type: ignore[assignment]
+    intercept_unary_stream = _AioToken._call
 
 
 class _AioStreamUnary(_AioToken, grpc.aio.StreamUnaryClientInterceptor):
-    intercept_stream_unary = _AioToken._call  # type: ignore[assignment]
+    intercept_stream_unary = _AioToken._call
 
 
 class _AioStreamStream(_AioToken, grpc.aio.StreamStreamClientInterceptor):
-    intercept_stream_stream = _AioToken._call  # type: ignore[assignment]
+    intercept_stream_stream = _AioToken._call
 
 
 def aio_token_interceptors(metadata: list[tuple[str, str]]) -> list[grpc.aio.ClientInterceptor]:

@@ -68,12 +68,27 @@ class LocalStack:
         self.control_address = f"127.0.0.1:{port}"
         self.metrics_address = self.metrics_address or f"127.0.0.1:{free_port()}"
         self.root.mkdir(parents=True, exist_ok=True)
-        out = open(self.root / "control.out", "ab")  # noqa: SIM115
+        out = open(self.root / "control.out", "ab")
         self.control = subprocess.Popen(
-            [console_script("fedops-control"), "--listen", self.control_address, "--data-dir", str(self.root / "control"),
-             "--metrics-listen", self.metrics_address, "--elasticsearch-url", self.elasticsearch_url,
-             "--database-url", self.database_url, "--auth" if self.auth else "--no-auth", *self.control_args],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                console_script("fedops-control"),
+                "--listen",
+                self.control_address,
+                "--data-dir",
+                str(self.root / "control"),
+                "--metrics-listen",
+                self.metrics_address,
+                "--elasticsearch-url",
+                self.elasticsearch_url,
+                "--database-url",
+                self.database_url,
+                "--auth" if self.auth else "--no-auth",
+                *self.control_args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
         wait_for_port("127.0.0.1", port, 60)
         if self.auth:
@@ -91,7 +106,7 @@ class LocalStack:
         (it enrols with them once, then acts with the credential it keeps)."""
         state = self.root / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
-        out = open(state / "agent.out", "ab")  # noqa: SIM115
+        out = open(state / "agent.out", "ab")
         args = [console_script("fedops-agent"), "--control", self.control_address, "--data-path", str(data_path),
                 "--state-dir", str(state), "--device-id", f"demo-{name}", "--metrics-listen", "127.0.0.1:0",
                 "--elasticsearch-url", self.elasticsearch_url, *(extra_args or [])]

@@ -12,6 +12,7 @@ from fedops_common.logging import get_logger
 from fedops_dash.backends import BackendError, Control, Settings
 
 T = TypeVar("T")
+D = TypeVar("D")
 log = get_logger("fedops_dash")
 BACKEND_ERRORS = Counter("fedops_dash_backend_errors", "Dashboard calls that failed, by what was attempted", ["what"])
 ACTIONS = Counter("fedops_dash_actions", "State-changing actions taken from the dashboard", ["action"])
@@ -33,7 +34,7 @@ def control() -> Control:
     return Control(settings().control)
 
 
-def attempt(what: str, action: Callable[[], T], default: T) -> T:
+def attempt(what: str, action: Callable[[], T], default: D) -> T | D:
     """Run a backend call; on failure show a clear notice and go on with ``default``."""
     try:
         return action()

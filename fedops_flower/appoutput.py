@@ -39,7 +39,7 @@ class _Tee(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         try:
             self._original.write(text)
         except (OSError, ValueError):  # a closed or broken original stream must not break the app
@@ -91,8 +91,8 @@ def capture_output() -> Callable[[], None]:
     originals = sys.stdout, sys.stderr
     if isinstance(sys.stdout, _Tee):  # already captured (a second ClientApp message in this process)
         return lambda: None
-    sys.stdout = _Tee("stdout", originals[0])  # type: ignore[assignment]
-    sys.stderr = _Tee("stderr", originals[1])  # type: ignore[assignment]
+    sys.stdout = _Tee("stdout", originals[0])
+    sys.stderr = _Tee("stderr", originals[1])
 
     def restore() -> None:
         for stream in (sys.stdout, sys.stderr):

@@ -53,7 +53,7 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.5)
             result = check()
             if result:
                 return result
-        except Exception as err:  # noqa: BLE001 - keep polling, report the last error
+        except Exception as err:
             last_error = err
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})")
@@ -111,7 +111,7 @@ class Elasticsearch:
     def start(self, timeout_s: float = 120) -> Elasticsearch:
         """Start (or restart, keeping the data) and wait until the cluster answers."""
         env, kwargs = self._prepare()
-        out = open(self.root / "stdout.log", "ab")  # noqa: SIM115
+        out = open(self.root / "stdout.log", "ab")
         self.process = subprocess.Popen([str(ES_HOME / "bin" / "elasticsearch")], env=env, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root,
                                         **kwargs)
@@ -180,7 +180,7 @@ class Prometheus:
         self.port = self.port or free_port()
         config = self.root / "prometheus.yml"
         config.write_text(config_yaml, encoding="utf-8")
-        out = open(self.root / "stdout.log", "ab")  # noqa: SIM115
+        out = open(self.root / "stdout.log", "ab")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
@@ -250,7 +250,7 @@ class Postgres:
         data = self.root / "data"
         subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
                        check=True, capture_output=True, cwd=self.root, **kwargs)
-        out = open(self.root / "postgres.log", "ab")  # noqa: SIM115
+        out = open(self.root / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.root),
              "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, **kwargs)

@@ -136,7 +136,8 @@ def test_every_rpc_needs_its_role(secured: dict[str, Any]) -> None:
     for name, request in (("StartRun", control_pb2.StartRunRequest(task_id=secured["task"]["id"])),
                           ("DeleteTask", control_pb2.DeleteTaskRequest(task_id=secured["task"]["id"])),
                           ("StopRun", control_pb2.StopRunRequest(run_id="run-x"))):
-        assert _code(lambda: getattr(viewer, name)(request, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        refused = _code(lambda name=name, request=request: getattr(viewer, name)(request, timeout=5))
+        assert refused == grpc.StatusCode.PERMISSION_DENIED
     assert stack.ctl("task", "show", secured["task"]["id"]).returncode == 0  # still there
 
 
@@ -299,7 +300,8 @@ def test_mutual_tls_run_and_superlink_admits_only_the_runs_agents(tmp_path: Path
         assert all(sorted(r["responded_client_ids"]) == sorted(agents) for r in final["rounds"])
         assert len(stack.ctl_json("models", "list", "--run", run["id"])["models"]) == 2
         stranger_log = (tmp_path / "stranger" / "supernode.log").read_text(errors="replace")
-        assert "SuperNode ID" not in stranger_log and "Failed to activate SuperNode" in stranger_log, stranger_log[-2000:]
+        assert "SuperNode ID" not in stranger_log, stranger_log[-2000:]
+        assert "Failed to activate SuperNode" in stranger_log, stranger_log[-2000:]
         link_log = (run_dir / "superlink.log").read_text(errors="replace")
         assert link_log.count("Created node_id=") == 2  # only the run's two agents were admitted
         assert "SuperNode authentication is disabled" not in link_log
@@ -348,9 +350,25 @@ def _stranger_supernode(workdir: Path, superlink: str, ca_file: Path) -> subproc
     from fedops_common.proc import flower_env
 
     key, _ = supernode_keypair(workdir)
-    log = open(workdir / "supernode.log", "wb")  # noqa: SIM115
-    return subprocess.Popen([console_script("flower-supernode"), "--root-certificates", str(ca_file),
-                             "--auth-supernode-private-key", str(key), "--superlink", superlink, "--port", str(free_port()),
-                             "--max-retries", "3", "--max-wait-time", "20"],
-                            env=flower_env(workdir / "flwr"), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log = open(workdir / "supernode.log", "wb")
+    return subprocess.Popen(
+        [
+            console_script("flower-supernode"),
+            "--root-certificates",
+            str(ca_file),
+            "--auth-supernode-private-key",
+            str(key),
+            "--superlink",
+            superlink,
+            "--port",
+            str(free_port()),
+            "--max-retries",
+            "3",
+            "--max-wait-time",
+            "20",
+        ],
+        env=flower_env(workdir / "flwr"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

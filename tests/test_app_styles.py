@@ -40,16 +40,34 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, elasticsearch: Elasticsearch
         tasks = {}
         for name, app in [*((s, APPS / s) for s in STYLES), ("missing_dependency", APPS / "missing_dependency"),
                           ("undeclared_dependency", undeclared)]:
-            tasks[name] = stack.ctl_json("task", "create", "--title", name, "--app", str(app), "--rounds", "2", "--min-clients", "2",
-                                         "--round-timeout", "60", "--client-config", "partition-id=${client.index}",
-                                         "--client-max-restarts", "0")["id"]
+            tasks[name] = stack.ctl_json(
+                "task",
+                "create",
+                "--title",
+                name,
+                "--app",
+                str(app),
+                "--rounds",
+                "2",
+                "--min-clients",
+                "2",
+                "--round-timeout",
+                "60",
+                "--client-config",
+                "partition-id=${client.index}",
+                "--client-max-restarts",
+                "0",
+            )["id"]
         for i in range(CLIENTS):
             data = root / f"data{i}"
             data.mkdir()
             stack.start_agent(f"styles{i}", list(tasks.values()), data)
         clients = [stack.client_id(f"styles{i}") for i in range(CLIENTS)]
-        wait_until(lambda: all(c["state"] == "CLIENT_STATE_ONLINE" for c in stack.ctl_json("clients", "list")["clients"]),
-                   30, "agents online")
+        wait_until(
+            lambda: all(c["state"] == "CLIENT_STATE_ONLINE" for c in stack.ctl_json("clients", "list")["clients"]),
+            30,
+            "agents online",
+        )
         for task_id in tasks.values():
             stack.ctl("task", "select", task_id, *clients)
         yield {"stack": stack, "tasks": tasks, "clients": clients, "es": elasticsearch, "prometheus": prometheus}

@@ -188,7 +188,7 @@ def test_real_browser_clicks_through_a_run(finished_run: dict[str, Any], tmp_pat
     dash = subprocess.Popen([console_script("fedops-dash"), "--port", str(port), "--telemetry-dir",
                              str(tmp_path / "dash-telemetry"), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
                             start_new_session=True,
-                            stdout=open(tmp_path / "dash.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(tmp_path / "dash.log", "wb"), stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -54,7 +54,8 @@ def test_grafana_board_is_well_formed(board_path: Path) -> None:
         assert panel["type"] in PANEL_TYPES and panel["title"]
         grid = panel["gridPos"]
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
-        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])}
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
         assert sources.get(panel["datasource"]["uid"]) == panel["datasource"]["type"]
@@ -91,7 +92,7 @@ def test_kibana_saved_objects_are_consistent() -> None:
 class _FakeKibana(BaseHTTPRequestHandler):
     received: list[tuple[str, dict[str, str], bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         ok = b"saved_objects.ndjson" in body

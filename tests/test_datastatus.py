@@ -15,7 +15,8 @@ def test_npz_partition(digits_data: list[Path]) -> None:
         labels = np.concatenate([npz["y_train"], npz["y_test"]])
         features = np.concatenate([npz["x_train"], npz["x_test"]])
     assert status["sample_count"] == len(labels) and status["feature_count"] == 64
-    assert status["label_histogram"] == {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+    values, counts = np.unique(labels, return_counts=True)
+    assert status["label_histogram"] == {str(k): int(v) for k, v in zip(values, counts, strict=True)}
     assert status["missing_ratio"] == 0.0
     assert status["features"][10]["mean"] == round(float(features[:, 10].mean()), 6)
     assert status["freshness_s"] >= 0 and status["newest_file_at"].endswith("Z")

@@ -73,7 +73,9 @@ def stray_processes(stack: LocalStack) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]) -> Iterator[tuple[LocalStack, str, list[str]]]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path]
+) -> Iterator[tuple[LocalStack, str, list[str]]]:
     """Control + 3 agents enrolled in a 3-round task."""
     local = LocalStack(tmp_path_factory.mktemp("stack"))
     try:

@@ -137,7 +137,8 @@ def test_failed_client_is_restarted_with_backoff_and_rejoins(tmp_path: Path, dig
         final = wait_finished(stack, run["id"], timeout_s=300)
         assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
         assert clients[2] in final["rounds"][-1]["responded_client_ids"], final["rounds"][-1]
-        agent_log = "".join(p.read_text() for p in (stack.root / "agents" / "t2" / "telemetry" / "logs").glob("*.jsonl"))
+        logs = stack.root / "agents" / "t2" / "telemetry" / "logs"
+        agent_log = "".join(p.read_text() for p in logs.glob("*.jsonl"))
         assert "restart 1/3 in 0.5s" in agent_log and "SuperNode restarted for run" in agent_log
         assert "restart 2/3" not in agent_log  # waiting for Flower to release the node spends no retry
         assert stack.ctl_json("clients", "show", clients[2])["state"] != "CLIENT_STATE_FAILED"

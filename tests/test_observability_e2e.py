@@ -118,8 +118,12 @@ def test_resource_samples_tagged_with_run_round_and_model_version(observed_run: 
     assert terms_of(es, "fedops-resources", "fedops.client.id", run_query) == set(clients)
     versions = terms_of(es, "fedops-resources", "fedops.model.version", run_query)
     assert versions >= set(range(0, ROUNDS))  # round r trains from the version stored after round r-1
-    stats = es.search("fedops-resources", run_query, size=0,
-                      aggs={"cpu": {"max": {"field": "host.cpu.usage"}}, "rss": {"min": {"field": "process.memory.rss"}}})
+    stats = es.search(
+        "fedops-resources",
+        run_query,
+        size=0,
+        aggs={"cpu": {"max": {"field": "host.cpu.usage"}}, "rss": {"min": {"field": "process.memory.rss"}}},
+    )
     assert stats["aggregations"]["cpu"]["value"] > 0
     assert stats["aggregations"]["rss"]["value"] > 10 * 1024 * 1024
 
@@ -189,7 +193,8 @@ def grafana_targets() -> list[tuple[str, str, dict[str, Any]]]:
     for board in sorted((GRAFANA / "dashboards").glob("*.json")):
         for panel in json.loads(board.read_text())["panels"]:
             for target in panel["targets"]:
-                found.append((f"{board.stem}: {panel['title']} {target['refId']}", target["datasource"]["type"], target))
+                name = f"{board.stem}: {panel['title']} {target['refId']}"
+                found.append((name, target["datasource"]["type"], target))
     return found
 
 

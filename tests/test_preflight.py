@@ -146,8 +146,15 @@ def test_agent_servicer_routes_answers_without_the_database() -> None:
         pending = asyncio.create_task(preflight.run(agents, ["client-a"], [], "run-1", False, timeout_s=5))
         command = await queue.get()
         assert command is not None
-        await servicer._apply("client-a", agent_pb2.AgentMessage(client_id="client-a", preflight=agent_pb2.PreflightResult(
-            preflight_id=command.preflight.preflight_id, problems=["x (not installed)"])))
+        await servicer._apply(
+            "client-a",
+            agent_pb2.AgentMessage(
+                client_id="client-a",
+                preflight=agent_pb2.PreflightResult(
+                    preflight_id=command.preflight.preflight_id, problems=["x (not installed)"]
+                ),
+            ),
+        )
         return (await pending)["client-a"]
 
     assert asyncio.run(scenario()) == ["x (not installed)"]

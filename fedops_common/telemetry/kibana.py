@@ -22,8 +22,14 @@ class KibanaError(RuntimeError):
 def import_saved_objects(kibana_url: str, path: Path = SAVED_OBJECTS, timeout_s: float = 60) -> dict[str, Any]:
     """POST the NDJSON file to ``/api/saved_objects/_import?overwrite=true`` (idempotent); returns Kibana's answer."""
     boundary = f"fedops-{uuid.uuid4().hex}"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/ndjson\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/ndjson\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
         f"{kibana_url.rstrip('/')}/api/saved_objects/_import?overwrite=true", data=body, method="POST",
         headers={"kbn-xsrf": "fedops", "Content-Type": f"multipart/form-data; boundary={boundary}"})

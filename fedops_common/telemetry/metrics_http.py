@@ -14,7 +14,7 @@ JsonRoute = Callable[[], Any]
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes would flood stderr
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 

@@ -70,7 +70,7 @@ class TelemetryWriter:
             handle = self._files.get(family)
             if handle is None:
                 self.path(family).parent.mkdir(parents=True, exist_ok=True)
-                handle = self._files[family] = open(self.path(family), "a", encoding="utf-8")  # noqa: SIM115
+                handle = self._files[family] = open(self.path(family), "a", encoding="utf-8")
             handle.write(line)
             handle.flush()
         return doc

@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from fedops_common.logging import get_logger
-from fedops_common.proto import access_pb2
 from fedops_common.telemetry import TelemetryWriter
+from fedops_control.access.policy import role_name
 from fedops_control.access.tokens import Identity
 
 log = get_logger(__name__)
@@ -59,10 +59,11 @@ class AuditLog:
         action = method.rsplit("/", 1)[-1]
         outcome = "success" if code == grpc.StatusCode.OK else "failure"
         who = identity.name if identity else ("enrolling device" if action == "Register" else "unauthenticated")
-        role = access_pb2.Role.Name(identity.role).removeprefix("ROLE_").lower() if identity else ""
+        role = role_name(identity.role) if identity else ""
         ids = {**_ids(request), **_ids(response)}
-        if response is not None and action in ("CreateTask", "StartRun") and getattr(response, "id", ""):
-            ids["fedops.task.id" if action == "CreateTask" else "fedops.run.id"] = response.id
+        created = str(getattr(response, "id", "")) if action in ("CreateTask", "StartRun") else ""
+        if created:
+            ids["fedops.task.id" if action == "CreateTask" else "fedops.run.id"] = created
         document = {
             "message": f"{who} ({role or 'no role'}) {action}: {code.name}" + (f" - {details}" if details else ""),
             "log.level": "info" if outcome == "success" else "warning",

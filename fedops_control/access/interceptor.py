@@ -15,7 +15,7 @@ import grpc
 from fedops_common.proto import access_pb2
 from fedops_common.security import AUTHORIZATION
 from fedops_control.access.audit import AuditLog
-from fedops_control.access.policy import AUDITED, ENROLMENT, OPEN, allows, required_role
+from fedops_control.access.policy import AUDITED, ENROLMENT, OPEN, allows, required_role, role_name
 from fedops_control.access.tokens import ANONYMOUS_ADMIN, Identity, TokenStore
 
 A = access_pb2
@@ -27,11 +27,6 @@ def bearer(metadata: Sequence[Any] | None) -> str:
         if key == AUTHORIZATION and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):].strip()
     return ""
-
-
-def role_name(role: int) -> str:
-    """'viewer', 'operator', ... for messages."""
-    return A.Role.Name(role).removeprefix("ROLE_").lower() if role in A.Role.values() else str(role)
 
 
 class AccessControl:

@@ -49,3 +49,8 @@ def allows(role: int, needed: int) -> bool:
     if needed in (A.ROLE_VIEWER, A.ROLE_OPERATOR, A.ROLE_ADMIN):
         return role in (A.ROLE_VIEWER, A.ROLE_OPERATOR, A.ROLE_ADMIN) and role >= needed
     return role == needed
+
+
+def role_name(role: int) -> str:
+    """'viewer', 'operator', ... for messages."""
+    return A.Role.Name(A.Role.ValueType(role)).removeprefix("ROLE_").lower() if role in A.Role.values() else str(role)

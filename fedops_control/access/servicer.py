@@ -21,7 +21,8 @@ A = access_pb2
 
 def token_to_proto(row: CredentialRow) -> access_pb2.TokenInfo:
     """Token metadata; never the secret."""
-    info = A.TokenInfo(token_id=row.id, kind=row.kind, name=row.name, role=row.role, subject=row.subject,
+    info = A.TokenInfo(token_id=row.id, kind=A.TokenKind.ValueType(row.kind), name=row.name,
+                       role=A.Role.ValueType(row.role), subject=row.subject,
                        created_at=to_timestamp(row.created_at), created_by=row.created_by)
     for field in ("expires_at", "used_at", "revoked_at"):
         if getattr(row, field) is not None:
@@ -48,18 +49,18 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         self._sessions = sessions
         self._access = access
 
-    def _caller(self, context) -> str:  # type: ignore[no-untyped-def]
+    def _caller(self, context) -> str:
         identity = self._access.identity(context)
         return f"{identity.name} ({identity.token_id})" if identity and identity.token_id else "anonymous"
 
     @grpc_errors
-    async def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
+    async def WhoAmI(self, request, context):
         identity = self._access.identity(context)
         return A.Identity(token_id=identity.token_id, name=identity.name, role=identity.role,
                           subject=identity.subject)
 
     @grpc_errors
-    async def CreateApiToken(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateApiToken(self, request, context):
         if request.role not in OPERATOR_ROLES:
             raise InvalidArgument("role", "one of ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN")
         if not request.name.strip():
@@ -69,7 +70,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         return A.IssuedToken(token=secret, info=token_to_proto(row))
 
     @grpc_errors
-    async def CreateEnrolmentToken(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateEnrolmentToken(self, request, context):
         if not request.task_id:
             raise InvalidArgument("task_id", "required")
         with self._sessions() as db:
@@ -81,14 +82,14 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         return A.IssuedToken(token=secret, info=token_to_proto(row))
 
     @grpc_errors
-    async def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTokens(self, request, context):
         if request.kind not in A.TokenKind.values():
             raise InvalidArgument("kind", "unknown token kind")
         rows = self._access.tokens.list(request.kind, request.include_revoked)
         return A.ListTokensResponse(tokens=[token_to_proto(row) for row in rows])
 
     @grpc_errors
-    async def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
+    async def RevokeToken(self, request, context):
         if not request.token_id:
             raise InvalidArgument("token_id", "required")
         if len(request.token_id) > 32:

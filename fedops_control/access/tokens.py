@@ -18,7 +18,8 @@ from fedops_common.security import token_digest
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
-PREFIX = {A.TOKEN_KIND_API: "fop", A.TOKEN_KIND_ENROLMENT: "foe", A.TOKEN_KIND_AGENT: "foa", A.TOKEN_KIND_RUN: "for"}
+PREFIX: dict[int, str] = {A.TOKEN_KIND_API: "fop", A.TOKEN_KIND_ENROLMENT: "foe", A.TOKEN_KIND_AGENT: "foa",
+                          A.TOKEN_KIND_RUN: "for"}
 OPERATOR_ROLES = (A.ROLE_VIEWER, A.ROLE_OPERATOR, A.ROLE_ADMIN)
 DEFAULT_ENROLMENT_TTL_S = 24 * 3600
 MAX_TTL_S = 10 * 365 * 24 * 3600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import uuid
 from pathlib import Path
@@ -98,7 +99,7 @@ class ModelStore:
             raise NotFound(f"model {model_id} not found")
         return row
 
-    def tags_for(self, row: ModelRow, strategy: StrategySpec) -> list[str]:
+    def tags_for(self, row: ModelRow, strategy: StrategySpec) -> builtins.list[str]:  # list: the method above
         """"latest"/"best" labels of a version within its task."""
         tags = []
         if self.resolve("latest", row.task_id).id == row.id:

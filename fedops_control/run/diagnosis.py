@@ -29,7 +29,8 @@ def _missing(db: Session, agents: AgentSessions, client_ids: list[str]) -> list[
             reason = f"failed: {client.state_reason}"
         else:
             reason = f"agent online (heartbeat {age:.0f}s ago), reply still pending"
-        out.append(common_pb2.MissingClient(client_id=cid, state=client.state, heartbeat_age_s=age, reason=reason))
+        out.append(common_pb2.MissingClient(
+            client_id=cid, state=S.ClientState.ValueType(client.state), heartbeat_age_s=age, reason=reason))
     return out
 
 
@@ -40,14 +41,16 @@ def diagnose(sessions: sessionmaker[Session], agents: AgentSessions, run_id: str
         if run is None:
             raise NotFound(f"run {run_id} not found")
         quorum = StrategySpec.from_dict(run.strategy).min_clients
-        diag = common_pb2.Diagnosis(run_id=run_id, state=run.state, round=run.current_round, clients_needed=quorum)
+        diag = common_pb2.Diagnosis(
+            run_id=run_id, state=S.RunState.ValueType(run.state), round=run.current_round, clients_needed=quorum)
         if run.state == S.RUN_STATE_FINISHED:
-            outcome = common_pb2.RunOutcome.Name(run.outcome).split("_")[-1].lower()
+            outcome = common_pb2.RunOutcome.Name(S.RunOutcome.ValueType(run.outcome)).split("_")[-1].lower()
             diag.summary = f"Run {outcome} after {run.completed_rounds} rounds: {run.reason}"  # completed ones
             return diag
         if run.state != S.RUN_STATE_RUNNING:
             diag.waiting = True
-            diag.summary = f"Run is {common_pb2.RunState.Name(run.state).split('_')[-1].lower()}: launching SuperLink and SuperNodes."
+            state = common_pb2.RunState.Name(S.RunState.ValueType(run.state)).split("_")[-1].lower()
+            diag.summary = f"Run is {state}: launching SuperLink and SuperNodes."
             return diag
         round_row = db.get(RoundRow, (run_id, run.current_round)) if run.current_round else None
         if round_row is None or round_row.phase in ("done", "failed"):

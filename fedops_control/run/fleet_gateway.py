@@ -66,7 +66,7 @@ def create_app(upstream: str, ca_file: Path | None = None) -> Starlette:
         try:
             answer = await client.post(request.url.path, content=await request.body(),
                                        headers=_forwarded(request.headers.items()),
-                                       params=request.query_params.multi_items())
+                                       params=request.url.query)
         except httpx.TransportError as err:  # the SuperLink is starting or gone: the SuperNode retries
             return PlainTextResponse(f"SuperLink unavailable: {err}\n", status_code=503)
         return Response(answer.content, status_code=answer.status_code,

@@ -78,7 +78,7 @@ async def _call(what: str, handle: SuperLinkHandle, work: Callable[[ControlHttpC
 
     try:
         return await asyncio.to_thread(run)
-    except (Exception, SystemExit) as err:  # noqa: BLE001 - Flower's helpers may sys.exit on bad input
+    except (Exception, SystemExit) as err:
         raise FlowerControlError(f"{what} failed: {err}") from err
 
 

@@ -185,7 +185,7 @@ class LocalProcessLauncher:
             listen = LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host
             command = [sys.executable, "-m", GATEWAY_MODULE, "--host", self.bind_host, "--port", str(port),
                        "--upstream-port", str(internal_port), *gateway_tls, "--", *command]
-        log = open(workdir / "superlink.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(workdir / "superlink.log", "ab")
         process = subprocess.Popen(command, env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         log.close()

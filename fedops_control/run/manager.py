@@ -69,7 +69,7 @@ class RunManager:
         # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
         # TLS, presents our own certificate (it runs beside us, on our behalf).
         self._control_tls = {key: str(Path(path).resolve()) if path else "" for key, path in zip(
-            (keys.TLS_CA_FILE, keys.TLS_CERT_FILE, keys.TLS_KEY_FILE), control_tls or (None, None, None))}
+            (keys.TLS_CA_FILE, keys.TLS_CERT_FILE, keys.TLS_KEY_FILE), control_tls or (None, None, None), strict=True)}
         self._sessions = sessions
         self._writer = writer
         self._bus = bus
@@ -118,7 +118,7 @@ class RunManager:
                 requirements = app_requirements(app_dir)
             inputs = TaskInputs(task_id=task_id, title=task.title, app=app, strategy=strategy,
                                 hyperparameters=dict(task.hyperparameters), client_config=dict(task.client_config))
-            data_paths = {cid: db.get(ClientRow, cid).data_path for cid in client_ids}
+            data_paths = {cid: db.get_one(ClientRow, cid).data_path for cid in client_ids}
 
         run_id = f"run-{uuid.uuid4().hex[:12]}"
         problems = await self._preflight.run(self._agents, client_ids, requirements, run_id, check_data_path=True)
@@ -171,9 +171,9 @@ class RunManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _set_state(self, run_id: str, state: int, message: str) -> None:
+    async def _set_state(self, run_id: str, state: common_pb2.RunState.ValueType, message: str) -> None:
         with self._sessions.begin() as db:
-            run = db.get(RunRow, run_id)
+            run = db.get_one(RunRow, run_id)
             _raise_if_finished(run)  # stopped while starting: it stays finished
             run.state = state
             if state == S.RUN_STATE_RUNNING:
@@ -184,10 +184,11 @@ class RunManager:
         try:
             await self._set_state(run_id, S.RUN_STATE_STARTING, "starting SuperLink and SuperNodes")
             with self._sessions() as db:
-                run = db.get(RunRow, run_id)
-                task = db.get(TaskRow, run.task_id)
+                run = db.get_one(RunRow, run_id)
+                task = db.get_one(TaskRow, run.task_id)
                 app, strategy, task_id = dict(task.app), StrategySpec.from_dict(run.strategy), task.id
-                run_config, node_configs, client_ids = dict(run.run_config), dict(run.node_configs), list(run.client_ids)
+                run_config, node_configs = dict(run.run_config), dict(run.node_configs)
+                client_ids = list(run.client_ids)
                 resume = run.resumed_from_model_id
             workdir = self._data_dir / "runs" / run_id
             workdir.mkdir(parents=True, exist_ok=True)
@@ -201,8 +202,8 @@ class RunManager:
                 raise
             handle = await link
             with self._sessions.begin() as db:
-                db.get(RunRow, run_id).superlink_address = handle.address
-                public_keys = {cid: db.get(ClientRow, cid).supernode_public_key for cid in client_ids}
+                db.get_one(RunRow, run_id).superlink_address = handle.address
+                public_keys = {cid: db.get_one(ClientRow, cid).supernode_public_key for cid in client_ids}
             if handle.ca_file is not None:  # SuperNode authentication: admit this run's agents only
                 missing = sorted(cid for cid, key in public_keys.items() if not key)
                 if missing:
@@ -224,13 +225,13 @@ class RunManager:
                 if not self._agents.send(cid, command):
                     raise FailedPrecondition(f"client {cid} went offline before the run started")
                 with self._sessions.begin() as db:
-                    client = db.get(ClientRow, cid)
+                    client = db.get_one(ClientRow, cid)
                     client.current_run_id, client.state = run_id, S.CLIENT_STATE_TRAINING
                     client.state_reason = f"training in run {run_id}"
             overrides_file = flower_control.write_overrides(workdir / "run-config.toml", overrides)
             flower_run_id = await flower_control.submit_run(handle, app_dir, overrides_file)
             with self._sessions.begin() as db:
-                db.get(RunRow, run_id).flower_run_id = flower_run_id
+                db.get_one(RunRow, run_id).flower_run_id = flower_run_id
             self._last_report[run_id] = asyncio.get_running_loop().time()
             await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
         except Exception as err:  # any launch failure fails the run with the reason
@@ -276,7 +277,7 @@ class RunManager:
         undelivered = sorted(derived[key] for key in set(run_config) - set(app_config) if key in derived)
         if undelivered:
             with self._sessions.begin() as db:
-                row = db.get(RunRow, run_id)
+                row = db.get_one(RunRow, run_id)
                 row.app_decides = sorted({*row.app_decides, *undelivered})
                 if "rounds" in undelivered:
                     row.total_rounds = 0  # known once the app's strategy starts
@@ -293,7 +294,7 @@ class RunManager:
             raise FailedPrecondition(f"run {run_id} already finished")
         if hard or run.state != S.RUN_STATE_RUNNING:
             with self._sessions.begin() as db:
-                db.get(RunRow, run_id).stop_requested = "hard"
+                db.get_one(RunRow, run_id).stop_requested = "hard"
             handle = self._links.get(run_id)
             if handle is not None and run.flower_run_id:
                 try:
@@ -303,11 +304,11 @@ class RunManager:
             await self.finish(run_id, S.RUN_OUTCOME_STOPPED, "stopped by operator (hard)")
         else:
             with self._sessions.begin() as db:
-                db.get(RunRow, run_id).stop_requested = "cooperative"
+                db.get_one(RunRow, run_id).stop_requested = "cooperative"
             await self._bus.publish(run_id, "stop_requested", "stop requested: finishing the current round")
         return self.get_run_row(run_id)
 
-    async def finish(self, run_id: str, outcome: int, reason: str) -> None:
+    async def finish(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:
         """Mark the run finished, stop its SuperNodes and SuperLink. Idempotent."""
         if run_id in self._finishing:
             return
@@ -325,10 +326,15 @@ class RunManager:
                     if client is not None and client.current_run_id == run_id:
                         client.current_run_id = ""
                         if client.state != S.CLIENT_STATE_FAILED:
-                            client.state = S.CLIENT_STATE_FINISHED if outcome == S.RUN_OUTCOME_COMPLETED else S.CLIENT_STATE_ONLINE
-                            client.state_reason = f"run {run_id} {common_pb2.RunOutcome.Name(outcome).split('_')[-1].lower()}"
+                            client.state = (
+                                S.CLIENT_STATE_FINISHED if outcome == S.RUN_OUTCOME_COMPLETED else S.CLIENT_STATE_ONLINE
+                            )
+                            client.state_reason = (
+                                f"run {run_id} {common_pb2.RunOutcome.Name(outcome).split('_')[-1].lower()}"
+                            )
                 for round_row in db.query(RoundRow).filter(RoundRow.run_id == run_id, RoundRow.finished_at.is_(None)):
-                    round_row.phase, round_row.finished_at = "failed" if outcome != S.RUN_OUTCOME_COMPLETED else "done", utcnow()
+                    round_row.phase = "failed" if outcome != S.RUN_OUTCOME_COMPLETED else "done"
+                    round_row.finished_at = utcnow()
             for cid in client_ids:
                 self._agents.send(cid, agent_pb2.AgentCommand(stop_training=agent_pb2.StopTraining(
                     run_id=run_id, hard=outcome != S.RUN_OUTCOME_COMPLETED)))
@@ -363,7 +369,7 @@ class RunManager:
         self._last_report[event.run_id] = asyncio.get_running_loop().time()
         return await self._server_reports.apply(event)
 
-    async def _finish_after_flower(self, run_id: str, outcome: int, reason: str) -> None:
+    async def _finish_after_flower(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:
         """The ServerApp reported its end: answer it at once, let it hand its result to the SuperLink
         and exit, then finish. Stopping the SuperLink first would leave it retrying against a dead port."""
         handle, flower_run_id = self._links.get(run_id), self.get_run_row(run_id).flower_run_id
@@ -430,7 +436,8 @@ class RunManager:
                 client.state, client.state_reason = S.CLIENT_STATE_FAILED, report.reason
         if active and not report.succeeded:
             metrics.client_failed(client_id)
-            await self._bus.publish(report.run_id, "client_failed", f"{client_id}: {report.reason}", client_id=client_id)
+            await self._bus.publish(report.run_id, "client_failed", f"{client_id}: {report.reason}",
+                                    client_id=client_id)
 
     # ---------------------------------------------------------------- watchdog
     async def watchdog(self, interval_s: float = 2.0) -> None:
@@ -478,8 +485,12 @@ class RunManager:
             if state == S.RUN_STATE_RUNNING and address and flower_run_id:
                 handle = self._launcher.adopt(run_id, self._data_dir / "runs" / run_id, address)
             if handle is None:
-                await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service restarted while the run was "
-                                  + ("starting" if state != S.RUN_STATE_RUNNING else "running and its SuperLink is gone"))
+                await self.finish(
+                    run_id,
+                    S.RUN_OUTCOME_FAILED,
+                    "control service restarted while the run was "
+                    + ("starting" if state != S.RUN_STATE_RUNNING else "running and its SuperLink is gone"),
+                )
                 continue
             self._links[run_id] = handle
             self._last_report[run_id] = asyncio.get_running_loop().time()

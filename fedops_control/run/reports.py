@@ -49,7 +49,7 @@ class Applied:
     publish: list[tuple[str, str, int, str, dict[str, Any]]] = field(default_factory=list)
     docs: list[dict[str, Any]] = field(default_factory=list)
     notices: list[tuple[str, agent_pb2.AgentCommand]] = field(default_factory=list)
-    end: tuple[int, str] | None = None  # (outcome, reason) when the app reported its end
+    end: tuple[common_pb2.RunOutcome.ValueType, str] | None = None  # (outcome, reason) once the app ended
 
     @property
     def number(self) -> int:
@@ -58,11 +58,12 @@ class Applied:
     def client_of(self, node_id: int) -> str:
         return self.run.node_clients.get(str(node_id), "") or f"node:{node_id}"
 
-    def doc(self, scope: str, phase: str = "", client_id: str = "", values: Any = None, **extra: Any) -> None:
-        """A round-metrics telemetry document."""
+    def doc(self, scope: str, phase: str = "", client_id: str = "", values: Any = None,
+            extra: dict[str, Any] | None = None) -> None:
+        """A round-metrics telemetry document (``extra``: more ECS fields)."""
         self.docs.append({"metric.scope": scope, "fedops.run.id": self.run.id, "fedops.task.id": self.run.task_id,
                           "fedops.round": self.number, "fedops.phase": phase, "fedops.client.id": client_id,
-                          "metrics": dict(values or {}), **extra})
+                          "metrics": dict(values or {}), **(extra or {})})
 
     def say(self, kind: str, message: str, client_id: str = "", data: dict[str, Any] | None = None) -> None:
         self.publish.append((kind, message, self.number, client_id, data or {}))
@@ -143,7 +144,7 @@ class ServerReports:
 
     def __init__(self, sessions: sessionmaker[Session], bus: EventBus, agents: AgentSessions,
                  writer: TelemetryWriter | None, round_notice: Callable[[Session, RunRow, int], agent_pb2.AgentCommand],
-                 on_end: Callable[[str, int, str], None]) -> None:
+                 on_end: Callable[[str, common_pb2.RunOutcome.ValueType, str], None]) -> None:
         self._sessions = sessions
         self._bus = bus
         self._agents = agents
@@ -235,7 +236,7 @@ class ServerReports:
             round_row.phase_received = [*round_row.phase_received, cid]
             metrics.client_result(run.task_id, cid, result.phase, bool(result.error), result.bytes_sent,
                                   result.bytes_received)
-            applied.doc("client", result.phase, cid, values, **{
+            applied.doc("client", result.phase, cid, values, extra={
                 "fedops.flower.node_id": str(result.node_id), "fedops.bytes_sent": result.bytes_sent,
                 "fedops.bytes_received": result.bytes_received, "error.message": result.error or None})
             record_client_result(applied.db, run.id, number, result.phase, cid, str(result.node_id), values,
@@ -293,9 +294,12 @@ class ServerReports:
     def _central_evaluation(self, applied: Applied) -> None:
         values = metricvalues.from_proto(applied.event.central_evaluation.metrics)
         applied.run.initial_central_metrics = values
-        applied.doc("central", values=values, message="initial global model evaluated")
-        applied.say("central_evaluation", f"initial global model evaluated: {metricvalues.text(values) or 'no metrics'}",
-                    data=values)
+        applied.doc("central", values=values, extra={"message": "initial global model evaluated"})
+        applied.say(
+            "central_evaluation",
+            f"initial global model evaluated: {metricvalues.text(values) or 'no metrics'}",
+            data=values,
+        )
 
     def _round_finished(self, applied: Applied) -> None:
         finished, run, round_row, number = applied.event.round_finished, applied.run, applied.round, applied.number
@@ -307,7 +311,7 @@ class ServerReports:
         if not finished.has_model and finished.no_model_reason:
             run.model_note = finished.no_model_reason
         _set_metric_gauges(run, "central", round_row.central_metrics)
-        applied.doc("central", values=round_row.central_metrics, **{
+        applied.doc("central", values=round_row.central_metrics, extra={
             "fedops.clients.responded": list(round_row.responded), "fedops.clients.failed": list(round_row.failed)})
         applied.say("round_finished", f"round {number}/{run.total_rounds or '?'} finished"
                     + ("" if finished.has_model else f" (no model: {finished.no_model_reason})"),
@@ -327,7 +331,8 @@ class ServerReports:
         elif run.current_round == 0 and not applied.db.query(RoundRow).filter(RoundRow.run_id == run.id).first():
             outcome, reason = S.RUN_OUTCOME_COMPLETED, f"completed: {NO_MESSAGES}"
         else:
-            outcome, reason = S.RUN_OUTCOME_COMPLETED, f"completed {run.completed_rounds} of {run.total_rounds or '?'} rounds"
+            outcome = S.RUN_OUTCOME_COMPLETED
+            reason = f"completed {run.completed_rounds} of {run.total_rounds or '?'} rounds"
         applied.end = (outcome, reason)
 
     def _app_failed(self, applied: Applied) -> None:

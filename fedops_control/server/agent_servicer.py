@@ -58,14 +58,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._preflight = preflight
 
     @staticmethod
-    def _check_certificate(context, device_id: str) -> None:  # type: ignore[no-untyped-def]
+    def _check_certificate(context, device_id: str) -> None:
         """With mutual TLS, the client certificate's common name must be the device id."""
         names = context.auth_context().get("x509_common_name") if context.auth_context() else None
         if names and names[0].decode() != device_id:
             raise PermissionDenied(f"device.device_id: the client certificate belongs to {names[0].decode()!r}")
 
     @grpc_errors
-    async def Register(self, request, context):  # type: ignore[no-untyped-def]
+    async def Register(self, request, context):
         device = request.device
         if not DEVICE_ID.match(device.device_id):
             raise InvalidArgument("device.device_id", "1-64 characters of letters, digits, '_.:@-'")
@@ -136,7 +136,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.RegisterResponse(client_id=client_id, heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
                                           credential=credential, task_ids=task_ids)
 
-    async def Session(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def Session(self, request_iterator, context):
         """Bidirectional session; the first message names the client."""
         try:
             first = await request_iterator.__anext__()
@@ -184,7 +184,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._preflight.on_result(client_id, message.preflight)
             return
         with self._sessions.begin() as db:
-            row = db.get(ClientRow, client_id)
+            row = db.get_one(ClientRow, client_id)  # Session() checked it is registered
             row.last_heartbeat = now
             if body == "status":
                 row.state, row.state_reason = message.status.state, message.status.reason

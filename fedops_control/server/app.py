@@ -44,8 +44,8 @@ from fedops_control.run.launcher import LocalProcessLauncher
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
 from fedops_control.server.agent_servicer import AgentServicer
-from fedops_control.server.observer_servicer import ObserverServicer
 from fedops_control.server.control_servicer import ControlServicer
+from fedops_control.server.observer_servicer import ObserverServicer
 from fedops_control.state.db import open_database, sqlite_url
 from fedops_control.state.models import ClientRow
 
@@ -177,26 +177,43 @@ def run(
     data_dir: Annotated[Path, typer.Option(help="state, models and run directories")] = Path(".fedops/control"),
     database_url: Annotated[str, typer.Option(help="SQLAlchemy URL; default: SQLite file in data-dir")] = "",
     superlink_host: Annotated[str, typer.Option(help="host agents use to reach run SuperLinks")] = "127.0.0.1",
-    superlink_bind: Annotated[str, typer.Option(
-        help="interface run SuperLinks listen on (0.0.0.0 when agents are on other hosts)")] = "127.0.0.1",
-    elasticsearch_url: Annotated[str, typer.Option(
-        envvar=ENV_ELASTICSEARCH_URL, help="ship logs, run events and round metrics here")] = "",
-    metrics_listen: Annotated[str, typer.Option(
-        help="host:port of /metrics and /sd/agents ('' = off, port 0 = any free port)")] = "127.0.0.1:9464",
-    stop_runs_on_exit: Annotated[bool, typer.Option(
-        help="fail and stop active runs on exit; by default they go on and are re-attached on the next start")] = False,
-    auth: Annotated[bool, typer.Option(
-        help="require a token with the right role on every RPC (off only for isolated experiments)")] = True,
-    admin_token_file: Annotated[Path | None, typer.Option(
-        help=f"bootstrap admin token (created if missing; {ENV_ADMIN_TOKEN} seeds it); default DATA_DIR/admin.token")] = None,
+    superlink_bind: Annotated[
+        str, typer.Option(help="interface run SuperLinks listen on (0.0.0.0 when agents are on other hosts)")
+    ] = "127.0.0.1",
+    elasticsearch_url: Annotated[
+        str, typer.Option(envvar=ENV_ELASTICSEARCH_URL, help="ship logs, run events and round metrics here")
+    ] = "",
+    metrics_listen: Annotated[
+        str, typer.Option(help="host:port of /metrics and /sd/agents ('' = off, port 0 = any free port)")
+    ] = "127.0.0.1:9464",
+    stop_runs_on_exit: Annotated[
+        bool,
+        typer.Option(
+            help="fail and stop active runs on exit; by default they go on and are re-attached on the next start"
+        ),
+    ] = False,
+    auth: Annotated[
+        bool, typer.Option(help="require a token with the right role on every RPC (off only for isolated experiments)")
+    ] = True,
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"bootstrap admin token (created if missing; {ENV_ADMIN_TOKEN} seeds it); default DATA_DIR/admin.token"
+        ),
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="serve TLS with this certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="CA that issued --tls-cert; verifies clients with --mtls")] = None,
     mtls: Annotated[bool, typer.Option(help="require client certificates issued by --tls-ca (mutual TLS)")] = False,
-    superlink_tls: Annotated[bool, typer.Option(
-        help="run SuperLinks with TLS and SuperNode authentication (only the run's agents get in)")] = True,
-    spare_superlink: Annotated[bool, typer.Option(
-        help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)")] = True,
+    superlink_tls: Annotated[
+        bool, typer.Option(help="run SuperLinks with TLS and SuperNode authentication (only the run's agents get in)")
+    ] = True,
+    spare_superlink: Annotated[
+        bool,
+        typer.Option(
+            help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)"
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""

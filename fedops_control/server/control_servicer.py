@@ -43,7 +43,7 @@ RUN_FINISHED_GRACE_S = 30.0
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     """Implements fedops.v1.ControlService."""
 
-    def __init__(self, sessions, runs: RunManager, agents: AgentSessions, models: ModelStore, bus: EventBus,  # type: ignore[no-untyped-def]
+    def __init__(self, sessions, runs: RunManager, agents: AgentSessions, models: ModelStore, bus: EventBus,
                  require_enrolment: bool = False) -> None:
         self._require_enrolment = require_enrolment  # with auth on, only enrolled clients can be selected
         self._sessions = sessions
@@ -52,7 +52,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self._models = models
         self._bus = bus
 
-    def _task(self, db, task_id: str) -> TaskRow:  # type: ignore[no-untyped-def]
+    def _task(self, db, task_id: str) -> TaskRow:
         if not task_id:
             raise InvalidArgument("task_id", "required")
         row = db.get(TaskRow, task_id)
@@ -62,7 +62,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     # ---------------------------------------------------------------- tasks
     @grpc_errors
-    async def CreateTask(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateTask(self, request, context):
         spec = task_from_proto(request.task)
         with self._sessions.begin() as db:
             row = TaskRow(id=f"task-{uuid.uuid4().hex[:10]}", **spec)
@@ -71,19 +71,19 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return task_to_proto(db, db.get(TaskRow, row.id))
 
     @grpc_errors
-    async def GetTask(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetTask(self, request, context):
         with self._sessions() as db:
             return task_to_proto(db, self._task(db, request.task_id))
 
     @grpc_errors
-    async def ListTasks(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTasks(self, request, context):
         with self._sessions() as db:
             rows = db.query(TaskRow).order_by(TaskRow.created_at).all()
             return control_pb2.ListTasksResponse(
                 tasks=[task_to_proto(db, r) for r in rows if not request.tag or request.tag in r.tags])
 
     @grpc_errors
-    async def UpdateTask(self, request, context):  # type: ignore[no-untyped-def]
+    async def UpdateTask(self, request, context):
         paths = list(request.update_paths) or sorted(UPDATABLE)
         for path in paths:
             if path not in UPDATABLE:
@@ -111,7 +111,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return task_to_proto(db, db.get(TaskRow, request.task.id))
 
     @grpc_errors
-    async def DeleteTask(self, request, context):  # type: ignore[no-untyped-def]
+    async def DeleteTask(self, request, context):
         with self._sessions.begin() as db:
             row = self._task(db, request.task_id)
             if db.query(RunRow).filter(RunRow.task_id == row.id).count():
@@ -122,7 +122,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     # ---------------------------------------------------------------- clients
     @grpc_errors
-    async def ListClients(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListClients(self, request, context):
         with self._sessions() as db:
             query = db.query(ClientRow)
             if request.task_id:
@@ -135,7 +135,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.ListClientsResponse(clients=clients)
 
     @grpc_errors
-    async def GetClient(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetClient(self, request, context):
         with self._sessions() as db:
             row = db.get(ClientRow, request.client_id)
             if row is None:
@@ -143,7 +143,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return client_to_proto(db, row, self._agents)
 
     @grpc_errors
-    async def ListDataStatus(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDataStatus(self, request, context):
         """Data status reports, newest first, per client and/or run."""
         if request.limit < 0 or request.limit > 1000:
             raise InvalidArgument("limit", "must be between 0 and 1000")
@@ -165,7 +165,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return control_pb2.ListDataStatusResponse(reports=[data_status_to_proto(r) for r in rows])
 
     @grpc_errors
-    async def SetTaskMembership(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetTaskMembership(self, request, context):
         """Select which enrolled clients take part in the task's runs."""
         with self._sessions.begin() as db:
             task = self._task(db, request.task_id)
@@ -185,7 +185,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     # ---------------------------------------------------------------- runs
     @grpc_errors
-    async def StartRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartRun(self, request, context):
         if not request.task_id:
             raise InvalidArgument("task_id", "required")
         run = await self._runs.start_run(request.task_id, list(request.client_ids), request.resume_from_model_id,
@@ -194,19 +194,19 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return run_to_proto(db, db.get(RunRow, run.id))
 
     @grpc_errors
-    async def StopRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def StopRun(self, request, context):
         run = await self._runs.stop_run(request.run_id, request.mode == control_pb2.STOP_MODE_HARD)
         with self._sessions() as db:
             return run_to_proto(db, db.get(RunRow, run.id))
 
     @grpc_errors
-    async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRun(self, request, context):
         self._runs.get_run_row(request.run_id)
         with self._sessions() as db:
             return run_to_proto(db, db.get(RunRow, request.run_id))
 
     @grpc_errors
-    async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListRuns(self, request, context):
         with self._sessions() as db:
             query = db.query(RunRow)
             if request.task_id:
@@ -215,7 +215,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 runs=[run_to_proto(db, r, with_rounds=False) for r in query.order_by(RunRow.created_at)])
 
     @grpc_stream_errors
-    async def WatchRun(self, request, context) -> AsyncIterator[common_pb2.RunEvent]:  # type: ignore[no-untyped-def]
+    async def WatchRun(self, request, context) -> AsyncIterator[common_pb2.RunEvent]:
         self._runs.get_run_row(request.run_id)
         last = request.after_seq
         finished_since = None
@@ -237,7 +237,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             await self._bus.wait(1.0)
 
     @grpc_errors
-    async def DiagnoseRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def DiagnoseRun(self, request, context):
         return diagnose(self._sessions, self._agents, request.run_id)
 
     # ---------------------------------------------------------------- models
@@ -247,26 +247,26 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return StrategySpec.from_dict(task.strategy if task else None)
 
     @grpc_errors
-    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListModels(self, request, context):
         rows = self._models.list(request.task_id, request.run_id)
         return control_pb2.ListModelsResponse(
             models=[model_to_proto(r, self._models.tags_for(r, self._strategy(r.task_id))) for r in rows])
 
-    def _resolve(self, request) -> object:  # type: ignore[no-untyped-def]
+    def _resolve(self, request) -> object:
         if not request.model_id:
             raise InvalidArgument("model_id", "required (a version id, 'latest' or 'best')")
         return self._models.resolve(request.model_id, request.task_id, self._strategy(request.task_id))
 
     @grpc_errors
-    async def GetModel(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetModel(self, request, context):
         row = self._resolve(request)
-        return model_to_proto(row, self._models.tags_for(row, self._strategy(row.task_id)))  # type: ignore[attr-defined]
+        return model_to_proto(row, self._models.tags_for(row, self._strategy(row.task_id)))
 
     @grpc_stream_errors
-    async def DownloadModel(self, request, context):  # type: ignore[no-untyped-def]
+    async def DownloadModel(self, request, context):
         row = self._resolve(request)
-        data = self._models.read(row)  # type: ignore[arg-type]
-        yield common_pb2.ModelChunk(version=model_to_proto(row), data=data[:CHUNK_BYTES])  # type: ignore[arg-type]
+        data = self._models.read(row)
+        yield common_pb2.ModelChunk(version=model_to_proto(row), data=data[:CHUNK_BYTES])
         for start in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
             yield common_pb2.ModelChunk(data=data[start:start + CHUNK_BYTES])
 

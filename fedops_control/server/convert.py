@@ -48,10 +48,18 @@ def client_to_proto(db: Session, row: ClientRow, agents: AgentSessions) -> commo
     latest = (db.query(DataStatusRow).filter(DataStatusRow.client_id == row.id)
               .order_by(DataStatusRow.id.desc()).first())
     return common_pb2.Client(
-        id=row.id, device=common_pb2.DeviceInfo(**row.device), state=state, state_reason=row.state_reason,
-        last_heartbeat=to_timestamp(last), heartbeat_age_s=agents.heartbeat_age_s(row.id, row.last_heartbeat),
-        enrolled_task_ids=sorted(tasks), current_run_id=row.current_run_id, registered_at=to_timestamp(row.registered_at),
-        metrics_address=row.metrics_address, data_status=data_status_to_proto(latest) if latest else None)
+        id=row.id,
+        device=common_pb2.DeviceInfo(**row.device),
+        state=common_pb2.ClientState.ValueType(state),
+        state_reason=row.state_reason,
+        last_heartbeat=to_timestamp(last),
+        heartbeat_age_s=agents.heartbeat_age_s(row.id, row.last_heartbeat),
+        enrolled_task_ids=sorted(tasks),
+        current_run_id=row.current_run_id,
+        registered_at=to_timestamp(row.registered_at),
+        metrics_address=row.metrics_address,
+        data_status=data_status_to_proto(latest) if latest else None,
+    )
 
 
 def data_status_to_proto(row: DataStatusRow) -> common_pb2.DataStatus:
@@ -63,14 +71,28 @@ def data_status_to_proto(row: DataStatusRow) -> common_pb2.DataStatus:
 def run_to_proto(db: Session, row: RunRow, with_rounds: bool = True) -> common_pb2.Run:
     """Run with its rounds and per-client results."""
     run = common_pb2.Run(
-        id=row.id, task_id=row.task_id, state=row.state, outcome=row.outcome, reason=row.reason,
-        client_ids=row.client_ids, total_rounds=row.total_rounds, current_round=row.current_round,
-        run_config=dict_to_struct(row.run_config), config_hash=row.config_hash, flower_run_id=row.flower_run_id,
-        superlink_address=row.superlink_address, resumed_from_model_id=row.resumed_from_model_id,
-        created_at=to_timestamp(row.created_at), started_at=to_timestamp(row.started_at),
-        finished_at=to_timestamp(row.finished_at), initial_central_metrics=metricvalues.scalars(row.initial_central_metrics),
-        completed_rounds=row.completed_rounds, model_note=row.model_note, api_style=row.api_style,
-        app_decides=row.app_decides)
+        id=row.id,
+        task_id=row.task_id,
+        state=common_pb2.RunState.ValueType(row.state),
+        outcome=common_pb2.RunOutcome.ValueType(row.outcome),
+        reason=row.reason,
+        client_ids=row.client_ids,
+        total_rounds=row.total_rounds,
+        current_round=row.current_round,
+        run_config=dict_to_struct(row.run_config),
+        config_hash=row.config_hash,
+        flower_run_id=row.flower_run_id,
+        superlink_address=row.superlink_address,
+        resumed_from_model_id=row.resumed_from_model_id,
+        created_at=to_timestamp(row.created_at),
+        started_at=to_timestamp(row.started_at),
+        finished_at=to_timestamp(row.finished_at),
+        initial_central_metrics=metricvalues.scalars(row.initial_central_metrics),
+        completed_rounds=row.completed_rounds,
+        model_note=row.model_note,
+        api_style=common_pb2.ApiStyle.ValueType(row.api_style),
+        app_decides=row.app_decides,
+    )
     if not with_rounds:
         return run
     results: dict[int, list[ClientResultRow]] = {}
@@ -85,9 +107,9 @@ def run_to_proto(db: Session, row: RunRow, with_rounds: bool = True) -> common_p
         metricvalues.fill(round_.evaluate_metrics, round_.evaluate_metric_lists, rnd.evaluate_metrics)
         metricvalues.fill(round_.central_metrics, round_.central_metric_lists, rnd.central_metrics)
         for r in results.get(rnd.number, []):
-            result = round_.client_results.add(client_id=r.client_id, node_id=int(r.node_id or 0), phase=r.phase,
-                                               duration_s=r.duration_s, error=r.error)
-            metricvalues.fill(result.metrics, result.metric_lists, r.metrics)
+            client_result = round_.client_results.add(client_id=r.client_id, node_id=int(r.node_id or 0),
+                                                      phase=r.phase, duration_s=r.duration_s, error=r.error)
+            metricvalues.fill(client_result.metrics, client_result.metric_lists, r.metrics)
         run.rounds.append(round_)
     return run
 

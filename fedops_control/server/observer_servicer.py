@@ -27,7 +27,7 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
         self._models = models
         self._access = access
 
-    def _check_subject(self, context, subject: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    def _check_subject(self, context, subject: str, field: str) -> None:
         """An agent reports for itself only; a run's apps for their run only."""
         if not self._access.enabled:
             return
@@ -36,18 +36,18 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
             raise PermissionDenied(f"{field}: this credential may not report for {subject[:64]!r}")
 
     @grpc_errors
-    async def ReportServerEvent(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportServerEvent(self, request, context):
         self._check_subject(context, request.run_id, "run_id")
         stop = await self._runs.on_server_event(request)
         return agent_pb2.ServerEventAck(stop_requested=stop)
 
     @grpc_errors
-    async def ReportClientEvent(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportClientEvent(self, request, context):
         self._check_subject(context, request.client_id, "client_id")
         await self._runs.on_client_event(request)
         return agent_pb2.ClientEventAck()
 
-    async def UploadModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def UploadModel(self, request_iterator, context):
         header = None
         parts: list[bytes] = []
         size = 0
@@ -74,7 +74,7 @@ class ObserverServicer(agent_pb2_grpc.ObserverServiceServicer):
         return model_to_proto(row)
 
     @grpc_stream_errors
-    async def FetchModel(self, request, context):  # type: ignore[no-untyped-def]
+    async def FetchModel(self, request, context):
         row = self._models.resolve(request.model_id)
         identity = self._access.identity(context)
         if self._access.enabled and (identity is None or self._runs.task_of(identity.subject) != row.task_id):

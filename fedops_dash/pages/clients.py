@@ -48,12 +48,17 @@ else:
 st.subheader("Resources")
 es_url = elasticsearch_or_notice("the resource timeline")
 if es_url:
-    samples = attempt("Reading resource samples", lambda: resource_timeline(es_url, client_id), [])
+    samples = attempt("Reading resource samples", lambda: resource_timeline(es_url, client["id"]), [])
     if samples:
         st.line_chart([{"time": s["@timestamp"][11:19], "CPU usage": s.get("host.cpu.usage", 0),
                         "memory usage": s.get("system.memory.used.pct", 0)} for s in samples], x="time")
-        st.line_chart([{"time": s["@timestamp"][11:19], "agent + SuperNode RSS MiB": s.get("process.memory.rss", 0) / 2**20}
-                       for s in samples], x="time")
+        st.line_chart(
+            [
+                {"time": s["@timestamp"][11:19], "agent + SuperNode RSS MiB": s.get("process.memory.rss", 0) / 2**20}
+                for s in samples
+            ],
+            x="time",
+        )
         st.caption(f"{len(samples)} samples; model versions: "
                    f"{sorted({s.get('fedops.model.version', 0) for s in samples})}")
     else:

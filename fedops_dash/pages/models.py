@@ -11,9 +11,10 @@ task_id = pick("Task", [t["id"] for t in tasks], "task", key="models-task")
 if task_id is None:
     st.info("No tasks yet.")
     st.stop()
-models = attempt("Listing models", lambda: ctl.models(task_id=task_id), [])
+chosen: str = task_id  # narrowed: the lambdas below see a str
+models = attempt("Listing models", lambda: ctl.models(task_id=chosen), [])
 if not models:
-    notes = {r["model_note"] for r in attempt("Listing runs", lambda: ctl.runs(task_id), []) if r.get("model_note")}
+    notes = {r["model_note"] for r in attempt("Listing runs", lambda: ctl.runs(chosen), []) if r.get("model_note")}
     st.info("No model version stored for this task yet: one is stored after every round that has a model."
             + "".join(f" {note}." for note in sorted(notes)))
     st.stop()

@@ -116,8 +116,8 @@ with st.form("edit-task"):
 
 clients = attempt("Listing clients", ctl.clients, [])
 labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {short_name(c.get('state', ''))})" for c in clients}
-chosen = st.multiselect("Clients taking part", list(labels), default=[c for c in task.get("selected_client_ids", [])
-                                                                      if c in labels], format_func=labels.get)
+selected = [c for c in task.get("selected_client_ids", []) if c in labels]
+chosen = st.multiselect("Clients taking part", list(labels), default=selected, format_func=lambda c: labels.get(c, c))
 b1, b2, b3, b4 = st.columns(4)
 if b1.button("Save selection"):
     if attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None):

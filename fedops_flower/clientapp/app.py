@@ -84,7 +84,7 @@ class ObservedClientApp(ClientApp):
             raise
         event.duration_s = time.monotonic() - start
         if reply.has_error():
-            event.error = reply.error.reason
+            event.error = reply.error.reason or f"error code {reply.error.code}"
         else:
             event.metrics.CopyFrom(metricvalues.to_proto(metricvalues.from_records(reply.content)))
         log.info("message handled", phase=event.phase, duration_s=round(event.duration_s, 3),

@@ -69,13 +69,13 @@ class ObservedGrid(Grid):
         self.strategy_observed = strategy_observed  # a strategy hook reports round ends and stops
 
     @property
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self):
         return self._inner.run
 
-    def set_run(self, run) -> None:  # type: ignore[no-untyped-def]
+    def set_run(self, run) -> None:
         self._inner.set_run(run)
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -88,7 +88,7 @@ class ObservedGrid(Grid):
             nodes = list(self._inner.get_node_ids())
         return nodes
 
-    def get_nodes(self):  # type: ignore[no-untyped-def]
+    def get_nodes(self):
         return self._inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -162,7 +162,7 @@ class ObservedGrid(Grid):
         node_by_msg: dict[str, int] = {}
         sent_bytes: dict[str, int] = {}
         msg_ids = list(self.push_messages(messages))
-        for msg_id, message in zip(msg_ids, messages):
+        for msg_id, message in zip(msg_ids, messages, strict=True):
             node_by_msg[msg_id] = message.metadata.dst_node_id
             sent_bytes[msg_id] = content_bytes(message)
         pending = set(msg_ids)
@@ -178,8 +178,12 @@ class ObservedGrid(Grid):
                 msg_id = reply.metadata.reply_to_message_id
                 pending.discard(msg_id)
                 node_id = node_by_msg.get(msg_id, reply.metadata.src_node_id)
-                result = common_pb2.ClientRoundResult(node_id=node_id, phase=phase, bytes_sent=sent_bytes.get(msg_id, 0),
-                                                      bytes_received=content_bytes(reply))
+                result = common_pb2.ClientRoundResult(
+                    node_id=node_id,
+                    phase=phase,
+                    bytes_sent=sent_bytes.get(msg_id, 0),
+                    bytes_received=content_bytes(reply),
+                )
                 with step.lock:
                     step.replied.add(node_id)
                     if reply.has_error():

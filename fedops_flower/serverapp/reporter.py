@@ -73,7 +73,8 @@ class Reporter:
         self.state.current_round, self.state.round_from_strategy = round_number, True
         bind_ids(round=round_number)
 
-    def strategy_started(self, style: int, strategy: Any, num_rounds: int, timeout_s: float) -> None:
+    def strategy_started(self, style: common_pb2.ApiStyle.ValueType, strategy: Any,
+                         num_rounds: int, timeout_s: float) -> None:
         self.state.num_rounds = num_rounds
         get_logger(__name__).info("strategy started", strategy=type(strategy).__name__, rounds=num_rounds,
                                   api_style=common_pb2.ApiStyle.Name(style))

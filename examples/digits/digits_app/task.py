@@ -66,10 +66,10 @@ def write_partitions(out_dirs: list[Path], alpha: float = 0.5) -> list[dict[str,
         idx = rng.permutation(np.flatnonzero(y == label))
         shares = rng.dirichlet([alpha] * len(out_dirs))
         cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts)):
+        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
             part.extend(chunk.tolist())
     histograms = []
-    for out_dir, part in zip(out_dirs, parts):
+    for out_dir, part in zip(out_dirs, parts, strict=True):
         idx = rng.permutation(np.array(part, dtype=np.int64))
         n_test = max(1, len(idx) // 5)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def write_partitions(out_dirs: list[Path], alpha: float = 0.5) -> list[dict[str,
             x_train=x[idx[n_test:]], y_train=y[idx[n_test:]],
             x_test=x[idx[:n_test]], y_test=y[idx[:n_test]],
         )
-        histograms.append({str(k): int(v) for k, v in zip(*np.unique(y[idx], return_counts=True))})
+        histograms.append({str(k): int(v) for k, v in zip(*np.unique(y[idx], return_counts=True), strict=True)})
     return histograms
 
 
