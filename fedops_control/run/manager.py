@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common import runconfig as keys
-from fedops_common.convert import utcnow
+from fedops_common.convert import enum_label, utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.security import write_secret
@@ -78,8 +80,7 @@ class RunManager:
         self._launcher = launcher
         self._data_dir = data_dir
         self._control_address = control_address
-        self._links: dict[str, SuperLinkHandle] = {}
-        self._last_report: dict[str, float] = {}
+        self._active: dict[str, ActiveRun] = {}  # runs with a SuperLink, by run id
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finishing: set[str] = set()
         self._closing = False  # set on exit: agents' sessions then end because we do, not they
@@ -174,7 +175,7 @@ class RunManager:
     async def _set_state(self, run_id: str, state: common_pb2.RunState.ValueType, message: str) -> None:
         with self._sessions.begin() as db:
             run = db.get_one(RunRow, run_id)
-            _raise_if_finished(run)  # stopped while starting: it stays finished
+            check_transition(run, state)  # stopped while starting: it stays finished
             run.state = state
             if state == S.RUN_STATE_RUNNING:
                 run.started_at = utcnow()
@@ -198,7 +199,7 @@ class RunManager:
                 app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
                                                              workdir, len(client_ids))
             except BaseException:
-                await asyncio.wait([link])  # registered in self._links: finish() stops it
+                await asyncio.wait([link])  # registered in self._active: finish() stops it
                 raise
             handle = await link
             with self._sessions.begin() as db:
@@ -211,7 +212,7 @@ class RunManager:
                 await asyncio.gather(*(flower_control.register_supernode(handle, public_keys[cid], cid)
                                        for cid in client_ids))
             # A stop may have come during any await above; from here to the commands nothing awaits.
-            _raise_if_finished(self.get_run_row(run_id))
+            check_transition(self.get_run_row(run_id), S.RUN_STATE_RUNNING)
             retry = agent_pb2.RetryPolicy(max_restarts=strategy.client_max_restarts,
                                           backoff_initial_s=strategy.client_restart_backoff_s,
                                           backoff_max_s=30.0)
@@ -232,7 +233,7 @@ class RunManager:
             flower_run_id = await flower_control.submit_run(handle, app_dir, overrides_file)
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).flower_run_id = flower_run_id
-            self._last_report[run_id] = asyncio.get_running_loop().time()
+            self._active[run_id].reported()
             await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
         except Exception as err:  # any launch failure fails the run with the reason
             if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
@@ -244,12 +245,12 @@ class RunManager:
 
     async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
         handle = await self._launcher.start(run_id, workdir)
-        self._links[run_id] = handle
+        self._active[run_id] = ActiveRun(handle)
         run = self.get_run_row(run_id)
         if run.state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
-            self._links.pop(run_id, None)
+            self._active.pop(run_id, None)
             await self._launcher.stop(handle)
-            _raise_if_finished(run)
+            check_transition(run, S.RUN_STATE_RUNNING)
         return handle
 
     async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: StrategySpec,
@@ -295,7 +296,8 @@ class RunManager:
         if hard or run.state != S.RUN_STATE_RUNNING:
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).stop_requested = "hard"
-            handle = self._links.get(run_id)
+            active = self._active.get(run_id)
+            handle = active.handle if active is not None else None
             if handle is not None and run.flower_run_id:
                 try:
                     await flower_control.stop_run(handle, run.flower_run_id)
@@ -338,9 +340,9 @@ class RunManager:
             for cid in client_ids:
                 self._agents.send(cid, agent_pb2.AgentCommand(stop_training=agent_pb2.StopTraining(
                     run_id=run_id, hard=outcome != S.RUN_OUTCOME_COMPLETED)))
-            handle = self._links.pop(run_id, None)
-            if handle is not None:
-                await self._launcher.stop(handle)
+            active = self._active.pop(run_id, None)
+            if active is not None:
+                await self._launcher.stop(active.handle)
             if self._tokens is not None:  # the run's apps are gone: their token must not outlive them
                 self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
@@ -366,13 +368,15 @@ class RunManager:
 
     async def on_server_event(self, event: agent_pb2.ServerEvent) -> bool:
         """Apply a ServerApp-side report; returns whether a cooperative stop is requested."""
-        self._last_report[event.run_id] = asyncio.get_running_loop().time()
+        if (active := self._active.get(event.run_id)) is not None:
+            active.reported()
         return await self._server_reports.apply(event)
 
     async def _finish_after_flower(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:
         """The ServerApp reported its end: answer it at once, let it hand its result to the SuperLink
         and exit, then finish. Stopping the SuperLink first would leave it retrying against a dead port."""
-        handle, flower_run_id = self._links.get(run_id), self.get_run_row(run_id).flower_run_id
+        active, flower_run_id = self._active.get(run_id), self.get_run_row(run_id).flower_run_id
+        handle = active.handle if active is not None else None
         if handle is not None and flower_run_id:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + FLOWER_FINISH_WAIT_S
@@ -444,19 +448,20 @@ class RunManager:
         """Catch runs whose ServerApp died without reporting (checked with the Control API, as `flwr ls` does)."""
         while True:
             await asyncio.sleep(interval_s)
-            now = asyncio.get_running_loop().time()
-            for run_id, handle in list(self._links.items()):
+            now = time.monotonic()
+            for run_id, active in list(self._active.items()):
                 try:
                     run = self.get_run_row(run_id)
                     if run.state != S.RUN_STATE_RUNNING:
                         continue
-                    if not self._launcher.is_alive(handle):
+                    if not self._launcher.is_alive(active.handle):
                         await self.finish(run_id, S.RUN_OUTCOME_FAILED, "SuperLink process exited")
                         continue
-                    if now - self._last_report.get(run_id, now) < SILENCE_BEFORE_STATUS_CHECK_S:
+                    if now - active.last_report < SILENCE_BEFORE_STATUS_CHECK_S:
                         continue
-                    self._last_report[run_id] = now
-                    status = flower_control.status_text(await flower_control.get_run(handle, run.flower_run_id))
+                    active.last_report = now
+                    status = flower_control.status_text(await flower_control.get_run(active.handle,
+                                                                                     run.flower_run_id))
                     if status.startswith("finished"):
                         outcome = S.RUN_OUTCOME_COMPLETED if status.endswith("completed") else S.RUN_OUTCOME_FAILED
                         await self.finish(run_id, outcome, f"Flower reports {status} without a ServerApp report")
@@ -469,11 +474,11 @@ class RunManager:
         fail and stop them."""
         self._closing = True
         if stop_runs:
-            for run_id in list(self._links):
+            for run_id in list(self._active):
                 await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service shut down")
-        elif self._links:
-            log.info("leaving active runs to the next start of the control service", runs=sorted(self._links))
-        self._links.clear()
+        elif self._active:
+            log.info("leaving active runs to the next start of the control service", runs=sorted(self._active))
+        self._active.clear()
 
     async def recover(self) -> None:
         """After a restart: re-attach running runs to their SuperLinks; fail those that cannot go on."""
@@ -492,16 +497,41 @@ class RunManager:
                     + ("starting" if state != S.RUN_STATE_RUNNING else "running and its SuperLink is gone"),
                 )
                 continue
-            self._links[run_id] = handle
-            self._last_report[run_id] = asyncio.get_running_loop().time()
+            self._active[run_id] = ActiveRun(handle)
             await self._bus.publish(run_id, "control_restarted",
                                     "control service restarted; run re-attached to its SuperLink")
 
 
-def _raise_if_finished(run: RunRow) -> None:
-    """A launch step refuses a run that was stopped (finished) while it was starting."""
+# The run lifecycle: the one table of allowed state changes, checked by every step that changes state.
+TRANSITIONS = {
+    S.RUN_STATE_PENDING: (S.RUN_STATE_STARTING, S.RUN_STATE_FINISHED),
+    S.RUN_STATE_STARTING: (S.RUN_STATE_RUNNING, S.RUN_STATE_FINISHED),
+    S.RUN_STATE_RUNNING: (S.RUN_STATE_FINISHED,),
+    S.RUN_STATE_FINISHED: (),
+}
+
+
+def check_transition(run: RunRow, to: common_pb2.RunState.ValueType) -> None:
+    """Refuse a state change the lifecycle does not allow: above all, a launch step on a run that was
+    stopped (finished) while it was starting, which must stay finished."""
+    if to in TRANSITIONS.get(S.RunState.ValueType(run.state), ()):
+        return
     if run.state == S.RUN_STATE_FINISHED:
         raise FailedPrecondition(f"run {run.id} was stopped while starting")
+    raise FailedPrecondition(f"run {run.id} cannot go from {enum_label(S.RunState, run.state)} to "
+                             f"{enum_label(S.RunState, to)}")
+
+
+@dataclass
+class ActiveRun:
+    """What this service holds for a run that has a SuperLink: the launcher's handle, and when its
+    ServerApp last reported (the watchdog asks Flower only after a silence)."""
+
+    handle: SuperLinkHandle
+    last_report: float = field(default_factory=time.monotonic)
+
+    def reported(self) -> None:
+        self.last_report = time.monotonic()
 
 
 def _toml_literal(value: Any) -> str:
