@@ -48,11 +48,12 @@ class ControlError(Exception):
 
 
 class ControlClient:
-    """Blocking client of one control service (address, TLS and token in ``security``)."""
+    """Blocking client of one control service (address; TLS and token in ``security``, by default
+    the environment's: FEDOPS_TOKEN, FEDOPS_TLS_*)."""
 
     def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
         self.address = address
-        self.channel = control_channel(address, security or ChannelSecurity())
+        self.channel = control_channel(address, security)
         self.control = control_pb2_grpc.ControlServiceStub(self.channel)
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
 
