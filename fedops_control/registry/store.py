@@ -92,7 +92,10 @@ class ModelStore:
             scored = [v for v in versions if isinstance(v.metrics.get(metric), (int, float))]
             if not scored:
                 return versions[0]
-            return (min if lower else max)(scored, key=lambda v: (v.metrics[metric], v.version))
+            # On a tie the newest version wins, whichever the direction.
+            if lower:
+                return min(scored, key=lambda v: (v.metrics[metric], -v.version))
+            return max(scored, key=lambda v: (v.metrics[metric], v.version))
         with self._sessions() as db:
             row = db.get(ModelRow, model_id)
         if row is None:

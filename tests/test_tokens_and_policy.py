@@ -1,0 +1,249 @@
+"""Unit tests of the token store (fedops_control/access/tokens.py) and the role table (access/policy.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedops_common.convert import utcnow
+from fedops_common.proto import access_pb2, agent_pb2, control_pb2
+from fedops_common.security import token_digest
+from fedops_control.access import policy
+from fedops_control.access.policy import AUDITED, ENROLMENT, METHOD_ROLES, OPEN, allows, required_role
+from fedops_control.access.tokens import PREFIX, TokenStore
+from fedops_control.state.db import make_engine, open_database, sqlite_url
+from fedops_control.state.models import CredentialRow
+
+A = access_pb2
+API, ENROL, AGENT, RUN = A.TOKEN_KIND_API, A.TOKEN_KIND_ENROLMENT, A.TOKEN_KIND_AGENT, A.TOKEN_KIND_RUN
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    open_database(sqlite_url(path)).kw["bind"].dispose()
+    return path
+
+
+@pytest.fixture
+def sessions(tmp_path: Path, migrated: Path) -> Iterator[sessionmaker[Session]]:
+    path = tmp_path / "control.db"
+    shutil.copyfile(migrated, path)
+    factory = sessionmaker(make_engine(sqlite_url(path)), expire_on_commit=False)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def tokens(sessions: sessionmaker[Session]) -> TokenStore:
+    return TokenStore(sessions)
+
+
+def expire(sessions: sessionmaker[Session], token_id: str) -> None:
+    with sessions.begin() as db:
+        db.get(CredentialRow, token_id).expires_at = utcnow() - dt.timedelta(seconds=1)
+
+
+# ---------------------------------------------------------------- tokens
+
+def test_issue_and_resolve(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    secret, row = tokens.issue(API, A.ROLE_OPERATOR, "ci bot", created_by="admin")
+    assert secret.startswith(PREFIX[API] + "_")
+    identity = tokens.resolve(secret)
+    assert identity is not None
+    assert (identity.token_id, identity.kind, identity.role, identity.name) == (row.id, API, A.ROLE_OPERATOR, "ci bot")
+    # only the digest is stored
+    with sessions() as db:
+        stored = db.get(CredentialRow, row.id)
+        assert stored.secret_sha256 == token_digest(secret)
+        assert secret not in (stored.secret_sha256, stored.name, stored.id)
+    assert row.expires_at is None
+
+
+def test_resolve_refuses_unknown_empty_and_oversized_secrets(tokens: TokenStore) -> None:
+    secret, _ = tokens.issue(API, A.ROLE_VIEWER, "v")
+    assert tokens.resolve(secret + "x") is None
+    assert tokens.resolve("") is None
+    assert tokens.resolve("f" * 513) is None
+    long_secret, _ = tokens.issue(API, A.ROLE_VIEWER, "long", secret="s" * 600)
+    assert tokens.resolve(long_secret) is None  # longer than any secret we accept
+
+
+def test_subject_and_kinds_are_kept(tokens: TokenStore) -> None:
+    agent_secret, _ = tokens.issue(AGENT, A.ROLE_AGENT, "agent", subject="client-a")
+    run_secret, _ = tokens.issue(RUN, A.ROLE_RUN, "run", subject="run-1", ttl_s=3600)
+    assert agent_secret.startswith("foa_") and run_secret.startswith("for_")
+    agent = tokens.resolve(agent_secret)
+    run = tokens.resolve(run_secret)
+    assert (agent.kind, agent.role, agent.subject) == (AGENT, A.ROLE_AGENT, "client-a")
+    assert (run.kind, run.role, run.subject) == (RUN, A.ROLE_RUN, "run-1")
+
+
+def test_ttl_sets_expiry_and_expired_tokens_do_not_resolve(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    secret, row = tokens.issue(API, A.ROLE_ADMIN, "short", ttl_s=60)
+    assert row.expires_at is not None
+    assert dt.timedelta(seconds=55) < row.expires_at - utcnow() <= dt.timedelta(seconds=60)
+    assert tokens.resolve(secret) is not None
+    expire(sessions, row.id)
+    assert tokens.resolve(secret) is None
+
+
+def test_revoke(tokens: TokenStore) -> None:
+    secret, row = tokens.issue(API, A.ROLE_ADMIN, "a")
+    other, _ = tokens.issue(API, A.ROLE_ADMIN, "b")
+    revoked = tokens.revoke(row.id)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert tokens.resolve(secret) is None
+    assert tokens.resolve(other) is not None
+    first_time = revoked.revoked_at
+    assert tokens.revoke(row.id).revoked_at == first_time  # revoking again keeps the first time
+    assert tokens.revoke("no-such-token") is None
+    assert [r.name for r in tokens.list()] == ["b"]
+    assert sorted(r.name for r in tokens.list(include_revoked=True)) == ["a", "b"]
+
+
+def test_revoke_subject_only_touches_that_kind_and_subject(tokens: TokenStore) -> None:
+    run1a, _ = tokens.issue(RUN, A.ROLE_RUN, "r", subject="run-1")
+    run1b, _ = tokens.issue(RUN, A.ROLE_RUN, "r", subject="run-1")
+    run2, _ = tokens.issue(RUN, A.ROLE_RUN, "r", subject="run-2")
+    agent, _ = tokens.issue(AGENT, A.ROLE_AGENT, "a", subject="run-1")  # same subject, other kind
+    tokens.revoke_subject(RUN, "run-1")
+    assert tokens.resolve(run1a) is None and tokens.resolve(run1b) is None
+    assert tokens.resolve(run2) is not None
+    assert tokens.resolve(agent) is not None
+
+
+def test_enrolment_tokens_are_one_time_and_never_resolve(tokens: TokenStore,
+                                                         sessions: sessionmaker[Session]) -> None:
+    secret, row = tokens.issue(ENROL, A.ROLE_AGENT, "enrol", ttl_s=3600)
+    assert secret.startswith("foe_")
+    assert tokens.resolve(secret) is None  # not a credential for calls
+    with sessions.begin() as db:
+        redeemed = tokens.redeem_enrolment(db, secret)
+        assert redeemed is not None and redeemed.id == row.id and redeemed.used_at is not None
+    with sessions.begin() as db:
+        assert tokens.redeem_enrolment(db, secret) is None  # used up
+
+
+def test_redeem_is_undone_with_the_callers_transaction(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    secret, _ = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
+    with pytest.raises(RuntimeError), sessions.begin() as db:
+        assert tokens.redeem_enrolment(db, secret) is not None
+        raise RuntimeError("registration failed later")
+    with sessions.begin() as db:
+        assert tokens.redeem_enrolment(db, secret) is not None  # still usable
+
+
+def test_redeem_refuses_expired_revoked_and_other_kinds(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    expired, expired_row = tokens.issue(ENROL, A.ROLE_AGENT, "e")
+    revoked, revoked_row = tokens.issue(ENROL, A.ROLE_AGENT, "r")
+    api, _ = tokens.issue(API, A.ROLE_ADMIN, "api")
+    expire(sessions, expired_row.id)
+    tokens.revoke(revoked_row.id)
+    with sessions.begin() as db:
+        assert tokens.redeem_enrolment(db, expired) is None
+        assert tokens.redeem_enrolment(db, revoked) is None
+        assert tokens.redeem_enrolment(db, api) is None
+        assert tokens.redeem_enrolment(db, "") is None
+        assert tokens.redeem_enrolment(db, "foe_unknown") is None
+
+
+def test_has_agent_credential(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    _, row = tokens.issue(AGENT, A.ROLE_AGENT, "agent", subject="client-a")
+    tokens.issue(RUN, A.ROLE_RUN, "run", subject="client-b")
+    with sessions() as db:
+        assert tokens.has_agent_credential(db, "client-a")
+        assert not tokens.has_agent_credential(db, "client-b")
+    tokens.revoke(row.id)
+    with sessions() as db:
+        assert not tokens.has_agent_credential(db, "client-a")
+
+
+def test_ensure_admin_is_idempotent(tokens: TokenStore) -> None:
+    tokens.ensure_admin("bootstrap-secret")
+    tokens.ensure_admin("bootstrap-secret")
+    identity = tokens.resolve("bootstrap-secret")
+    assert identity is not None and identity.role == A.ROLE_ADMIN
+    assert len(tokens.list(kind=API)) == 1
+
+
+def test_issue_inside_a_callers_transaction(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(RuntimeError), sessions.begin() as db:
+        secret, _ = tokens.issue(AGENT, A.ROLE_AGENT, "agent", subject="c", db=db)
+        raise RuntimeError("rolled back")
+    assert tokens.resolve(secret) is None
+    assert tokens.list() == []
+
+
+# ---------------------------------------------------------------- policy
+
+def _served_methods() -> list[str]:
+    """Every RPC of every service in the generated stubs."""
+    methods = []
+    for module in (control_pb2, access_pb2, agent_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            methods += [f"/{service.full_name}/{method.name}" for method in service.methods]
+    return methods
+
+
+def test_every_rpc_has_a_role_and_no_entry_is_stale() -> None:
+    served = _served_methods()
+    assert len(served) >= 25  # the four services
+    missing = [m for m in served if required_role(m) is None]
+    assert missing == [], f"RPCs without an entry in fedops_control/access/policy.py: {missing}"
+    stale = sorted(set(METHOD_ROLES) - set(served))
+    assert stale == [], f"policy entries for RPCs that do not exist: {stale}"
+    assert AUDITED <= set(METHOD_ROLES)
+
+
+def test_unknown_methods_are_refused_and_health_is_open() -> None:
+    assert required_role("/fedops.v1.ControlService/DropDatabase") is None
+    assert required_role("/fedops.v1.ControlService/getrun") is None  # names are exact
+    assert required_role("/grpc.health.v1.Health/Check") == OPEN
+    assert required_role("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") == OPEN
+    assert required_role("/fedops.v1.AgentService/Register") == ENROLMENT
+
+
+CTL, ACC, AGT, OBS = (policy._CONTROL, policy._ACCESS, policy._AGENT, policy._OBSERVER)
+
+
+@pytest.mark.parametrize("role, method, allowed", [
+    (A.ROLE_VIEWER, CTL + "GetRun", True),
+    (A.ROLE_VIEWER, CTL + "WatchRun", True),
+    (A.ROLE_VIEWER, CTL + "DownloadModel", True),
+    (A.ROLE_VIEWER, CTL + "StartRun", False),
+    (A.ROLE_VIEWER, CTL + "CreateTask", False),
+    (A.ROLE_VIEWER, ACC + "CreateEnrolmentToken", False),
+    (A.ROLE_VIEWER, ACC + "WhoAmI", True),
+    (A.ROLE_OPERATOR, CTL + "StartRun", True),
+    (A.ROLE_OPERATOR, CTL + "DeleteTask", True),
+    (A.ROLE_OPERATOR, CTL + "ListRuns", True),
+    (A.ROLE_OPERATOR, ACC + "CreateEnrolmentToken", True),
+    (A.ROLE_OPERATOR, ACC + "CreateApiToken", False),
+    (A.ROLE_OPERATOR, ACC + "RevokeToken", False),
+    (A.ROLE_ADMIN, ACC + "CreateApiToken", True),
+    (A.ROLE_ADMIN, ACC + "ListTokens", True),
+    (A.ROLE_ADMIN, CTL + "StopRun", True),
+    (A.ROLE_ADMIN, AGT + "Session", False),           # agent and run roles stand alone
+    (A.ROLE_ADMIN, OBS + "ReportServerEvent", False),
+    (A.ROLE_AGENT, AGT + "Session", True),
+    (A.ROLE_AGENT, OBS + "ReportClientEvent", True),
+    (A.ROLE_AGENT, OBS + "ReportServerEvent", False),
+    (A.ROLE_AGENT, CTL + "GetRun", False),            # an agent is not an operator of any rank
+    (A.ROLE_AGENT, ACC + "WhoAmI", True),
+    (A.ROLE_RUN, OBS + "ReportServerEvent", True),
+    (A.ROLE_RUN, OBS + "UploadModel", True),
+    (A.ROLE_RUN, OBS + "FetchModel", True),
+    (A.ROLE_RUN, OBS + "ReportClientEvent", False),
+    (A.ROLE_RUN, CTL + "ListModels", False),
+    (A.ROLE_UNSPECIFIED, CTL + "GetRun", False),
+])
+def test_role_table(role: int, method: str, allowed: bool) -> None:
+    needed = required_role(method)
+    assert needed is not None
+    assert allows(role, needed) is allowed
