@@ -6,23 +6,19 @@ Configuration comes from a TOML file (``--config``) and flags; flags win.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import re
-import signal
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import grpc
 import psutil
-import typer
 from google.protobuf import struct_pb2
 from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from fedops_agent import forkserver, preflight
+from fedops_agent import preflight
 from fedops_agent.datastatus import compute_data_status
 from fedops_agent.device import device_info, stable_device_id
 from fedops_agent.identity import (
@@ -44,11 +40,8 @@ from fedops_common.logging import bind_ids, get_logger
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
 from fedops_common.security import ChannelSecurity, token_digest
 from fedops_common.telemetry.actor import (
-    ENV_ELASTICSEARCH_URL,
     Telemetry,
-    start_telemetry,
 )
-from fedops_common.telemetry.metrics_http import serve_metrics
 
 log = get_logger(__name__)
 S = common_pb2
@@ -64,6 +57,12 @@ SUPERNODE_RESTARTS = Counter("fedops_agent_supernode_restarts", "SuperNodes rest
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
 NODE_RELEASE_WAIT_S = 90.0
 USED_TOKENS_FILE = "used-enrolment-tokens"  # hashes of tokens already redeemed: never sent twice
+
+
+def restart_delay(policy: agent_pb2.RetryPolicy, restarts: int) -> float:
+    """Seconds before restarting a failed SuperNode that was restarted ``restarts`` times already:
+    the task's initial backoff, doubling, at most ``backoff_max_s`` (30 s when unset)."""
+    return float(min(policy.backoff_initial_s * 2 ** restarts, policy.backoff_max_s or 30.0))
 
 
 class Agent:
@@ -298,7 +297,7 @@ class Agent:
                 return
         if start is not None and node.restarts < start.retry.max_restarts:
             # Retry policy of the task: exponential backoff, then the same SuperNode identity rejoins.
-            delay = min(start.retry.backoff_initial_s * 2 ** node.restarts, start.retry.backoff_max_s or 30.0)
+            delay = restart_delay(start.retry, node.restarts)
             attempt = node.restarts + 1
             self._status(S.CLIENT_STATE_FAILED, f"{reason}; restart {attempt}/{start.retry.max_restarts} "
                                                 f"in {delay:.1f}s", node.run_id)
@@ -318,113 +317,3 @@ class Agent:
         """Stop every SuperNode this agent started."""
         for node in list(self.nodes.values()):
             stop_supernode(node, hard=False)
-
-
-def _load_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise typer.BadParameter(f"cannot read config {path}: {err}", param_hint="--config") from None
-
-
-def run(
-    config: Annotated[
-        Path | None, typer.Option(help="TOML file with control, tasks, data_path, state_dir, device_id")
-    ] = None,
-    control: Annotated[str | None, typer.Option(help="control service host:port")] = None,
-    task: Annotated[list[str] | None, typer.Option(help="task id to enrol in (repeatable)")] = None,
-    data_path: Annotated[str | None, typer.Option(help="private local data path (never leaves the device)")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="agent state and SuperNode work dirs")] = None,
-    device_id: Annotated[str | None, typer.Option(help="override the stable device id")] = None,
-    elasticsearch_url: Annotated[
-        str | None, typer.Option(envvar=ENV_ELASTICSEARCH_URL, help="ship logs, data status and resource samples here")
-    ] = None,
-    metrics_listen: Annotated[str | None, typer.Option(help="host:port of /metrics (port 0: any free port)")] = None,
-    metrics_advertise: Annotated[
-        str | None,
-        typer.Option(help="host:port Prometheus reaches /metrics at, when not the listen address (containers, NAT)"),
-    ] = None,
-    sample_interval: Annotated[float | None, typer.Option(help="seconds between resource samples")] = None,
-    enrolment_token: Annotated[
-        list[str] | None,
-        typer.Option(
-            envvar="FEDOPS_ENROLMENT_TOKEN", help="one-time token enrolling this device in a task (repeatable)"
-        ),
-    ] = None,
-    tls_ca: Annotated[
-        str | None, typer.Option(envvar="FEDOPS_TLS_CA", help="CA to verify the control service (TLS)")
-    ] = None,
-    tls_cert: Annotated[
-        str | None, typer.Option(envvar="FEDOPS_TLS_CERT", help="client certificate (mutual TLS)")
-    ] = None,
-    tls_key: Annotated[str | None, typer.Option(envvar="FEDOPS_TLS_KEY", help="key of --tls-cert")] = None,
-    preload_flower: Annotated[
-        bool,
-        typer.Option(
-            help="import Flower once at start-up and fork each run's SuperNode from it (saves ~2 CPU-s per run start)"
-        ),
-    ] = True,
-    log_level: Annotated[str, typer.Option()] = "INFO",
-) -> None:
-    """Start the FedOps device agent."""
-    file_cfg = _load_config(config)
-    security = ChannelSecurity(
-        ca_file=tls_ca or file_cfg.get("tls_ca", ""),
-        cert_file=tls_cert or file_cfg.get("tls_cert", ""),
-        key_file=tls_key or file_cfg.get("tls_key", ""),
-    )
-    try:
-        security.check()
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--tls-ca/--tls-cert/--tls-key") from None
-    tokens = [t for t in (enrolment_token or file_cfg.get("enrolment_tokens", [])) if t.strip()]
-    state = state_dir or Path(file_cfg.get("state_dir", ".fedops/agent"))
-    interval = sample_interval if sample_interval is not None else float(file_cfg.get("sample_interval", 1.0))
-    if interval <= 0:
-        raise typer.BadParameter("must be > 0", param_hint="--sample-interval")
-    telemetry = start_telemetry("fedops-agent", state / "telemetry",
-                                elasticsearch_url=elasticsearch_url or file_cfg.get("elasticsearch_url", ""),
-                                log_level=log_level)
-    listen = metrics_listen or file_cfg.get("metrics_listen", "127.0.0.1:0")
-    try:
-        _, metrics_address = serve_metrics(listen)
-    except (OSError, ValueError) as err:
-        raise typer.BadParameter(f"cannot serve metrics on {listen!r}: {err}", param_hint="--metrics-listen") from None
-    metrics_address = metrics_advertise or file_cfg.get("metrics_advertise", "") or metrics_address
-    sampler = ResourceSampler(telemetry.writer, state, interval).start()
-    agent = Agent(
-        control=control or file_cfg.get("control", "127.0.0.1:50051"),
-        task_ids=list(task or file_cfg.get("tasks", [])),
-        data_path=data_path if data_path is not None else str(file_cfg.get("data_path", "")),
-        state_dir=state, device_id=device_id or file_cfg.get("device_id", ""),
-        telemetry=telemetry, sampler=sampler, metrics_address=metrics_address, enrolment_tokens=tokens,
-        security=security, preload_flower=preload_flower)
-    if preload_flower:
-        forkserver.warm()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        runner = asyncio.create_task(agent.run_forever())
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, runner.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-
-    try:
-        asyncio.run(main())
-    finally:
-        agent.shutdown()
-        sampler.stop()
-        telemetry.close()
-
-
-def main() -> None:
-    """Console entry point."""
-    typer.run(run)
-
-
-if __name__ == "__main__":
-    main()
