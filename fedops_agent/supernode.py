@@ -54,7 +54,7 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
     offset = log_path.stat().st_size if log_path.exists() else 0
     runtime_port = free_port()
     args = [*security, "--superlink", superlink, "--port", str(runtime_port), "--node-config", config,
-            "--max-wait-time", "60"]  # runtime dependency installation: off by default in flwr 1.41
+            "--max-wait-time", "60"]  # runtime dependency installation: off by default since flwr 1.41
     process: ChildProcess
     if forked:
         process = forkserver.start_supernode(

@@ -30,11 +30,12 @@ from tests.conftest import DIGITS_APP, ROOT, control_stack
 
 MISSING = "fedops-no-such-package"
 NUMPY = importlib.metadata.version("numpy")
+FLWR = importlib.metadata.version("flwr")
 
 
 # ---------------------------------------------------------------- agent: check()
 def test_installed_requirements_pass() -> None:
-    assert check(["numpy", f"numpy=={NUMPY}", "numpy>=1.0", "flwr==1.41.0"], "", False) == []
+    assert check(["numpy", f"numpy=={NUMPY}", "numpy>=1.0", f"flwr=={FLWR}"], "", False) == []
 
 
 def test_missing_package() -> None:
@@ -94,7 +95,7 @@ def test_summary() -> None:
 
 
 def test_app_requirements(tmp_path: Path) -> None:
-    assert app_requirements(DIGITS_APP) == ["flwr==1.41.0", "torch>=2.2", "scikit-learn>=1.3", "numpy>=1.26"]
+    assert app_requirements(DIGITS_APP) == [f"flwr=={FLWR}", "torch>=2.2", "scikit-learn>=1.3", "numpy>=1.26"]
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n', encoding="utf-8")
     assert app_requirements(tmp_path) == []
     with pytest.raises(InvalidArgument):
@@ -188,9 +189,9 @@ def missing_dependency_app(tmp_path: Path) -> Path:
     shutil.copytree(DIGITS_APP, app, ignore=shutil.ignore_patterns("__pycache__", "*.fab"))
     pyproject = app / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
-    declared = 'dependencies = ["flwr==1.41.0",'
+    declared = f'dependencies = ["flwr=={FLWR}",'
     assert declared in text
-    pyproject.write_text(text.replace(declared, f'dependencies = ["{MISSING}>=1.0", "flwr==1.41.0",'),
+    pyproject.write_text(text.replace(declared, f'dependencies = ["{MISSING}>=1.0", "flwr=={FLWR}",'),
                          encoding="utf-8")
     return app
 

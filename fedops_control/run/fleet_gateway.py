@@ -1,6 +1,6 @@
 """The only door to a run's SuperLink: its Fleet API, and nothing else.
 
-Flower 1.41 serves the Fleet, Control and Runtime APIs on one HTTP port, so whoever can reach a
+Flower (1.41, 1.42) serves the Fleet, Control and Runtime APIs on one HTTP port, so whoever can reach a
 SuperLink's Fleet API could also start or stop runs and register nodes through its Control API.
 This gateway runs the SuperLink as its child, bound to loopback, and serves agents on the run's
 public address, forwarding ``POST /v1/fleet/*`` only. The Control and Runtime APIs stay on
