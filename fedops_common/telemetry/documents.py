@@ -7,6 +7,7 @@ Each family lands in daily indices ``fedops-<family>-YYYY.MM.DD`` behind the ali
 from __future__ import annotations
 
 import datetime as dt
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -31,9 +32,11 @@ def now_iso() -> str:
 
 
 def observability_dir() -> Path:
-    """The repository's ``observability/`` folder (index templates, Kibana objects): named by
-    ``FEDOPS_OBSERVABILITY_DIR``, else beside the source tree, else in the working directory (images)."""
+    """Where the Elasticsearch index templates and Kibana saved objects are: shipped inside this
+    package (``telemetry/assets/elk``, so an installed wheel finds them), unless
+    ``FEDOPS_OBSERVABILITY_DIR`` names another folder with the same layout. The repository's
+    ``observability/elk`` is a link to the packaged copy."""
     named = os.environ.get("FEDOPS_OBSERVABILITY_DIR", "")
-    candidates = [Path(named)] if named else []
-    candidates += [Path(__file__).resolve().parents[2] / "observability", Path.cwd() / "observability"]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+    if named and (Path(named) / "elk").is_dir():
+        return Path(named)
+    return Path(str(importlib.resources.files("fedops_common.telemetry") / "assets"))

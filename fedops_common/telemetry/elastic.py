@@ -1,4 +1,4 @@
-"""Elasticsearch setup: composable index templates (versioned in observability/elk/) and aliases."""
+"""Elasticsearch setup: composable index templates (shipped in telemetry/assets/elk/) and aliases."""
 
 from __future__ import annotations
 
