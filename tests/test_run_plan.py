@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from fedops_common.proto import common_pb2
 from fedops_common.strategy_settings import DEFAULT_RUN_CONFIG_KEYS
 from fedops_control.errors import InvalidArgument
 from fedops_control.run.plan import RunPlan, TaskInputs, check_overrides, plan_run
@@ -161,3 +162,18 @@ def test_check_overrides_refuses(overrides: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument) as err:
         check_overrides(overrides, {"learning-rate": 0.1})
     assert err.value.field == f"hyperparameter_overrides.{next(iter(overrides))}"
+
+
+def test_the_lifecycle_allows_only_forward_changes_and_keeps_a_stopped_run_stopped() -> None:
+    from fedops_control.errors import FailedPrecondition
+    from fedops_control.run.lifecycle import check_transition
+    from fedops_control.state.models import RunRow
+
+    S = common_pb2
+    check_transition(RunRow(id="run-a", state=S.RUN_STATE_PENDING), S.RUN_STATE_STARTING)
+    check_transition(RunRow(id="run-a", state=S.RUN_STATE_STARTING), S.RUN_STATE_RUNNING)
+    check_transition(RunRow(id="run-a", state=S.RUN_STATE_RUNNING), S.RUN_STATE_FINISHED)
+    with pytest.raises(FailedPrecondition, match="was stopped while starting"):
+        check_transition(RunRow(id="run-a", state=S.RUN_STATE_FINISHED), S.RUN_STATE_RUNNING)
+    with pytest.raises(FailedPrecondition, match="cannot go from running to starting"):
+        check_transition(RunRow(id="run-a", state=S.RUN_STATE_RUNNING), S.RUN_STATE_STARTING)

@@ -1,0 +1,197 @@
+"""Launching a run: its SuperLink (while the app is fetched and bundled), the agents' SuperNodes,
+and the Flower run. A part of :class:`~fedops_control.run.manager.RunManager`, kept in its own
+module: the steps run in order, each checking the lifecycle before it commands anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedops_common import runconfig as keys
+from fedops_common.convert import utcnow
+from fedops_common.logging import get_logger
+from fedops_common.proto import access_pb2, agent_pb2, common_pb2
+from fedops_common.security import write_secret
+from fedops_control.errors import FailedPrecondition
+from fedops_control.run import bundle, flower_control
+from fedops_control.run.launcher import SuperLinkHandle
+from fedops_control.run.lifecycle import ActiveRun, check_transition
+from fedops_control.state.models import ClientRow, RunRow, TaskRow
+from fedops_control.task.spec import check_keys
+from fedops_control.task.strategy import StrategySpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from fedops_control.access.tokens import TokenStore
+    from fedops_control.agents.sessions import AgentSessions
+    from fedops_control.run.events import EventBus
+    from fedops_control.run.launcher import SuperLinkLauncher
+
+log = get_logger(__name__)
+S = common_pb2
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """Give a rendered value the type of the app's default (Struct numbers arrive as floats)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+class RunLaunch:
+    """The launch steps of RunManager, which provides what is declared here."""
+
+    _sessions: sessionmaker[Session]
+    _launcher: SuperLinkLauncher
+    _agents: AgentSessions
+    _bus: EventBus
+    _tokens: TokenStore | None
+    _control_tls: dict[str, str]
+    _control_address: str
+    _data_dir: Path
+    _active: dict[str, ActiveRun]
+
+    def get_run_row(self, run_id: str) -> RunRow:
+        raise NotImplementedError  # RunManager's
+
+    async def finish(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:
+        raise NotImplementedError  # RunManager's
+
+    async def _set_state(self, run_id: str, state: common_pb2.RunState.ValueType, message: str) -> None:
+        with self._sessions.begin() as db:
+            run = db.get_one(RunRow, run_id)
+            check_transition(run, state)  # stopped while starting: it stays finished
+            run.state = state
+            if state == S.RUN_STATE_RUNNING:
+                run.started_at = utcnow()
+        await self._bus.publish(run_id, "run_state", message, data={"state": common_pb2.RunState.Name(state)})
+
+    async def _announce_app_decides(self, run_id: str, settings: list[str]) -> None:
+        await self._bus.publish(run_id, "app_decides", "the app hard-codes " + ", ".join(
+            f"strategy.{name}" for name in settings) + " (no run-config key receives it): the app decides",
+            data={"settings": settings})
+
+    async def _launch(self, run_id: str) -> None:
+        try:
+            await self._set_state(run_id, S.RUN_STATE_STARTING, "starting SuperLink and SuperNodes")
+            with self._sessions() as db:
+                run = db.get_one(RunRow, run_id)
+                task = db.get_one(TaskRow, run.task_id)
+                app, strategy, task_id = dict(task.app), StrategySpec.from_dict(run.strategy), task.id
+                run_config, node_configs = dict(run.run_config), dict(run.node_configs)
+                client_ids = list(run.client_ids)
+                resume = run.resumed_from_model_id
+            workdir = self._data_dir / "runs" / run_id
+            workdir.mkdir(parents=True, exist_ok=True)
+            # The SuperLink starts while the app is fetched and bundled: both take seconds.
+            link = asyncio.create_task(self._start_superlink(run_id, workdir))
+            try:
+                app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
+                                                             workdir, len(client_ids))
+            except BaseException:
+                await asyncio.wait([link])  # registered in self._active: finish() stops it
+                raise
+            handle = await link
+            with self._sessions.begin() as db:
+                db.get_one(RunRow, run_id).superlink_address = handle.address
+                public_keys = {cid: db.get_one(ClientRow, cid).supernode_public_key for cid in client_ids}
+            if handle.ca_file is not None:  # SuperNode authentication: admit this run's agents only
+                missing = sorted(cid for cid, key in public_keys.items() if not key)
+                if missing:
+                    raise FailedPrecondition(f"client {missing[0]} sent no SuperNode public key; upgrade its agent")
+                await asyncio.gather(*(flower_control.register_supernode(handle, public_keys[cid], cid)
+                                       for cid in client_ids))
+            # A stop may have come during any await above; from here to the commands nothing awaits.
+            check_transition(self.get_run_row(run_id), S.RUN_STATE_RUNNING)
+            retry = agent_pb2.RetryPolicy(max_restarts=strategy.client_max_restarts,
+                                          backoff_initial_s=strategy.client_restart_backoff_s,
+                                          backoff_max_s=30.0)
+            for cid in client_ids:
+                node_config = {k: _toml_literal(v) for k, v in node_configs[cid].items()}
+                node_config[keys.NODE_RUN_ID] = _toml_literal(run_id)
+                node_config[keys.NODE_TASK_ID] = _toml_literal(task_id)
+                command = agent_pb2.AgentCommand(start_training=agent_pb2.StartTraining(
+                    run_id=run_id, superlink_address=handle.address, node_config=node_config,
+                    superlink_root_certificates=handle.root_certificates, retry=retry))
+                if not self._agents.send(cid, command):
+                    raise FailedPrecondition(f"client {cid} went offline before the run started")
+                with self._sessions.begin() as db:
+                    client = db.get_one(ClientRow, cid)
+                    client.current_run_id, client.state = run_id, S.CLIENT_STATE_TRAINING
+                    client.state_reason = f"training in run {run_id}"
+            overrides_file = flower_control.write_overrides(workdir / "run-config.toml", overrides)
+            flower_run_id = await flower_control.submit_run(handle, app_dir, overrides_file)
+            with self._sessions.begin() as db:
+                db.get_one(RunRow, run_id).flower_run_id = flower_run_id
+            self._active[run_id].reported()
+            await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
+        except Exception as err:  # any launch failure fails the run with the reason
+            if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
+                log.info("launch abandoned: the run was stopped while starting", run_id=run_id, error=str(err))
+                return
+            log.exception("run launch failed", run_id=run_id)
+            reason = str(err)  # InvalidArgument: "field: message"
+            await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"launch failed: {reason}")
+
+    async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+        handle = await self._launcher.start(run_id, workdir)
+        self._active[run_id] = ActiveRun(handle)
+        run = self.get_run_row(run_id)
+        if run.state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
+            self._active.pop(run_id, None)
+            await self._launcher.stop(handle)
+            check_transition(run, S.RUN_STATE_RUNNING)
+        return handle
+
+    async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: StrategySpec,
+                           run_config: dict[str, Any], resume: str, workdir: Path,
+                           node_count: int) -> tuple[Path, dict[str, Any]]:
+        """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
+        source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
+        credential_file = ""
+        if self._tokens is not None:  # the run's apps report with a token valid for this run only
+            secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
+                                           subject=run_id, created_by="fedops-control")
+            write_secret(workdir / "run.token", secret)
+            credential_file = str((workdir / "run.token").resolve())
+        fedops_config = {
+            keys.RUN_ID: run_id, keys.TASK_ID: task_id, keys.CONTROL_ADDRESS: self._control_address,
+            keys.CREDENTIAL_FILE: credential_file, **self._control_tls,
+            keys.ROUND_TIMEOUT: strategy.round_timeout_s, keys.QUORUM: strategy.min_clients,
+            keys.NODE_COUNT: node_count, keys.RESUME_MODEL_ID: resume,
+        }
+        app_dir = workdir / "app"
+        app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)
+        # Strategy settings whose key the app lacks (a git app, checked only now, or an app edited
+        # since the task was made) are the app's to decide, and the run says so.
+        derived = {key: setting for setting, key in strategy.run_config_keys.items() if key}
+        undelivered = sorted(derived[key] for key in set(run_config) - set(app_config) if key in derived)
+        if undelivered:
+            with self._sessions.begin() as db:
+                row = db.get_one(RunRow, run_id)
+                row.app_decides = sorted({*row.app_decides, *undelivered})
+                if "rounds" in undelivered:
+                    row.total_rounds = 0  # known once the app's strategy starts
+            await self._announce_app_decides(run_id, undelivered)
+        run_config = {k: v for k, v in run_config.items() if k in app_config or k not in derived}
+        check_keys("hyperparameters", run_config, app_config)
+        return app_dir, {k: _coerce(v, app_config[k]) for k, v in run_config.items()}
+
+
+
+def _toml_literal(value: Any) -> str:
+    """A node-config value as the TOML literal `flower-supernode --node-config` expects."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
