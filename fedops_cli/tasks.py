@@ -82,26 +82,40 @@ RUN_CONFIG_KEY_HELP = (f"SETTING=KEY (repeatable): the app's run-config key rece
                        f"not pass it")
 
 
+# The options task create and task update share.
+AppPath = Annotated[str | None, typer.Option("--app", help="local Flower app directory")]
+GitUrl = Annotated[str | None, typer.Option(help="git URL of the Flower app")]
+GitRef = Annotated[str, typer.Option(help="git branch/tag/commit")]
+GitSubdir = Annotated[str, typer.Option(help="app directory inside the repository")]
+Rounds = Annotated[int | None, typer.Option(min=1)]
+MinClients = Annotated[int | None, typer.Option(min=1, help="quorum per round")]
+Fraction = Annotated[float | None, typer.Option(min=0.0, max=1.0)]
+RoundTimeout = Annotated[float | None, typer.Option(min=0.0, help="seconds")]
+ClientMaxRestarts = Annotated[int | None, typer.Option(
+    min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")]
+ClientRestartBackoff = Annotated[float | None, typer.Option(
+    min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")]
+BestMetric = Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)]
+
+
 @task_app.command("create")
 def task_create(
     title: Annotated[str, typer.Option(help="task title")],
-    app_path: Annotated[str | None, typer.Option("--app", help="local Flower app directory")] = None,
-    git_url: Annotated[str | None, typer.Option(help="git URL of the Flower app")] = None,
-    git_ref: Annotated[str, typer.Option(help="git branch/tag/commit")] = "main",
-    git_subdir: Annotated[str, typer.Option(help="app directory inside the repository")] = "",
+    app_path: AppPath = None,
+    git_url: GitUrl = None,
+    git_ref: GitRef = "main",
+    git_subdir: GitSubdir = "",
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable)")] = None,
     strategy: Annotated[str | None, typer.Option(help="strategy name (informational)")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1)] = None,
-    min_clients: Annotated[int | None, typer.Option(min=1, help="quorum per round")] = None,
-    fraction_train: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    fraction_evaluate: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    round_timeout: Annotated[float | None, typer.Option(min=0.0, help="seconds")] = None,
-    client_max_restarts: Annotated[int | None, typer.Option(
-        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = None,
-    client_restart_backoff: Annotated[float | None, typer.Option(
-        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = None,
-    best_metric: Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)] = None,
+    rounds: Rounds = None,
+    min_clients: MinClients = None,
+    fraction_train: Fraction = None,
+    fraction_evaluate: Fraction = None,
+    round_timeout: RoundTimeout = None,
+    client_max_restarts: ClientMaxRestarts = None,
+    client_restart_backoff: ClientRestartBackoff = None,
+    best_metric: BestMetric = None,
     lower_is_better: Annotated[bool | None, typer.Option(
         "--lower-is-better/--higher-is-better", help="direction of --best-metric; default: lower for names "
         "ending in 'loss', else higher")] = None,
@@ -134,20 +148,18 @@ def task_update(
     title: Annotated[str | None, typer.Option()] = None,
     description: Annotated[str | None, typer.Option()] = None,
     tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable; replaces the tags)")] = None,
-    app_path: Annotated[str | None, typer.Option("--app", help="local Flower app directory")] = None,
-    git_url: Annotated[str | None, typer.Option(help="git URL of the Flower app")] = None,
-    git_ref: Annotated[str, typer.Option(help="git branch/tag/commit")] = "main",
-    git_subdir: Annotated[str, typer.Option(help="app directory inside the repository")] = "",
-    rounds: Annotated[int | None, typer.Option(min=1)] = None,
-    min_clients: Annotated[int | None, typer.Option(min=1, help="quorum per round")] = None,
-    fraction_train: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    fraction_evaluate: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    round_timeout: Annotated[float | None, typer.Option(min=0.0, help="seconds")] = None,
-    client_max_restarts: Annotated[int | None, typer.Option(
-        min=0, max=MAX_CLIENT_RESTARTS, help="restarts of a client's failed SuperNode per run (0 = never)")] = None,
-    client_restart_backoff: Annotated[float | None, typer.Option(
-        min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")] = None,
-    best_metric: Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)] = None,
+    app_path: AppPath = None,
+    git_url: GitUrl = None,
+    git_ref: GitRef = "main",
+    git_subdir: GitSubdir = "",
+    rounds: Rounds = None,
+    min_clients: MinClients = None,
+    fraction_train: Fraction = None,
+    fraction_evaluate: Fraction = None,
+    round_timeout: RoundTimeout = None,
+    client_max_restarts: ClientMaxRestarts = None,
+    client_restart_backoff: ClientRestartBackoff = None,
+    best_metric: BestMetric = None,
     lower_is_better: Annotated[bool | None, typer.Option(
         "--lower-is-better/--higher-is-better", help="direction of the best metric; with a new --best-metric and "
         "neither flag: lower for names ending in 'loss', else higher")] = None,

@@ -45,6 +45,32 @@ def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite database migrated to head for the whole session (migrating takes a while)."""
+    from fedops_control.state.db import open_database, sqlite_url
+
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    open_database(sqlite_url(path)).kw["bind"].dispose()
+    return path
+
+
+@pytest.fixture
+def db_sessions(tmp_path: Path, migrated_db: Path) -> Iterator[Any]:
+    """A sessionmaker on a fresh copy of the migrated database, for unit tests of the control service."""
+    import shutil
+
+    from sqlalchemy.orm import sessionmaker
+
+    from fedops_control.state.db import make_engine, sqlite_url
+
+    path = tmp_path / "control.db"
+    shutil.copyfile(migrated_db, path)
+    factory = sessionmaker(make_engine(sqlite_url(path)), expire_on_commit=False)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
 @contextlib.contextmanager
 def control_stack(root: Path, **options: Any) -> Iterator[LocalStack]:
     """A LocalStack with its control service started; everything stopped afterwards."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,26 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.proto import common_pb2
 from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore, client_means
-from fedops_control.state.db import make_engine, open_database, sqlite_url
 from fedops_control.state.models import ClientResultRow, RoundRow, RunRow, TaskRow
 from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated database per module; each test gets a copy."""
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    open_database(sqlite_url(path)).kw["bind"].dispose()
-    return path
-
-
 @pytest.fixture
-def sessions(tmp_path: Path, migrated: Path) -> Iterator[sessionmaker[Session]]:
-    path = tmp_path / "control.db"
-    shutil.copyfile(migrated, path)
-    factory = sessionmaker(make_engine(sqlite_url(path)), expire_on_commit=False)
+def sessions(db_sessions: sessionmaker[Session]) -> Iterator[sessionmaker[Session]]:
+    factory = db_sessions
     with factory.begin() as db:
         for task_id in ("task-1", "task-2"):
             db.add(TaskRow(id=task_id, title=task_id, app={"local_path": "/nowhere"}, strategy={}))
@@ -41,7 +29,6 @@ def sessions(tmp_path: Path, migrated: Path) -> Iterator[sessionmaker[Session]]:
         for run_id, task_id in (("run-1", "task-1"), ("run-2", "task-1"), ("run-3", "task-2")):
             db.add(RunRow(id=run_id, task_id=task_id, state=S.RUN_STATE_RUNNING, config_hash=f"hash-{run_id}"))
     yield factory
-    factory.kw["bind"].dispose()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ AgentSessions; only the run manager's callbacks (round notice, end of run) are s
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +26,6 @@ from fedops_control.run.reports import (
     ServerReports,
     record_client_result,
 )
-from fedops_control.state.db import make_engine, open_database, sqlite_url
 from fedops_control.state.models import (
     ClientResultRow,
     ClientRow,
@@ -143,19 +140,9 @@ class Harness:
                 setattr(run, key, value)
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated database per module; each test gets a copy (migrating takes a while)."""
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    open_database(sqlite_url(path)).kw["bind"].dispose()
-    return path
-
-
 @pytest.fixture
-def h(tmp_path: Path, migrated: Path) -> Iterator[Harness]:
-    path = tmp_path / "control.db"
-    shutil.copyfile(migrated, path)
-    sessions = sessionmaker(make_engine(sqlite_url(path)), expire_on_commit=False)
+def h(db_sessions: sessionmaker[Session]) -> Iterator[Harness]:
+    sessions = db_sessions
     with sessions.begin() as db:
         db.add(TaskRow(id=TASK, title="t", app={"local_path": "/nowhere"}, strategy={}))
         for cid in CLIENTS:
@@ -166,7 +153,6 @@ def h(tmp_path: Path, migrated: Path) -> Iterator[Harness]:
     harness = Harness(sessions)
     yield harness
     harness.loop.close()
-    sessions.kw["bind"].dispose()
 
 
 # ---------------------------------------------------------------- validation

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,27 +13,15 @@ from fedops_common.security import token_digest
 from fedops_control.access import policy
 from fedops_control.access.policy import AUDITED, ENROLMENT, METHOD_ROLES, OPEN, allows, required_role
 from fedops_control.access.tokens import PREFIX, TokenStore
-from fedops_control.state.db import make_engine, open_database, sqlite_url
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
 API, ENROL, AGENT, RUN = A.TOKEN_KIND_API, A.TOKEN_KIND_ENROLMENT, A.TOKEN_KIND_AGENT, A.TOKEN_KIND_RUN
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    open_database(sqlite_url(path)).kw["bind"].dispose()
-    return path
-
-
 @pytest.fixture
-def sessions(tmp_path: Path, migrated: Path) -> Iterator[sessionmaker[Session]]:
-    path = tmp_path / "control.db"
-    shutil.copyfile(migrated, path)
-    factory = sessionmaker(make_engine(sqlite_url(path)), expire_on_commit=False)
-    yield factory
-    factory.kw["bind"].dispose()
+def sessions(db_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    return db_sessions
 
 
 @pytest.fixture
