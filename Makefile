@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint unit proto check-proto bench clean
+.PHONY: demo test test-containers lint unit proto check-proto bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ demo: $(VENV)/.installed  ## a real 3-round FL run across 3 local agents (SQLite
 test: $(VENV)/.installed  ## the whole suite: lint, installs real backends, generated-code check, every test
 	$(MAKE) lint check-proto
 	scripts/install_backends.sh
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA -m "not containers"
+
+test-containers: $(VENV)/.installed  ## Docker engine, images built offline, containerized FL runs (not yet in make test)
+	scripts/install_backends.sh
+	scripts/install_docker.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA -m containers
 
 lint: $(VENV)/.installed  ## ruff (lint) and mypy, configured in pyproject.toml
 	$(VENV)/bin/ruff check .

@@ -1,36 +1,55 @@
 # FedOps control service. Runs each run's Flower SuperLink and ServerApp in the same container,
 # so the image carries the Flower apps' dependencies (EXTRAS, default: the digits example's).
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any Debian-like image with Python 3.11 (default the public python:3.11-slim;
+# scripts/build_images.sh builds on a local one, without a registry). With PIP_NO_INDEX=1 every Python
+# package comes from docker/wheels/ (built on the host), so the build needs no network.
+ARG BASE_IMAGE=python:3.11-slim
 
+FROM ${BASE_IMAGE} AS build
 ARG EXTRAS="postgres,examples"
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    FEDOPS_OBSERVABILITY_DIR=/opt/fedops/observability
+ARG PIP_NO_INDEX=0
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=/tmp/wheels
+WORKDIR /opt/fedops
+COPY docker/wheels /tmp/wheels
+# Dependencies first, from pyproject.toml alone: this layer is kept while the pins do not change.
+COPY pyproject.toml README.md ./
+# The project itself: its pins are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+# Every package of pyproject.toml's [tool.setuptools.packages.find] (tests/test_docker.py checks).
+COPY fedops_common ./fedops_common
+COPY fedops_control ./fedops_control
+COPY fedops_agent ./fedops_agent
+COPY fedops_flower ./fedops_flower
+COPY fedops_client ./fedops_client
+COPY fedops_cli ./fedops_cli
+COPY fedops_dash ./fedops_dash
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall . \
+    && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
-# git: tasks may reference their Flower app by git URL + ref.
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+
+# git: tasks may reference their Flower app by git URL + ref (a base image that has it already, like
+# the local one, needs no package index).
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
-    && rm -rf /var/lib/apt/lists/* \
+RUN if ! command -v git >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*; \
+    fi \
     && useradd --create-home --uid 10001 fedops \
     && mkdir -p /var/lib/fedops \
     && chown fedops:fedops /var/lib/fedops
 
 WORKDIR /opt/fedops
-COPY pyproject.toml README.md ./
-COPY fedops_common ./fedops_common
-COPY fedops_control ./fedops_control
-COPY fedops_agent ./fedops_agent
-COPY fedops_dash ./fedops_dash
-COPY observability ./observability
+COPY --from=build /opt/venv /opt/venv
 COPY examples ./examples
-# The project itself: its pins are in pyproject.toml.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[${EXTRAS}]"
 
 USER 10001
 EXPOSE 50051 9464
 VOLUME ["/var/lib/fedops"]
+# fedopsctl checks FEDOPS_CONTROL (default 127.0.0.1:50051): set it when --listen is another port.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["fedopsctl", "--control", "127.0.0.1:50051", "health"]
+    CMD ["fedopsctl", "health"]
 ENTRYPOINT ["fedops-control", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/fedops", \
             "--metrics-listen", "0.0.0.0:9464", "--superlink-bind", "0.0.0.0"]

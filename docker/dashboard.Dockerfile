@@ -1,25 +1,47 @@
 # FedOps control dashboard (Streamlit). Stateless: it reads the control service over gRPC and
 # telemetry from Elasticsearch and Prometheus (FEDOPS_CONTROL, FEDOPS_ELASTICSEARCH_URL, FEDOPS_PROMETHEUS_URL).
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any Debian-like image with Python 3.11 (default the public python:3.11-slim;
+# scripts/build_images.sh builds on a local one, without a registry). With PIP_NO_INDEX=1 every Python
+# package comes from docker/wheels/ (built on the host), so the build needs no network.
+ARG BASE_IMAGE=python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    FEDOPS_OBSERVABILITY_DIR=/opt/fedops/observability
-
-RUN useradd --create-home --uid 10001 fedops
-
+FROM ${BASE_IMAGE} AS build
+ARG PIP_NO_INDEX=0
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=/tmp/wheels
 WORKDIR /opt/fedops
+COPY docker/wheels /tmp/wheels
+# Dependencies first, from pyproject.toml alone: this layer is kept while the pins do not change.
 COPY pyproject.toml README.md ./
+# The project itself: its pins are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[dashboard]"
+# Every package of pyproject.toml's [tool.setuptools.packages.find] (tests/test_docker.py checks).
 COPY fedops_common ./fedops_common
 COPY fedops_control ./fedops_control
 COPY fedops_agent ./fedops_agent
+COPY fedops_flower ./fedops_flower
+COPY fedops_client ./fedops_client
+COPY fedops_cli ./fedops_cli
 COPY fedops_dash ./fedops_dash
-COPY observability ./observability
-# The project itself: its pins are in pyproject.toml.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[dashboard]"
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall . \
+    && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+
+RUN useradd --create-home --uid 10001 fedops \
+    && mkdir -p /var/lib/fedops-dash \
+    && chown fedops:fedops /var/lib/fedops-dash
+
+WORKDIR /opt/fedops
+COPY --from=build /opt/venv /opt/venv
+
+# The dashboard keeps its own logs in .fedops/ under its working directory.
+WORKDIR /var/lib/fedops-dash
 USER 10001
 EXPOSE 8501
+# FEDOPS_DASH_PORT: the port of --port when it is not 8501 (on the host's network).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/_stcore/health' % os.environ.get('FEDOPS_DASH_PORT', '8501'), timeout=4)"]
 ENTRYPOINT ["fedops-dash", "--address", "0.0.0.0", "--port", "8501"]

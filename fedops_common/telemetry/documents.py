@@ -37,6 +37,6 @@ def observability_dir() -> Path:
     ``FEDOPS_OBSERVABILITY_DIR`` names another folder with the same layout. The repository's
     ``observability/elk`` is a link to the packaged copy."""
     named = os.environ.get("FEDOPS_OBSERVABILITY_DIR", "")
-    if named and (Path(named) / "elk").is_dir():
+    if named and Path(named).is_dir():
         return Path(named)
     return Path(str(importlib.resources.files("fedops_common.telemetry") / "assets"))
