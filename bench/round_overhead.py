@@ -29,15 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "digits"))
 
-from digits_app.task import write_partitions  # noqa: E402
+from digits_app.task import write_partitions  # noqa: E402 - imported once sys.path holds the app
 
-from fedops_common.grpc_channel import control_channel  # noqa: E402
-from fedops_common.net import free_port, wait_for_port  # noqa: E402
-from fedops_common.proc import console_script, flower_env, stop_process_group  # noqa: E402
-from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc  # noqa: E402
-from fedops_control.devstack import LocalStack  # noqa: E402
-from fedops_control.run import flower_control  # noqa: E402
-from fedops_control.run.launcher import SuperLinkHandle  # noqa: E402
+from fedops_common.grpc_channel import control_channel  # noqa: E402 - imported once sys.path holds the app
+from fedops_common.net import free_port, wait_for_port  # noqa: E402 - imported once sys.path holds the app
+from fedops_common.proc import console_script, flower_env, stop_process_group  # noqa: E402 - imported once sys.path holds the app
+from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc  # noqa: E402 - imported once sys.path holds the app
+from fedops_control.devstack import LocalStack  # noqa: E402 - imported once sys.path holds the app
+from fedops_control.run import flower_control  # noqa: E402 - imported once sys.path holds the app
+from fedops_control.run.launcher import SuperLinkHandle  # noqa: E402 - imported once sys.path holds the app
 
 APP = ROOT / "examples" / "digits"
 
@@ -157,7 +157,7 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         running_s = serverapp_running_s(stack.root / "control" / "runs" / run["id"] / "superlink" / "state.db",
                                         int(info.flower_run_id))
 
-        def ts(e):  # type: ignore[no-untyped-def]
+        def ts(e):
             return datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
 
         # From the StartRun call's arrival at the service (its `run_created` event), not from the

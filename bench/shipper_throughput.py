@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedops_common.telemetry import TelemetryWriter  # noqa: E402
-from fedops_common.telemetry.shipper import Shipper, elasticsearch_client  # noqa: E402
+from fedops_common.telemetry import TelemetryWriter  # noqa: E402 - imported once sys.path holds the app
+from fedops_common.telemetry.shipper import Shipper, elasticsearch_client  # noqa: E402 - imported once sys.path holds the app
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ class TrainingTags:
 def _nvml() -> Any:
     """pynvml (nvidia-ml-py) initialised, or None when no NVIDIA GPU/driver/package is present."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml  # type: ignore[import-not-found]  # optional: only on NVIDIA hosts, no stubs
 
         pynvml.nvmlInit()
         return pynvml

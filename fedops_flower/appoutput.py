@@ -33,7 +33,7 @@ class _Tee(io.TextIOBase):
         self._lock = threading.Lock()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it a plain attribute
         return getattr(self._original, "encoding", "utf-8")
 
     def writable(self) -> bool:

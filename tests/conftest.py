@@ -30,7 +30,7 @@ def digits_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def elasticsearch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def elasticsearch(tmp_path_factory: pytest.TempPathFactory):
     """A real single-node Elasticsearch on loopback, for the whole session."""
     import shutil
     import tempfile

@@ -120,7 +120,7 @@ def start_engine() -> Engine:
         if not Path(path).exists():
             raise _missing(f"{what} ({path})")
     try:
-        import testcontainers  # noqa: F401
+        import testcontainers  # noqa: F401 - only: is it installed?
     except ImportError:
         raise AssertionError("testcontainers is not installed: pip install -e '.[dev]'") from None
     started = subprocess.run([str(SCRIPTS / "docker_engine.sh"), "start"], capture_output=True, text=True,

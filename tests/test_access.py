@@ -58,7 +58,7 @@ def _code(call: Any) -> grpc.StatusCode:
         call()
         return grpc.StatusCode.OK
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[attr-defined,no-any-return]
+        return err.code()
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def _ca(tmp: Path, *args: str) -> dict[str, str]:
     result = subprocess.run([console_script("fedopsctl"), "-o", "json", "ca", *args, "--dir", str(tmp)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json.loads(result.stdout)
 
 
 def test_mutual_tls_run_and_superlink_admits_only_the_runs_agents(tmp_path: Path, digits_data: list[Path]) -> None:

@@ -40,7 +40,7 @@ def start_clients(stack: LocalStack, task_id: str, data: list[Path], prefix: str
     return clients
 
 
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -50,11 +50,11 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):  # type: ign
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
-def get_run(stack: LocalStack, run_id: str) -> dict:  # type: ignore[type-arg]
+def get_run(stack: LocalStack, run_id: str) -> dict:
     return stack.ctl_json("run", "show", run_id)
 
 
-def wait_finished(stack: LocalStack, run_id: str, timeout_s: float = 400) -> dict:  # type: ignore[type-arg]
+def wait_finished(stack: LocalStack, run_id: str, timeout_s: float = 400) -> dict:
     return wait_for(lambda: (r := get_run(stack, run_id)).get("state") == "RUN_STATE_FINISHED" and r, timeout_s, 1)
 
 
@@ -87,7 +87,7 @@ def stack(
         local.stop()
 
 
-def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:
     local, task_id, clients = stack
     run = local.ctl_json("run", "start", task_id)
     watch = local.ctl("run", "watch", run["id"], timeout_s=500)
@@ -127,7 +127,7 @@ def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:  #
     assert len(starts) == 3 and all(entry["labels.forked"] is True for entry in starts), starts
 
 
-def test_resume_from_stored_model(stack) -> None:  # type: ignore[no-untyped-def]
+def test_resume_from_stored_model(stack) -> None:
     local, task_id, _ = stack
     latest = local.ctl_json("models", "show", "latest", "--task", task_id)
     run = local.ctl_json("run", "start", task_id, "--resume-from", "latest")
@@ -140,7 +140,7 @@ def test_resume_from_stored_model(stack) -> None:  # type: ignore[no-untyped-def
     assert min(first, key=lambda m: m["round"])["parent_id"] == latest["id"]
 
 
-def test_cooperative_stop_after_current_round(stack) -> None:  # type: ignore[no-untyped-def]
+def test_cooperative_stop_after_current_round(stack) -> None:
     local, task_id, _ = stack
     run = local.ctl_json("run", "start", task_id, "--hp", "num-server-rounds=6")
     wait_for(lambda: get_run(local, run["id"]).get("current_round", 0) >= 1, 120)
@@ -153,7 +153,7 @@ def test_cooperative_stop_after_current_round(stack) -> None:  # type: ignore[no
     wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
 
 
-def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untyped-def]
+def test_hard_stop_leaves_no_processes(stack) -> None:
     local, task_id, clients = stack
     run = local.ctl_json("run", "start", task_id)
     wait_for(lambda: get_run(local, run["id"]).get("state") == "RUN_STATE_RUNNING", 60)
@@ -165,7 +165,7 @@ def test_hard_stop_leaves_no_processes(stack) -> None:  # type: ignore[no-untype
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 
 
-def test_hard_stop_while_starting_stays_stopped(stack) -> None:  # type: ignore[no-untyped-def]
+def test_hard_stop_while_starting_stays_stopped(stack) -> None:
     """A stop that comes while the run is still starting wins: the launch does not bring it back
     to running, command agents or leave processes."""
     local, task_id, _ = stack
@@ -181,7 +181,7 @@ def test_hard_stop_while_starting_stays_stopped(stack) -> None:  # type: ignore[
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 
 
-def test_bad_input_is_refused_with_the_field(stack) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_refused_with_the_field(stack) -> None:
     local, task_id, _ = stack
     result = local.ctl("task", "create", "--title", "bad", "--app", str(DIGITS_APP), "--hp", "nope=1", check=False)
     assert result.returncode == 2 and "hyperparameters.nope" in result.stderr

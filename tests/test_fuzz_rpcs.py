@@ -160,8 +160,8 @@ def assert_refused_or_ok(call: Any) -> None:
         call()
         status = "OK"
     except grpc.RpcError as err:
-        code = err.code()  # type: ignore[attr-defined]
-        assert code in REFUSALS, f"{code.name}: {err.details()}"  # type: ignore[attr-defined]
+        code = err.code()
+        assert code in REFUSALS, f"{code.name}: {err.details()}"
         status = code.name
     CASES[status] = CASES.get(status, 0) + 1
 
@@ -184,7 +184,7 @@ def test_rpc_survives_hostile_requests(service: dict[str, Any], rpc: tuple[str, 
     try:
         check()
     except grpc.RpcError as err:  # a streaming call on a live run may run past its deadline
-        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_agent_session_with_hostile_first_messages(service: dict[str, Any]) -> None:
@@ -201,7 +201,7 @@ def test_agent_session_with_hostile_first_messages(service: dict[str, Any]) -> N
                 for _ in stub.Session(iter([message]), timeout=2):
                     pass
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
 
         assert_refused_or_ok(call)
@@ -215,13 +215,13 @@ def test_oversized_messages_are_refused(service: dict[str, Any]) -> None:
     huge.task.title = "x" * (MAX_MESSAGE_BYTES + 1024)
     with pytest.raises(grpc.RpcError) as refused:
         stub.CreateTask(huge, timeout=60)
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     long_title = control_pb2.CreateTaskRequest()
     long_title.task.CopyFrom(json_format.ParseDict(
         {"title": "t" * 100_000, "app": {"local_path": str(DIGITS_APP)}}, long_title.task))
     with pytest.raises(grpc.RpcError) as too_long:
         stub.CreateTask(long_title, timeout=10)
-    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "title" in too_long.value.details()  # type: ignore[attr-defined]
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "title" in too_long.value.details()
     CASES["count"] += 2
 
 

@@ -26,7 +26,7 @@ class JoiningNodes:
 def grid(join_after_s: list[float], node_count: int) -> tuple[ObservedGrid, JoiningNodes, RunState]:
     inner = JoiningNodes(join_after_s)
     state = RunState("run-1", round_timeout_s=60, quorum=2, node_count=node_count)
-    return ObservedGrid(inner, Reporter(observer=None, state=state)), inner, state  # type: ignore[arg-type]
+    return ObservedGrid(inner, Reporter(observer=None, state=state)), inner, state
 
 
 def test_first_call_returns_once_the_last_node_joins() -> None:

@@ -36,9 +36,9 @@ def store(sessions: sessionmaker[Session], tmp_path: Path) -> ModelStore:
     return ModelStore(sessions, tmp_path / "models")
 
 
-def add_round(sessions: sessionmaker[Session], run_id: str, number: int, responded: list[str] = (),  # type: ignore[assignment]
+def add_round(sessions: sessionmaker[Session], run_id: str, number: int, responded: list[str] = (),
               train: dict[str, Any] | None = None, evaluate: dict[str, Any] | None = None,
-              results: list[tuple[str, str, dict[str, Any], str]] = ()) -> None:  # type: ignore[assignment]
+              results: list[tuple[str, str, dict[str, Any], str]] = ()) -> None:
     """A round row and its client results (client, phase, metrics, error)."""
     with sessions.begin() as db:
         db.add(RoundRow(run_id=run_id, number=number, selected=list(responded), responded=list(responded), failed=[],

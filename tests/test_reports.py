@@ -91,7 +91,7 @@ class Harness:
         self.send(number, replies=A.PhaseReplies(results=results))
 
     def phase_finished(self, number: int, phase: str, sent: int, ok: int, needed: int,
-                       timed_out: list[str] = ()) -> None:  # type: ignore[assignment]
+                       timed_out: list[str] = ()) -> None:
         self.send(number, phase_finished=A.PhaseFinished(phase=phase, sent=sent, ok=ok, needed=needed,
                                                          timed_out_node_ids=[NODE_OF[c] for c in timed_out]))
 
@@ -328,7 +328,7 @@ def _reply_error_first(h: Harness) -> None:
     (_client_error_first, "ValueError: bad shard"),
     (_reply_error_first, "ValueError: bad shard (from the Grid)"),
 ])
-def test_client_failure_recorded_once_whichever_report_comes_first(h: Harness, order, first_error) -> None:  # type: ignore[no-untyped-def]
+def test_client_failure_recorded_once_whichever_report_comes_first(h: Harness, order, first_error) -> None:
     h.strategy()
     h.phase(1, "train")
     order(h)

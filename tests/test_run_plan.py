@@ -118,7 +118,7 @@ def test_config_hash_is_stable() -> None:
     lambda: plan(task(strategy=StrategySpec(rounds=4, min_clients=2, best_metric="central.loss"))),
     lambda: plan(task(client_config={"data-path": "${client.data_path}"})),
 ])
-def test_config_hash_changes_with_the_configuration(change) -> None:  # type: ignore[no-untyped-def]
+def test_config_hash_changes_with_the_configuration(change) -> None:
     assert change().config_hash != plan().config_hash
 
 

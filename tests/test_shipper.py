@@ -29,7 +29,7 @@ def own_elasticsearch() -> Iterator[Elasticsearch]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def cardinality(es: Elasticsearch, index: str, field: str, query: dict) -> int:  # type: ignore[type-arg]
+def cardinality(es: Elasticsearch, index: str, field: str, query: dict) -> int:
     answer = es.search(index, query, size=0,
                        aggs={"n": {"cardinality": {"field": field, "precision_threshold": 40000}}})
     return int(answer["aggregations"]["n"]["value"])

@@ -141,7 +141,7 @@ def test_run_config_values_by_key() -> None:
 
 # ---------------------------------------------------------------- fit_strategy_to_app
 
-def fit(msg: S.StrategySettings, app_config: dict, previous: StrategySpec | None = None) -> StrategySpec:  # type: ignore[type-arg]
+def fit(msg: S.StrategySettings, app_config: dict, previous: StrategySpec | None = None) -> StrategySpec:
     return fit_strategy_to_app(StrategySpec.from_proto(msg), msg, app_config, previous)
 
 

@@ -9,7 +9,7 @@ from fedops_control.task.spec import task_from_proto
 from tests.conftest import DIGITS_APP
 
 
-def make(**overrides):  # type: ignore[no-untyped-def]
+def make(**overrides):
     task = common_pb2.Task(title="t", app=common_pb2.AppReference(local_path=str(DIGITS_APP)),
                            strategy=common_pb2.StrategySettings(rounds=3, min_clients=2))
     for key, value in overrides.items():
@@ -41,7 +41,7 @@ def test_valid_task_gets_defaults() -> None:
     ({"hyperparameters": {"no-such-key": 1}}, "hyperparameters.no-such-key"),
     ({"hyperparameters": {"learning-rate": "${bogus}"}}, "hyperparameters.learning-rate"),
 ])
-def test_invalid_task_names_the_field(overrides, field) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_task_names_the_field(overrides, field) -> None:
     with pytest.raises(InvalidArgument) as err:
         task_from_proto(make(**overrides))
     assert err.value.field == field

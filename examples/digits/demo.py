@@ -14,9 +14,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from digits_app.task import write_partitions  # noqa: E402
+from digits_app.task import write_partitions  # noqa: E402 - imported once sys.path holds the app
 
-from fedops_control.devstack import LocalStack  # noqa: E402
+from fedops_control.devstack import LocalStack  # noqa: E402 - imported once sys.path holds the app
 
 
 def main(root: Path = Path(".fedops/demo"), rounds: int = 3, agents: int = 3) -> int:

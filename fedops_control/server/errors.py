@@ -44,7 +44,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await method(self, request, context)
         except DOMAIN_ERRORS as err:
-            code, text = _code_of(err)  # type: ignore[misc]
+            code, text = _code_of(err)  # type: ignore[misc]  # grpc ships no type information (see pyproject)
             await context.abort(code, text)
         except grpc.aio.AbortError:
             raise
@@ -64,7 +64,7 @@ def grpc_stream_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             async for item in method(self, request, context):
                 yield item
         except DOMAIN_ERRORS as err:
-            code, text = _code_of(err)  # type: ignore[misc]
+            code, text = _code_of(err)  # type: ignore[misc]  # grpc ships no type information (see pyproject)
             await context.abort(code, text)
         except grpc.aio.AbortError:
             raise

@@ -152,7 +152,7 @@ def observe(reporter: Reporter, resume: dict[str, np.ndarray] | None) -> Callabl
             return result
 
         self.strategy = strategy
-        self.evaluate_round = observed_evaluate_round  # type: ignore[method-assign]
+        self.evaluate_round = observed_evaluate_round  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
         reporter.strategy_started(common_pb2.API_STYLE_LEGACY_SERVER, strategy.inner, num_rounds,
                                   _timeout(timeout, reporter))
         try:
@@ -171,14 +171,14 @@ def observe(reporter: Reporter, resume: dict[str, np.ndarray] | None) -> Callabl
                 return original(client_instructions, max_workers, timeout, group_id)
         return send
 
-    DefaultWorkflow.__call__ = observed_workflow  # type: ignore[method-assign]
-    Server.fit = observed_fit  # type: ignore[method-assign]
+    DefaultWorkflow.__call__ = observed_workflow  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
+    Server.fit = observed_fit  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
     server_module.fit_clients = batched(fit_clients, "train")
     server_module.evaluate_clients = batched(evaluate_clients, "evaluate")
 
     def undo() -> None:
-        DefaultWorkflow.__call__ = workflow_call  # type: ignore[method-assign]
-        Server.fit = server_fit  # type: ignore[method-assign]
+        DefaultWorkflow.__call__ = workflow_call  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
+        Server.fit = server_fit  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
         server_module.fit_clients, server_module.evaluate_clients = fit_clients, evaluate_clients
 
     return undo

@@ -53,10 +53,10 @@ def observe(reporter: Reporter, resume: ArrayRecord | None) -> Callable[[], None
             get_logger(__name__).info("configuring evaluate round", strategy=type(self).__name__)
             return configure_evaluate(server_round, *args, **kwargs)
 
-        self.configure_train = observed_configure_train  # type: ignore[method-assign]
-        self.configure_evaluate = observed_configure_evaluate  # type: ignore[method-assign]
-        self.aggregate_train = observed_aggregate_train  # type: ignore[method-assign]
-        self.aggregate_evaluate = observed_aggregate_evaluate  # type: ignore[method-assign]
+        self.configure_train = observed_configure_train  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
+        self.configure_evaluate = observed_configure_evaluate  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
+        self.aggregate_train = observed_aggregate_train  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
+        self.aggregate_evaluate = observed_aggregate_evaluate  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
 
         def observed_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             # Flower calls this after every round's evaluate phase (and with round 0 first),
@@ -76,9 +76,9 @@ def observe(reporter: Reporter, resume: ArrayRecord | None) -> Callable[[], None
         return original(self, grid, resume if resume is not None else initial_arrays, num_rounds,
                         capped, train_config, evaluate_config, observed_evaluate)
 
-    Strategy.start = start  # type: ignore[method-assign]
+    Strategy.start = start  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
 
     def undo() -> None:
-        Strategy.start = original  # type: ignore[method-assign]
+        Strategy.start = original  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
 
     return undo

@@ -1,6 +1,6 @@
 """missing-dependency-app: A Flower / NumPy ClientApp that needs a package that is not installed."""
 
-import fedops_no_such_package  # noqa: F401  (declared in pyproject.toml, never installed)
+import fedops_no_such_package  # noqa: F401 - declared in pyproject.toml, never installed
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
