@@ -203,3 +203,13 @@ def test_best_on_a_tie_is_the_newest_version_in_both_directions(store: ModelStor
     higher = StrategySpec(best_metric="central.accuracy")
     assert store.resolve("best", "task-1", lower).id == second.id
     assert store.resolve("best", "task-1", higher).id == second.id
+
+
+def test_participants_are_the_clients_whose_training_went_into_the_model(store: ModelStore,
+                                                                        sessions: sessionmaker[Session]) -> None:
+    """client-b failed train but answered evaluate: it replied in the round, yet is no participant."""
+    add_round(sessions, "run-1", 1, responded=["client-a", "client-b"],
+              results=[("client-a", "train", {"loss": 0.4}, ""), ("client-b", "train", {}, "ValueError: boom"),
+                       ("client-a", "evaluate", {"accuracy": 0.8}, ""),
+                       ("client-b", "evaluate", {"accuracy": 0.7}, "")])
+    assert store.add("run-1", 1, b"w", {}, "npz").participants == ["client-a"]

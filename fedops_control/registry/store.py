@@ -43,13 +43,16 @@ class ModelStore:
             if run is None:
                 raise NotFound(f"run {run_id} not found")
             round_row = db.get(RoundRow, (run_id, round_number))
-            participants = list(round_row.responded) if round_row else []
+            results = db.query(ClientResultRow).filter(ClientResultRow.run_id == run_id,
+                                                       ClientResultRow.round == round_number).all()
+            # The clients whose training went into this model; a round without a train phase: who replied.
+            trained = sorted({r.client_id for r in results if r.phase == "train" and not r.error})
+            participants = trained or (list(round_row.responded) if round_row else [])
             merged = {**{f"central.{k}": v for k, v in metrics.items()}}
             if round_row:
                 merged.update({f"train.{k}": v for k, v in round_row.train_metrics.items()})
                 merged.update({f"evaluate.{k}": v for k, v in round_row.evaluate_metrics.items()})
-            merged.update(client_means(db.query(ClientResultRow).filter(
-                ClientResultRow.run_id == run_id, ClientResultRow.round == round_number).all()))
+            merged.update(client_means(results))
             version = (db.query(func.max(ModelRow.version)).filter(ModelRow.task_id == run.task_id).scalar() or 0) + 1
             parent = (db.query(ModelRow).filter(ModelRow.run_id == run_id).order_by(ModelRow.round.desc()).first())
             parent_id = parent.id if parent else run.resumed_from_model_id
