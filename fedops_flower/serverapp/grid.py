@@ -61,12 +61,11 @@ class _Step:
 class ObservedGrid(Grid):
     """Delegates to Flower's Grid; reports every send/receive and enforces timeout and quorum."""
 
-    def __init__(self, inner: Grid, reporter: Reporter, strategy_observed: bool = False) -> None:
+    def __init__(self, inner: Grid, reporter: Reporter) -> None:
         self._inner = inner
         self._reporter = reporter
         self._state = reporter.state
         self._batch: _Step | None = None
-        self.strategy_observed = strategy_observed  # a strategy hook reports round ends and stops
 
     @property
     def run(self):
@@ -130,8 +129,9 @@ class ObservedGrid(Grid):
         return cap if timeout is None else min(timeout, cap)
 
     def _start(self, step: _Step, timeout: float) -> None:
-        if (self._state.stop_requested and step.phase == "train" and not self.strategy_observed
-                and step.round > 1):
+        # A stop the strategy hooks did not act on at a round's end (an app that drives the Grid
+        # itself): no new training round, but round 1 always trains (a stop during round 0 finishes it).
+        if self._state.stop_requested and step.phase == "train" and step.round > 1:
             raise CooperativeStop(f"stopped by operator before round {step.round}")
         self._reporter.send(step.round, phase_started=agent_pb2.PhaseStarted(
             phase=step.phase, node_ids=step.node_ids, timeout_s=timeout))
