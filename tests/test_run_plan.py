@@ -177,3 +177,9 @@ def test_the_lifecycle_allows_only_forward_changes_and_keeps_a_stopped_run_stopp
         check_transition(RunRow(id="run-a", state=S.RUN_STATE_FINISHED), S.RUN_STATE_RUNNING)
     with pytest.raises(FailedPrecondition, match="cannot go from running to starting"):
         check_transition(RunRow(id="run-a", state=S.RUN_STATE_RUNNING), S.RUN_STATE_STARTING)
+
+
+def test_an_override_value_is_bounded_like_a_task_value() -> None:
+    check_overrides({"note": "x" * 4096}, {})
+    with pytest.raises(InvalidArgument, match="hyperparameter_overrides.note"):
+        check_overrides({"note": "x" * 4097}, {})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedops_control.errors import InvalidArgument
-from fedops_control.task.spec import KEY_PATTERN
+from fedops_control.task.spec import KEY_PATTERN, MAX_VALUE_CHARS
 from fedops_control.task.strategy import StrategySpec
 from fedops_control.task.templating import check_template, render_client_config, render_hyperparameters
 
@@ -46,6 +46,8 @@ def check_overrides(overrides: dict[str, Any], task_hyperparameters: dict[str, A
     for key, value in overrides.items():
         if not KEY_PATTERN.match(key) or isinstance(value, (dict, list)) or value is None:
             raise InvalidArgument(f"hyperparameter_overrides.{key}", "invalid key or value")
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            raise InvalidArgument(f"hyperparameter_overrides.{key}", f"value longer than {MAX_VALUE_CHARS} characters")
         check_template(f"hyperparameter_overrides.{key}", value, set(task_hyperparameters) | set(overrides), False)
 
 

@@ -23,6 +23,7 @@ from fedops_control.errors import InvalidArgument
 from fedops_control.task.strategy import StrategySpec
 from fedops_control.task.templating import check_template
 
+MAX_VALUE_CHARS = 4096  # a hyperparameter or override value (templates included)
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 GIT_URL_PATTERN = re.compile(r"^(https://|http://|ssh://|git@|file://)\S+$")
 
@@ -140,8 +141,8 @@ def _check_values(prefix: str, values: dict[str, Any], hp_names: set[str], allow
             raise InvalidArgument(field, "keys use letters, digits, '_', '-', '.' (max 128)")
         if isinstance(value, (dict, list)) or value is None:
             raise InvalidArgument(field, "values must be a string, number or boolean")
-        if isinstance(value, str) and len(value) > 4096:
-            raise InvalidArgument(field, "value longer than 4096 characters")
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            raise InvalidArgument(field, f"value longer than {MAX_VALUE_CHARS} characters")
         check_template(field, value, hp_names, allow_client)
 
 
