@@ -98,6 +98,25 @@ ClientRestartBackoff = Annotated[float | None, typer.Option(
 BestMetric = Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)]
 
 
+def app_reference(app_path: str | None, git_url: str | None, git_ref: str, git_subdir: str) -> common_pb2.AppReference:
+    """The task's app: a local directory (made absolute) or a git source."""
+    if app_path:
+        return common_pb2.AppReference(local_path=str(Path(app_path).resolve()))
+    return common_pb2.AppReference(git=common_pb2.GitSource(url=git_url or "", ref=git_ref, subdirectory=git_subdir))
+
+
+def strategy_fields(rounds: int | None, min_clients: int | None, fraction_train: float | None,
+                    fraction_evaluate: float | None, round_timeout: float | None, client_max_restarts: int | None,
+                    client_restart_backoff: float | None, best_metric: str | None,
+                    lower_is_better: bool | None) -> dict[str, Any]:
+    """The StrategySettings fields of the options given (None: not given, not sent)."""
+    fields = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
+              "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
+              "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
+              "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 @task_app.command("create")
 def task_create(
     title: Annotated[str, typer.Option(help="task title")],
@@ -126,17 +145,16 @@ def task_create(
     """Create an FL task. Strategy settings not given are not sent: the service applies its defaults."""
     if bool(app_path) == bool(git_url):
         raise typer.BadParameter("give exactly one of --app or --git-url", param_hint="--app/--git-url")
-    app_ref = common_pb2.AppReference(local_path=str(Path(app_path).resolve())) if app_path else \
-        common_pb2.AppReference(git=common_pb2.GitSource(url=git_url or "", ref=git_ref, subdirectory=git_subdir))
-    given = {"name": strategy, "rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
-             "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
-             "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
-             "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
+    given = strategy_fields(rounds, min_clients, fraction_train, fraction_evaluate, round_timeout, client_max_restarts,
+                            client_restart_backoff, best_metric, lower_is_better)
+    if strategy is not None:
+        given["name"] = strategy
     # Only what was given: proto3 zero means unset, and the service refuses a given setting the app cannot receive.
     settings = common_pb2.StrategySettings(run_config_keys=parse_run_config_keys(run_config_key))
-    json_format.ParseDict({k: v for k, v in given.items() if v is not None}, settings)
+    json_format.ParseDict(given, settings)
     task = common_pb2.Task(
-        title=title, description=description, tags=tag or [], app=app_ref, strategy=settings,
+        title=title, description=description, tags=tag or [], app=app_reference(app_path, git_url, git_ref, git_subdir),
+        strategy=settings,
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
         client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
     emit(call("CreateTask", control_pb2.CreateTaskRequest(task=task)), render_task)
@@ -171,24 +189,14 @@ def task_update(
     """Edit a task: only the given settings change."""
     if app_path and git_url:
         raise typer.BadParameter("give at most one of --app or --git-url", param_hint="--app/--git-url")
-    app_ref = None
-    if app_path or git_url:
-        app_ref = (
-            common_pb2.AppReference(local_path=str(Path(app_path).resolve()))
-            if app_path
-            else common_pb2.AppReference(
-                git=common_pb2.GitSource(url=git_url or "", ref=git_ref, subdirectory=git_subdir)
-            )
-        )
-    changes = {"rounds": rounds, "min_clients": min_clients, "fraction_train": fraction_train,
-               "fraction_evaluate": fraction_evaluate, "round_timeout_s": round_timeout,
-               "client_max_restarts": client_max_restarts, "client_restart_backoff_s": client_restart_backoff,
-               "best_metric": best_metric, "best_metric_lower_is_better": lower_is_better}
+    app_ref = app_reference(app_path, git_url, git_ref, git_subdir) if app_path or git_url else None
+    changes = strategy_fields(rounds, min_clients, fraction_train, fraction_evaluate, round_timeout,
+                              client_max_restarts, client_restart_backoff, best_metric, lower_is_better)
     current = call("GetTask", control_pb2.GetTaskRequest(task_id=task_id))
     try:
         request = task_update_request(
             current, title=title, description=description, tags=tag, app=app_ref,
-            strategy={k: v for k, v in changes.items() if v is not None},
+            strategy=changes,
             run_config_keys=parse_run_config_keys(run_config_key),
             hyperparameters=parse_pairs(hp, "--hp") if hp else None, unset_hyperparameters=unset_hp)
     except ValueError as err:
