@@ -208,8 +208,14 @@ class Agent:
             asyncio.create_task(self._report_data_status(notice.run_id, notice.round))
         elif body == "start_training":
             start = command.start_training
-            if start.run_id in self.nodes:
+            node = self.nodes.get(start.run_id)
+            if node is not None and start.launch <= node.launch:
                 return
+            if node is not None:  # the run was launched again on a new SuperLink: leave the lost one
+                log.info("run launched again: replacing its SuperNode", run_id=start.run_id, launch=start.launch)
+                node.replaced = True
+                self.nodes.pop(start.run_id)
+                await asyncio.to_thread(stop_supernode, node, True)
             self._starts[start.run_id] = start
             self._launch(start)
             self._status(S.CLIENT_STATE_TRAINING, f"SuperNode started for run {start.run_id}", start.run_id)
@@ -250,7 +256,7 @@ class Agent:
         node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
                                root_certificates=root_certificates, auth_key=self.supernode_key,
                                forked=self.preload_flower)
-        node.restarts, node.crashed_at = restarts, crashed_at
+        node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))
         if self.sampler is not None:
@@ -277,6 +283,8 @@ class Agent:
         if self.nodes.get(node.run_id) is node:
             self.nodes.pop(node.run_id)
         SUPERNODES.set(len(self.nodes))
+        if node.replaced:
+            return
         if self.sampler is not None and self.sampler.tags.run_id == node.run_id:
             self.sampler.retag(TrainingTags())
         if node.stop_requested:

@@ -29,6 +29,8 @@ class SuperNodeProcess:
     stop_requested: bool = False
     restarts: int = 0
     crashed_at: float = 0.0  # loop time of the crash this process restarts after (0 = first start)
+    launch: int = 0          # the run's launch it serves (StartTraining.launch)
+    replaced: bool = False   # stopped for a newer launch of its run: its exit is not the run's end
     log_offset: int = 0  # where this process's lines start in supernode.log
 
 

@@ -17,6 +17,7 @@ ROUND_TIMEOUT = "fedops-round-timeout"    # seconds; the observing Grid caps eve
 QUORUM = "fedops-quorum"                  # strategy.min_clients
 NODE_COUNT = "fedops-node-count"          # the run's selected clients
 RESUME_MODEL_ID = "fedops-resume-model-id"
+ROUND_OFFSET = "fedops-round-offset"      # rounds done before this launch: reports number on from it
 
 # How the apps reach the control service (run config for the ServerApp, node config for ClientApps).
 CONTROL_ADDRESS = "fedops-control-address"

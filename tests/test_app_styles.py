@@ -4,6 +4,7 @@ through FedOps with real processes, Elasticsearch and Prometheus, and fully obse
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, elasticsearch: Elasticsearch
         prometheus.start(prometheus_config(stack.metrics_address))
         tasks = {}
         for name, app in [*((s, APPS / s) for s in STYLES), ("missing_dependency", APPS / "missing_dependency"),
-                          ("undeclared_dependency", undeclared)]:
+                          ("undeclared_dependency", undeclared), ("one_client", APPS / "legacy_workflow")]:
             tasks[name] = stack.ctl_json(
                 "task",
                 "create",
@@ -50,7 +51,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, elasticsearch: Elasticsearch
                 "--rounds",
                 "2",
                 "--min-clients",
-                "2",
+                "1" if name == "one_client" else "2",
                 "--round-timeout",
                 "60",
                 "--client-config",
@@ -266,3 +267,15 @@ def test_client_failure_reason_leads_with_the_root_cause(fleet: dict[str, Any]) 
     assert all(c["error"].startswith("ModuleNotFoundError") for c in failures)
     diagnosis = stack.ctl_json("run", "diagnose", run["id"])
     assert "after 0 rounds: ModuleNotFoundError" in diagnosis["summary"]
+
+
+def test_legacy_strategy_wanting_more_clients_than_the_run_has_fails_at_once(fleet: dict[str, Any]) -> None:
+    """The app's FedAvg hard-codes min_available_clients=2; a run with one client fails before round 1
+    with the reason, instead of Flower's silent day-long wait for a second client."""
+    stack = fleet["stack"]
+    started = time.monotonic()
+    run = stack.ctl_json("run", "start", fleet["tasks"]["one_client"], "--client", fleet["clients"][0])
+    finished = wait_finished(stack, run["id"], 120)
+    assert time.monotonic() - started < 60  # not even the round timeout: the run can never have 2 clients
+    assert finished["outcome"] == "RUN_OUTCOME_FAILED"
+    assert "the app's FedAvg waits for 2 clients, but the run has 1 selected" in finished["reason"], finished["reason"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -64,6 +66,44 @@ def test_control_service_restart_mid_run(tmp_path: Path, digits_data: list[Path]
         states = wait_for(lambda: (c := stack.ctl_json("clients", "list", "--task", task_id)["clients"])
                           and all(x["state"] != "CLIENT_STATE_OFFLINE" for x in c) and c, 60)
         assert {c["state"] for c in states} <= {"CLIENT_STATE_ONLINE", "CLIENT_STATE_FINISHED"}
+
+
+def test_control_service_and_superlink_lost_mid_run_the_run_is_launched_again(tmp_path: Path,
+                                                                               digits_data: list[Path]) -> None:
+    """Kill the control service and the run's SuperLink and ServerApp after round 1, as a restart of
+    their machine or container does: the restarted service launches the run again on a new SuperLink
+    from round 1's model, the agents replace their SuperNodes, and rounds 2 and 3 complete the run."""
+    from fedops_common.proc import scan_processes
+
+    with control_stack(tmp_path / "lost") as stack:
+        task_id = create_task(stack, rounds=3, timeout_s=120, quorum=2)
+        clients = start_clients(stack, task_id, digits_data[:2], "l")
+        run = stack.ctl_json("run", "start", task_id)
+        wait_for(lambda: any(r.get("phase") == "done" for r in get_run(stack, run["id"]).get("rounds", [])), 180, 0.2)
+        assert stack.control is not None
+        port = int(stack.control_address.rsplit(":", 1)[1])
+        os.killpg(stack.control.pid, signal.SIGKILL)
+        marker = f"{stack.root / 'control'}/".encode()  # the SuperLink, its gateway and ServerApp
+        groups = {os.getpgid(pid) for pid, _, cmdline in scan_processes() if marker in cmdline}
+        assert groups, "the run's SuperLink was not found"
+        for group in groups:
+            os.killpg(group, signal.SIGKILL)
+        stack.start_control(port=port)
+        final = wait_finished(stack, run["id"], timeout_s=300)
+        assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+        assert final["completed_rounds"] == 3
+        assert [r["number"] for r in final["rounds"]] == [1, 2, 3]
+        assert all(sorted(r["responded_client_ids"]) == sorted(clients) for r in final["rounds"])
+        models = sorted(stack.ctl_json("models", "list", "--run", run["id"])["models"], key=lambda m: m["round"])
+        assert [m["round"] for m in models] == [1, 2, 3]
+        assert models[1]["parent_id"] == models[0]["id"]  # round 2 trained on round 1's model
+        events = list(map(json.loads, stack.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines()))
+        relaunched = [e for e in events if e["kind"] == "relaunched"]
+        assert len(relaunched) == 1 and "rounds 2-3 again from model" in relaunched[0]["message"]
+        assert events[-1]["kind"] == "run_finished"
+        for name in ("l0", "l1"):
+            logs = stack.root / "agents" / name / "telemetry" / "logs"
+            assert "replacing its SuperNode" in "".join(p.read_text() for p in logs.glob("*.jsonl"))
 
 
 def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, digits_data: list[Path]) -> None:

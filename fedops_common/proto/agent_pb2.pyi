@@ -304,10 +304,15 @@ class StartTraining(_message.Message):
     NODE_CONFIG_FIELD_NUMBER: _builtins.int
     SUPERLINK_ROOT_CERTIFICATES_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    LAUNCH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     superlink_address: _builtins.str
     superlink_root_certificates: _builtins.bytes
     """PEM CA of the SuperLink's TLS certificate ("" = insecure)"""
+    launch: _builtins.int
+    """The run's launch: 1, then +1 each time the control service relaunches the run on a new
+    SuperLink (its own was lost in a restart); an agent replaces an older launch's SuperNode.
+    """
     @_builtins.property
     def node_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """TOML literals per key"""
@@ -324,10 +329,11 @@ class StartTraining(_message.Message):
         node_config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         superlink_root_certificates: _builtins.bytes = ...,
         retry: Global___RetryPolicy | None = ...,
+        launch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_config", b"node_config", "retry", b"retry", "run_id", b"run_id", "superlink_address", b"superlink_address", "superlink_root_certificates", b"superlink_root_certificates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["launch", b"launch", "node_config", b"node_config", "retry", b"retry", "run_id", b"run_id", "superlink_address", b"superlink_address", "superlink_root_certificates", b"superlink_root_certificates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

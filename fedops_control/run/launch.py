@@ -16,9 +16,10 @@ from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.security import write_secret
 from fedops_control.errors import FailedPrecondition
 from fedops_control.run import bundle, flower_control
+from fedops_control.run.continuation import RELAUNCHED, Continuation, plan_continuation
 from fedops_control.run.launcher import SuperLinkHandle
 from fedops_control.run.lifecycle import ActiveRun, check_transition
-from fedops_control.state.models import ClientRow, RunRow, TaskRow
+from fedops_control.state.models import ClientResultRow, ClientRow, EventRow, ModelRow, RoundRow, RunRow, TaskRow
 from fedops_control.task.spec import check_keys
 from fedops_control.task.strategy import StrategySpec
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 S = common_pb2
+# How long a run launched again after a restart waits for its agents to reconnect (they retry
+# with backoff capped at a few seconds, so they are back well within this).
+AGENT_RECONNECT_WAIT_S = 60.0
 
 
 def _coerce(value: Any, default: Any) -> Any:
@@ -78,9 +82,11 @@ class RunLaunch:
             f"strategy.{name}" for name in settings) + " (no run-config key receives it): the app decides",
             data={"settings": settings})
 
-    async def _launch(self, run_id: str) -> None:
+    async def _launch(self, run_id: str, again: Continuation | None = None) -> None:
+        """Launch the run; ``again``: launch it anew after its SuperLink was lost (it stays running)."""
         try:
-            await self._set_state(run_id, S.RUN_STATE_STARTING, "starting SuperLink and SuperNodes")
+            if again is None:
+                await self._set_state(run_id, S.RUN_STATE_STARTING, "starting SuperLink and SuperNodes")
             with self._sessions() as db:
                 run = db.get_one(RunRow, run_id)
                 task = db.get_one(TaskRow, run.task_id)
@@ -88,13 +94,21 @@ class RunLaunch:
                 run_config, node_configs = dict(run.run_config), dict(run.node_configs)
                 client_ids = list(run.client_ids)
                 resume = run.resumed_from_model_id
+                launch = 1 + db.query(EventRow).filter(EventRow.run_id == run_id,
+                                                       EventRow.kind == RELAUNCHED).count()
             workdir = self._data_dir / "runs" / run_id
+            if again is not None:
+                resume, run_config[again.rounds_key] = again.resume_model_id, again.remaining
+                client_ids = [cid for cid in client_ids if self._agents.is_connected(cid)]
+                if workdir.exists():  # the lost launch's files stay beside, for diagnosis
+                    workdir.rename(workdir.with_name(f"{run_id}.launch-{launch - 1}"))
             workdir.mkdir(parents=True, exist_ok=True)
             # The SuperLink starts while the app is fetched and bundled: both take seconds.
             link = asyncio.create_task(self._start_superlink(run_id, workdir))
             try:
                 app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
-                                                             workdir, len(client_ids))
+                                                             workdir, len(client_ids),
+                                                             again.offset if again is not None else 0)
             except BaseException:
                 await asyncio.wait([link])  # registered in self._active: finish() stops it
                 raise
@@ -109,7 +123,11 @@ class RunLaunch:
                 await asyncio.gather(*(flower_control.register_supernode(handle, public_keys[cid], cid)
                                        for cid in client_ids))
             # A stop may have come during any await above; from here to the commands nothing awaits.
-            check_transition(self.get_run_row(run_id), S.RUN_STATE_RUNNING)
+            run = self.get_run_row(run_id)
+            if again is None:
+                check_transition(run, S.RUN_STATE_RUNNING)
+            elif run.state != S.RUN_STATE_RUNNING:
+                raise FailedPrecondition(f"run {run_id} was stopped while it was launched again")
             retry = agent_pb2.RetryPolicy(max_restarts=strategy.client_max_restarts,
                                           backoff_initial_s=strategy.client_restart_backoff_s,
                                           backoff_max_s=30.0)
@@ -119,7 +137,7 @@ class RunLaunch:
                 node_config[keys.NODE_TASK_ID] = _toml_literal(task_id)
                 command = agent_pb2.AgentCommand(start_training=agent_pb2.StartTraining(
                     run_id=run_id, superlink_address=handle.address, node_config=node_config,
-                    superlink_root_certificates=handle.root_certificates, retry=retry))
+                    superlink_root_certificates=handle.root_certificates, retry=retry, launch=launch))
                 if not self._agents.send(cid, command):
                     raise FailedPrecondition(f"client {cid} went offline before the run started")
                 with self._sessions.begin() as db:
@@ -131,7 +149,11 @@ class RunLaunch:
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).flower_run_id = flower_run_id
             self._active[run_id].reported()
-            await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
+            if again is None:
+                await self._set_state(run_id, S.RUN_STATE_RUNNING, f"Flower run {flower_run_id} submitted")
+            else:
+                await self._bus.publish(run_id, "run_state", f"Flower run {flower_run_id} submitted (launch "
+                                        f"{launch}) to {len(client_ids)} clients: {again.summary}")
         except Exception as err:  # any launch failure fails the run with the reason
             if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
                 log.info("launch abandoned: the run was stopped while starting", run_id=run_id, error=str(err))
@@ -139,6 +161,44 @@ class RunLaunch:
             log.exception("run launch failed", run_id=run_id)
             reason = str(err)  # InvalidArgument: "field: message"
             await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"launch failed: {reason}")
+
+    async def _continue(self, run_id: str, reconnect_wait_s: float = AGENT_RECONNECT_WAIT_S) -> None:
+        """After a restart that took the run's SuperLink down: launch the run again from its latest
+        model for the rounds that remain, once its agents are back (see :mod:`continuation`)."""
+        with self._sessions() as db:
+            run = db.get_one(RunRow, run_id)
+            latest = (db.query(ModelRow).filter(ModelRow.run_id == run_id, ModelRow.round > 0)
+                      .order_by(ModelRow.round.desc()).first())
+            again, client_ids = plan_continuation(run, latest), list(run.client_ids)
+            needed = StrategySpec.from_dict(run.strategy).min_clients
+        lost = "control service restarted while the run was running and its SuperLink is gone"
+        if isinstance(again, str):
+            await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"{lost}; {again}")
+            return
+        if again.remaining == 0:
+            await self.finish(run_id, S.RUN_OUTCOME_COMPLETED, f"{lost}; all its rounds had finished")
+            return
+        await self._bus.publish(run_id, RELAUNCHED, f"{lost}: launching it again for {again.summary}",
+                                data={"offset": again.offset, "remaining": again.remaining,
+                                      "resume_model_id": again.resume_model_id})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + reconnect_wait_s
+        while loop.time() < deadline and not all(self._agents.is_connected(cid) for cid in client_ids):
+            await asyncio.sleep(0.5)
+        back = [cid for cid in client_ids if self._agents.is_connected(cid)]
+        if len(back) < needed:
+            missing = ", ".join(sorted(set(client_ids) - set(back)))
+            await self.finish(run_id, S.RUN_OUTCOME_FAILED, f"{lost}; only {len(back)} of its clients came back "
+                                                            f"within {reconnect_wait_s:.0f}s ({needed} needed; "
+                                                            f"missing: {missing})")
+            return
+        with self._sessions.begin() as db:  # the round in flight runs again from its start
+            db.query(ClientResultRow).filter(ClientResultRow.run_id == run_id,
+                                             ClientResultRow.round > again.offset).delete()
+            db.query(RoundRow).filter(RoundRow.run_id == run_id, RoundRow.number > again.offset).delete()
+            row = db.get_one(RunRow, run_id)
+            row.current_round, row.flower_run_id, row.superlink_address = again.offset, "", ""
+        await self._launch(run_id, again)
 
     async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
         handle = await self._launcher.start(run_id, workdir)
@@ -152,7 +212,7 @@ class RunLaunch:
 
     async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: StrategySpec,
                            run_config: dict[str, Any], resume: str, workdir: Path,
-                           node_count: int) -> tuple[Path, dict[str, Any]]:
+                           node_count: int, round_offset: int = 0) -> tuple[Path, dict[str, Any]]:
         """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
         source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
         credential_file = ""
@@ -165,7 +225,7 @@ class RunLaunch:
             keys.RUN_ID: run_id, keys.TASK_ID: task_id, keys.CONTROL_ADDRESS: self._control_address,
             keys.CREDENTIAL_FILE: credential_file, **self._control_tls,
             keys.ROUND_TIMEOUT: strategy.round_timeout_s, keys.QUORUM: strategy.min_clients,
-            keys.NODE_COUNT: node_count, keys.RESUME_MODEL_ID: resume,
+            keys.NODE_COUNT: node_count, keys.RESUME_MODEL_ID: resume, keys.ROUND_OFFSET: round_offset,
         }
         app_dir = workdir / "app"
         app_config = await asyncio.to_thread(bundle.build_bundle, source, app_dir, fedops_config)

@@ -348,7 +348,8 @@ class RunManager(RunLaunch):
         self._active.clear()
 
     async def recover(self) -> None:
-        """After a restart: re-attach running runs to their SuperLinks; fail those that cannot go on."""
+        """After a restart: re-attach running runs to their SuperLinks, launch again those whose
+        SuperLink is gone (see :mod:`~fedops_control.run.continuation`), fail those that were starting."""
         with self._sessions() as db:
             active = [(r.id, r.state, r.superlink_address, r.flower_run_id)
                       for r in db.query(RunRow).filter(RunRow.state.in_(ACTIVE_STATES))]
@@ -356,13 +357,11 @@ class RunManager(RunLaunch):
             handle = None
             if state == S.RUN_STATE_RUNNING and address and flower_run_id:
                 handle = self._launcher.adopt(run_id, self._data_dir / "runs" / run_id, address)
+            if handle is None and state == S.RUN_STATE_RUNNING:
+                self._spawn(self._continue(run_id))  # waits for the run's agents to reconnect
+                continue
             if handle is None:
-                await self.finish(
-                    run_id,
-                    S.RUN_OUTCOME_FAILED,
-                    "control service restarted while the run was "
-                    + ("starting" if state != S.RUN_STATE_RUNNING else "running and its SuperLink is gone"),
-                )
+                await self.finish(run_id, S.RUN_OUTCOME_FAILED, "control service restarted while the run was starting")
                 continue
             self._active[run_id] = ActiveRun(handle)
             await self._bus.publish(run_id, "control_restarted",

@@ -25,7 +25,8 @@ from fedops_flower.appoutput import capture_output
 
 
 def _round_of(message: Message) -> int:
-    """The server round: Flower's strategies put ``server-round`` in the config; else a numeric group id."""
+    """The server round (of this launch of the run: see ``fedops-round-offset``): Flower's strategies
+    put ``server-round`` in the config; else a numeric group id."""
     if not message.has_error():
         for record in message.content.config_records.values():
             value = record.get("server-round")
@@ -64,7 +65,7 @@ class ObservedClientApp(ClientApp):
             run_id=str(context.node_config.get(keys.NODE_RUN_ID, context.run_config.get(keys.RUN_ID, ""))),
             client_id=str(context.node_config.get(keys.NODE_CLIENT_ID, "")),
             node_id=context.node_id,
-            round=_round_of(message),
+            round=_round_of(message) + int(context.run_config.get(keys.ROUND_OFFSET, 0)),
             phase=message.metadata.message_type,
         )
         bind_ids(run_id=event.run_id, task_id=str(context.node_config.get(keys.NODE_TASK_ID, "")),

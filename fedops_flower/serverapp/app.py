@@ -42,7 +42,8 @@ def main(grid: Grid, context: Context) -> None:
     restore_output = capture_output()
     log = get_logger(__name__)
     observer = ObserverClient.from_config(cfg)
-    state = RunState(run_id, float(cfg[keys.ROUND_TIMEOUT]), int(cfg[keys.QUORUM]), int(cfg.get(keys.NODE_COUNT, 0)))
+    state = RunState(run_id, float(cfg[keys.ROUND_TIMEOUT]), int(cfg[keys.QUORUM]), int(cfg.get(keys.NODE_COUNT, 0)),
+                     round_offset=int(cfg.get(keys.ROUND_OFFSET, 0)))
     reporter = Reporter(observer, state)
     resume = None
     if cfg.get(keys.RESUME_MODEL_ID):

@@ -10,7 +10,8 @@ Two ways run such apps, and both are hooked for the life of the ServerApp proces
 Either way the app's strategy (any subclass of ``flwr.server.strategy.Strategy``, custom ones
 included) is wrapped in :class:`ObservedLegacyStrategy`, which reports aggregated and central
 metrics and can hand out a stored model to resume from; a round ends when its federated
-evaluation step returns, and the global model is stored then.
+evaluation step returns, and the global model is stored then. Its waits for clients end with the
+round timeout (:mod:`clients`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
 from fedops_common.proto import common_pb2
+from fedops_flower.serverapp.clients import BoundedClientManager
 from fedops_flower.serverapp.grid import ObservedGrid
 from fedops_flower.serverapp.reporter import CooperativeStop, Reporter
 
@@ -133,13 +135,16 @@ def observe(reporter: Reporter, resume: dict[str, np.ndarray] | None) -> Callabl
             strategy.finish_round(server_round, compat.arrayrecord_to_parameters(record, keep_input=True)
                                   if record is not None else None)
 
+        clients = context.client_manager
         context.strategy, self.evaluate_workflow = strategy, observed_evaluate_workflow
+        context.client_manager = BoundedClientManager(clients, reporter, strategy.inner)
         reporter.strategy_started(common_pb2.API_STYLE_LEGACY_WORKFLOW, strategy.inner, context.config.num_rounds,
                                   _timeout(context.config.round_timeout, reporter))
         try:
             return workflow_call(self, grid, context)
         finally:
             context.strategy, self.evaluate_workflow = strategy.inner, evaluate_workflow
+            context.client_manager = clients
 
     @functools.wraps(server_fit)
     def observed_fit(self: Server, num_rounds: int, timeout: float | None) -> Any:
@@ -151,14 +156,15 @@ def observe(reporter: Reporter, resume: dict[str, np.ndarray] | None) -> Callabl
             strategy.finish_round(server_round, self.parameters)
             return result
 
-        self.strategy = strategy
+        self.strategy, clients = strategy, self._client_manager
+        self._client_manager = BoundedClientManager(clients, reporter, strategy.inner)
         self.evaluate_round = observed_evaluate_round  # type: ignore[method-assign]  # the hook: patched for this process, undone on exit
         reporter.strategy_started(common_pb2.API_STYLE_LEGACY_SERVER, strategy.inner, num_rounds,
                                   _timeout(timeout, reporter))
         try:
             return server_fit(self, num_rounds, timeout)
         finally:
-            self.strategy = strategy.inner
+            self.strategy, self._client_manager = strategy.inner, clients
             del self.evaluate_round
 
     def batched(original: Callable[..., Any], phase: str) -> Callable[..., Any]:

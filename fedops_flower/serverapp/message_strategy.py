@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedops_common.logging import get_logger
 from fedops_common.proto import common_pb2
+from fedops_flower.serverapp.clients import check_selection
 from fedops_flower.serverapp.reporter import CooperativeStop, Reporter
 
 
@@ -73,6 +74,7 @@ def observe(reporter: Reporter, resume: ArrayRecord | None) -> Callable[[], None
 
         capped = min(timeout, state.round_timeout_s)
         reporter.strategy_started(common_pb2.API_STYLE_MESSAGE_STRATEGY, self, num_rounds, capped)
+        check_selection(reporter, self, int(getattr(self, "min_available_nodes", 0) or 0), "min_available_nodes")
         return original(self, grid, resume if resume is not None else initial_arrays, num_rounds,
                         capped, train_config, evaluate_config, observed_evaluate)
 

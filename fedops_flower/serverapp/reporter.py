@@ -51,6 +51,7 @@ class RunState:
     num_rounds: int = 0                # what the strategy was started with
     rounds_finished: int = 0
     stop_requested: bool = False
+    round_offset: int = 0              # rounds done before this launch (a run launched again)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -62,8 +63,10 @@ class Reporter:
         self.state = state
 
     def send(self, round_number: int, **event: Any) -> agent_pb2.ServerEventAck:
-        """One report; remembers a cooperative stop the control service asks for."""
-        ack = self.observer.server_event(A.ServerEvent(run_id=self.state.run_id, round=round_number, **event))
+        """One report, numbered in the run's rounds (the app counts from 1 in every launch);
+        remembers a cooperative stop the control service asks for."""
+        ack = self.observer.server_event(A.ServerEvent(run_id=self.state.run_id,
+                                                       round=round_number + self.state.round_offset, **event))
         if ack.stop_requested:
             self.state.stop_requested = True
         return ack
@@ -71,22 +74,26 @@ class Reporter:
     def set_round(self, round_number: int) -> None:
         """A strategy hook names the round it configures."""
         self.state.current_round, self.state.round_from_strategy = round_number, True
-        bind_ids(round=round_number)
+        bind_ids(round=round_number + self.state.round_offset)
 
     def strategy_started(self, style: common_pb2.ApiStyle.ValueType, strategy: Any,
                          num_rounds: int, timeout_s: float) -> None:
         self.state.num_rounds = num_rounds
         get_logger(__name__).info("strategy started", strategy=type(strategy).__name__, rounds=num_rounds,
                                   api_style=common_pb2.ApiStyle.Name(style))
+        total = num_rounds + self.state.round_offset if num_rounds > 0 else 0
         self.send(0, strategy_started=A.StrategyStarted(api_style=style, strategy=type(strategy).__name__,
-                                                        num_rounds=num_rounds, timeout_s=timeout_s))
+                                                        num_rounds=total, timeout_s=timeout_s))
 
     def aggregated(self, round_number: int, phase: str, metrics: Mapping[str, Any] | None) -> None:
         self.send(round_number, aggregated=A.Aggregated(phase=phase, metrics=metricvalues.to_proto(
             metricvalues.from_mapping(metrics))))
 
     def central_evaluation(self, metrics: Mapping[str, Any] | None) -> None:
-        """The initial global model's evaluation (round 0)."""
+        """The initial global model's evaluation (round 0); in a run launched again, that model is
+        the last finished round's, whose evaluation the run already has."""
+        if self.state.round_offset:
+            return
         self.send(0, central_evaluation=A.CentralEvaluation(metrics=metricvalues.to_proto(
             metricvalues.from_mapping(metrics))))
 
@@ -98,7 +105,8 @@ class Reporter:
         has_model = bool(arrays)
         if has_model:
             assert arrays is not None
-            version = common_pb2.ModelVersion(run_id=self.state.run_id, round=round_number, format="npz")
+            version = common_pb2.ModelVersion(run_id=self.state.run_id, round=round_number + self.state.round_offset,
+                                              format="npz")
             metricvalues.fill(version.metrics, version.metric_lists, values)
             self.observer.upload_model(version, arrays_to_npz(dict(arrays)))
         self.send(round_number, round_finished=A.RoundFinished(
