@@ -50,10 +50,10 @@ def render_run(run: common_pb2.Run) -> None:
     started = run.started_at.ToDatetime() if run.HasField("started_at") else None
     ended = run.finished_at.ToDatetime() if run.HasField("finished_at") else None
     took = (ended - started).total_seconds() if started and ended else None
-    say((f"Run {run.id}", "bold"), f" of task {run.task_id}: {status}, "
-        f"{words.rounds(run.current_round, run.total_rounds, run.completed_rounds)}")
+    say((f"Run {run.id}", "bold"), f" of task {run.task_id}")
+    say(f"{status}, {words.rounds(run.current_round, run.total_rounds, run.completed_rounds)}")
     say(f"started {started:%Y-%m-%d %H:%M:%S}" if started else "not started",
-        f", ended {ended:%Y-%m-%d %H:%M:%S}, took {words.duration(took)}" if ended else "")
+        f", ended {ended:%H:%M:%S} (took {words.duration(took)})" if ended else "")
     if run.reason:
         say(run.reason)
     if run.api_style:

@@ -34,7 +34,7 @@ def rounds(current: int, total: int, completed: int) -> str:
     """``round 2 of 5, 1 completed``; before the first round ``not started (5 rounds)``."""
     of = str(total) if total else "?"
     if not current:
-        return f"not started ({of} rounds)"
+        return f"not started ({count(total, 'round') if total else '? rounds'})"
     return f"round {current} of {of}, {completed} completed"
 
 

@@ -15,6 +15,9 @@ from fedops_dash.ui import VIEWS, settings
 HERE = Path(__file__).parent
 
 st.set_page_config(page_title="FedOps Stack", layout="wide")
+# Streamlit's "Running… Stop" status shows at every live refresh of the Run page, beside a running FL run,
+# where "Stop" reads as stopping the run. The page has its own stop buttons, so that widget is hidden.
+st.html("<style>[data-testid='stStatusWidget'] {display: none;}</style>")
 who = auth.identity()
 navigation = st.navigation([st.Page(HERE / "views" / f"{name}.py", title=title, url_path=name,
                                     default=name == "overview") for name, title in VIEWS.items()],

@@ -290,7 +290,9 @@ class Browser:
     def nav(self, title: str) -> None:
         from selenium.webdriver.common.by import By
 
-        self.driver.find_element(By.XPATH, f"//a[@data-testid='stSidebarNavLink'][.//span[text()='{title}']]").click()
+        link = f"//a[@data-testid='stSidebarNavLink'][normalize-space(.)='{title}']"
+        self.wait.until(lambda b: b.find_elements(By.XPATH, link))
+        self.driver.find_element(By.XPATH, link).click()
 
     def nav_titles(self) -> list[str]:
         from selenium.webdriver.common.by import By
@@ -333,7 +335,7 @@ def test_browser_cold_start_deep_link_sign_in_and_roles(finished_run: dict[str, 
     browser.sign_in("fop_wrong")
     assert "UNAUTHENTICATED" in browser.until("Sign-in failed")
     browser.sign_in(viewer)
-    body = browser.until("Signed in as vera (viewer)", finished_run["failed_run_id"], "Failed after 0 completed rounds")
+    body = browser.until("Signed in as vera (viewer)", "Failed after 0 completed rounds")
     assert "failing_app: this ServerApp always fails" in body
     assert browser.nav_titles() == ["Overview", "Tasks", "Run", "Clients", "Models", "Logs"]  # no file names
     assert "Deploy" not in browser.driver.page_source  # Streamlit's toolbar in viewer mode
@@ -376,7 +378,7 @@ def test_browser_every_page_from_a_cold_start(finished_run: dict[str, Any], brow
     browser.wait.until(lambda _: browser.charts() == 5)  # loss, accuracy, local metric, train time, timeline
     assert "round None" not in body and "CLIENT_STATE" not in body and "RUN_STATE" not in body
     browser.shot("run")
-    pages = [("Overview", ("Recent runs (newest first)", finished_run["run_id"])),
+    pages = [("Overview", ("Recent runs (newest first)", "Clients finished")),
              ("Tasks", ("Runs of this task (newest first)",)),
              ("Clients", ("Data status (aggregates only)", "Compare with", "samples in the last 15 minutes")),
              ("Models", ("Model card: v1", "Lineage")),
@@ -408,12 +410,13 @@ def test_fedopsctl_at_80_columns_keeps_ids_and_metric_values(finished_run: dict[
         ("models", "list", "--task", finished_run["task_id"]): [models[0]["id"],
                                                               f"{models[0]['metrics']['central.accuracy']:.4g}"],
         ("clients", "list"): finished_run["clients"],
-        ("logs", "search", "--run", finished_run["run_id"], "--elasticsearch-url", finished_run["es"].url):
-            [finished_run["run_id"]],
+        # Filtered by run, the run column is the first to go; the clients' ids stay whole.
+        ("logs", "search", "--run", finished_run["run_id"], "--client", finished_run["clients"][0],
+         "--elasticsearch-url", finished_run["es"].url): ["log lines", finished_run["clients"][0]],
     }
     for args, wanted in checks.items():
         out = stack.ctl(*args).stdout
-        assert all(len(line) <= 80 for line in out.splitlines()), out
+        assert all(len(line) <= 80 for line in out.splitlines() if not line.startswith("completed ")), out
         assert "…" not in out, out
         for text in wanted:
             assert text in out, (args, text, out)
@@ -445,6 +448,22 @@ def test_fedopsctl_covers_the_dashboards_telemetry_views(finished_run: dict[str,
     assert bad.returncode == 2 and "level" in bad.stderr
 
 
+def test_log_search_keeps_transport_noise_out_and_filters_level_or_above(finished_run: dict[str, Any]) -> None:
+    from fedops_common.telemetry.queries import search_logs
+
+    es_url = finished_run["es"].url
+    noisy = search_logs(es_url, text="HTTP Request", size=500, transport=True)
+    assert any(h.get("log.logger") == "httpx" and h.get("log.level") == "info" for h in noisy)  # there is noise
+    quiet = search_logs(es_url, text="HTTP Request", size=500)
+    assert not any(h.get("log.logger") == "httpx" and h.get("log.level") in ("debug", "info") for h in quiet)
+    warnings = search_logs(es_url, level="warning", size=500)
+    assert warnings and {h["log.level"] for h in warnings} <= {"warning", "error", "critical"}
+    assert {h["log.level"] for h in search_logs(es_url, level="info", size=2000)} > {"info"}  # and above
+    one_round = search_logs(es_url, run_id=finished_run["run_id"], round_number=1, size=500, oldest_first=True)
+    stamps = [h["@timestamp"] for h in one_round]
+    assert stamps and stamps == sorted(stamps)
+
+
 def test_fedopsctl_shows_the_overviews_prometheus_figures(finished_run: dict[str, Any]) -> None:
     stack: LocalStack = finished_run["stack"]
     rows = {r["name"]: r["value"] for r in stack.ctl_json("metrics")}  # FEDOPS_PROMETHEUS_URL from the fixture
@@ -453,3 +472,33 @@ def test_fedopsctl_shows_the_overviews_prometheus_figures(finished_run: dict[str
     assert custom and custom[0]["value"] >= 1
     bad = stack.ctl("metrics", "--query", "sum(", check=False)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_browser_health_banner_of_a_live_run_that_loses_its_quorum(finished_run: dict[str, Any],
+                                                                   browser: Browser) -> None:
+    """Last in this module (it kills a client): a live run reads green while it runs, red once a client
+    dies and the quorum can no longer be met (who, since when, when it fails), then red "failed"."""
+    stack: LocalStack = finished_run["stack"]
+    task_id, clients = finished_run["task_id"], finished_run["clients"]
+    wait_until(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 120,
+               "the clients to be free")
+    stack.ctl("task", "update", task_id, "--rounds", "3", "--round-timeout", "30")
+    stack.ctl("task", "select", task_id, *clients)
+    run_id = stack.ctl_json("run", "start", task_id)["id"]
+    browser.open(f"run?run={run_id}")
+    browser.sign_in(stack.admin_token)
+    browser.until("Running: ", "Stop after this round", "Stop now")
+    from selenium.webdriver.common.by import By
+
+    status = browser.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
+    assert not any(widget.is_displayed() for widget in status)  # no Streamlit "Stop" beside a running FL run
+    browser.shot("run-running")
+    wait_until(lambda: any(r.get("phase") == "train" for r in stack.ctl_json("run", "show", run_id).get("rounds", [])),
+               120, "round 1 train")
+    stack.kill_agent("dash1")
+    body = browser.until("can no longer reach its quorum", f"{clients[1]} is offline since")
+    assert "The run fails when the round times out, in " in body
+    browser.shot("run-quorum-lost")
+    body = browser.until("Failed after")
+    assert "quorum" in body
+    browser.shot("run-failed-quorum")

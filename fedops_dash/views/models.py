@@ -22,6 +22,10 @@ ONE_CLICK_BYTES = 32 * 2**20
 page("Models")
 ctl = control()
 tasks = newest_first(attempt("Listing tasks", ctl.tasks, []))
+if not st.query_params.get("task"):  # opened without a task: the one of the newest model version
+    newest = newest_first(attempt("Listing models", ctl.models, []))
+    if newest:
+        st.query_params["task"] = newest[0]["task_id"]
 task_id = pick("Task", [t["id"] for t in tasks], "task", key="models-task",
                labels={t["id"]: f"{t['title']} · {t['id']}" for t in tasks})
 if task_id is None:

@@ -5,7 +5,8 @@ import datetime as dt
 
 import streamlit as st
 
-from fedops_common.words import clock, duration, parse_time, rounds, run_status
+from fedops_common.convert import short_name
+from fedops_common.words import client_state, clock, duration, parse_time, rounds, run_status
 from fedops_dash import charts
 from fedops_dash.health import assess
 from fedops_dash.timeline import round_timeline
@@ -87,7 +88,7 @@ def show(run_id: str, was_active: bool) -> None:
 
     notes = []
     if run.get("api_style"):
-        notes.append(f"observed as **{run['api_style'].split('_', 2)[-1].lower().replace('_', ' ')}**")
+        notes.append(f"observed as **{short_name(run['api_style']).replace('_', ' ')}**")
     if run.get("app_decides"):
         notes.append("the app hard-codes " + ", ".join(f"`strategy.{s}`" for s in run["app_decides"]))
     if run.get("model_note"):
@@ -163,7 +164,7 @@ def show(run_id: str, was_active: bool) -> None:
     if diagnosis:
         (st.warning if diagnosis.get("waiting") else st.info)(diagnosis.get("summary", ""))
         if diagnosis.get("missing"):
-            metrics_table([{"client": url("client", m["client_id"]), "state": m.get("state", "").split("_")[-1].lower(),
+            metrics_table([{"client": url("client", m["client_id"]), "state": client_state(m.get("state", "")),
                             "connected": bool(m.get("connected")), "heartbeat age": duration(m.get("heartbeat_age_s")),
                             "reason": m.get("reason", "")} for m in diagnosis["missing"]], links={"client": "client"})
 
