@@ -410,6 +410,7 @@ def test_fedopsctl_at_80_columns_keeps_ids_and_metric_values(finished_run: dict[
         ("models", "list", "--task", finished_run["task_id"]): [models[0]["id"],
                                                               f"{models[0]['metrics']['central.accuracy']:.4g}"],
         ("clients", "list"): finished_run["clients"],
+        ("task", "list"): [finished_run["task_id"], finished_run["failing_task_id"]],
         # Filtered by run, the run column is the first to go; the clients' ids stay whole.
         ("logs", "search", "--run", finished_run["run_id"], "--client", finished_run["clients"][0],
          "--elasticsearch-url", finished_run["es"].url): ["log lines", finished_run["clients"][0]],
@@ -429,6 +430,13 @@ def test_fedopsctl_at_80_columns_keeps_ids_and_metric_values(finished_run: dict[
     assert [r["id"] for r in second["runs"]] == every[1:2]
     bad = stack.ctl("run", "list", "--page-token", "nope", check=False)
     assert bad.returncode == 2 and "page_token" in bad.stderr
+    from fedops_client import ControlClient, ControlError
+    from fedops_common.proto import control_pb2
+
+    with pytest.raises(ControlError) as refused:
+        ControlClient(stack.control_address, stack.security()).call("ListRuns",
+                                                                    control_pb2.ListRunsRequest(page_size=5000))
+    assert refused.value.code.name == "INVALID_ARGUMENT" and refused.value.details.startswith("page_size")
 
 
 def test_fedopsctl_covers_the_dashboards_telemetry_views(finished_run: dict[str, Any]) -> None:
