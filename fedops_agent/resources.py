@@ -66,11 +66,27 @@ class ResourceSampler:
         self._nvml = _nvml()
         self._last_labels: tuple[str, str, str] | None = None
         self._thread: threading.Thread | None = None
+        self._cpu_procs: dict[int, psutil.Process] = {}
         psutil.cpu_percent(None)
 
     def retag(self, tags: TrainingTags) -> None:
         """Tag samples from now on with another run/round/model version."""
         self.tags = tags
+
+    def _tree_cpu(self) -> float:
+        """CPU of the agent and everything it started (SuperNode, ClientApps) since the last sample, as a
+        fraction of the host's cores: the host figure alone cannot tell FL work from the rest of the host.
+        Each process is kept between samples (psutil measures from one call to the next)."""
+        procs = {p.pid: p for p in [self._process, *self._process.children(recursive=True)]}
+        total = 0.0
+        for pid, proc in procs.items():
+            known = self._cpu_procs.setdefault(pid, proc)
+            try:
+                total += known.cpu_percent(None)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self._cpu_procs = {pid: p for pid, p in self._cpu_procs.items() if pid in procs}
+        return total / 100.0 / (psutil.cpu_count() or 1)
 
     def _tree_rss(self) -> int:
         rss = 0
@@ -107,6 +123,7 @@ class ResourceSampler:
             "host.network.egress.bytes": int(net.bytes_sent),
             "host.network.ingress.bytes": int(net.bytes_recv),
             "process.memory.rss": self._tree_rss(),
+            "process.cpu.pct": self._tree_cpu(),
             "fedops.client.id": self.client_id,
             "fedops.run.id": tags.run_id,
             "fedops.round": tags.round,

@@ -16,8 +16,8 @@ import grpc
 import typer
 
 from fedops_cli import access, clients, models, runs, tasks, telemetry
-from fedops_cli.context import LOCAL_ADMIN_TOKEN, Ctx, Output, fail, say
-from fedops_common.security import ChannelSecurity
+from fedops_cli.context import Ctx, Output, fail, say
+from fedops_common.security import LOCAL_ADMIN_TOKEN, ChannelSecurity, default_token_file
 
 app = typer.Typer(help="Operate FedOps Stack: tasks, clients, runs, models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -53,10 +53,9 @@ def main_options(
 ) -> None:
     """Global options."""
     Ctx.control, Ctx.output = control, output
-    if token_file is None and not token and LOCAL_ADMIN_TOKEN.is_file():
-        token_file = LOCAL_ADMIN_TOKEN
     try:
-        Ctx.security = ChannelSecurity.from_env(token=token, token_file=str(token_file) if token_file else None,
+        Ctx.security = ChannelSecurity.from_env(token=token,
+                                                token_file=default_token_file(token, str(token_file or "") or None),
                                                 ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key)
         Ctx.security.check()
     except (OSError, ValueError) as err:

@@ -7,21 +7,24 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 
+from fedops_cli.columns import ID, TEXT, Column, print_table
 from fedops_cli.context import S, Table, call, console, emit, fail
 from fedops_cli.telemetry import ElasticsearchUrl, print_rows, require_elasticsearch
-from fedops_common.convert import enum_label
+from fedops_common import words
 from fedops_common.proto import control_pb2
 
 clients_app = typer.Typer(help="Enrolled client devices.", no_args_is_help=True)
 
 
 def render_clients(resp: control_pb2.ListClientsResponse) -> None:
-    table = Table("id", "hostname", "state", "reason", "heartbeat age", "tasks", "run", title="Clients")
-    for c in resp.clients:
-        age = f"{c.heartbeat_age_s:.1f}s" if c.heartbeat_age_s >= 0 else "-"
-        table.add_row(c.id, c.device.hostname, enum_label(S.ClientState, c.state), c.state_reason, age,
-                      ", ".join(c.enrolled_task_ids), c.current_run_id)
-    console.print(table)
+    """Newest registration first; ids in full; the reason wraps."""
+    clients = sorted(resp.clients, key=lambda c: c.registered_at.ToDatetime(), reverse=True)
+    print_table("Clients", [Column("id", ID), Column("state", TEXT), Column("heartbeat", TEXT, 3),
+                            Column("device", TEXT, 4), Column("run", ID, 2), Column("tasks", TEXT, 5),
+                            Column("why", TEXT, 1)],
+                [[c.id, words.client_state(S.ClientState.Name(c.state)),
+                  f"{words.duration(c.heartbeat_age_s)} ago" if c.heartbeat_age_s >= 0 else "-", c.device.hostname,
+                  c.current_run_id, ", ".join(c.enrolled_task_ids), c.state_reason] for c in clients])
 
 
 @clients_app.command("list")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import tomllib
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -25,8 +24,6 @@ from fedops_common.security import ChannelSecurity
 
 console = Console()
 S = common_pb2
-# Where `fedops-control` (default --data-dir) leaves the bootstrap admin token: used when no token is given.
-LOCAL_ADMIN_TOKEN = Path(".fedops/control/admin.token")
 
 
 class Table(RichTable):

@@ -8,41 +8,35 @@ from typing import Annotated
 
 import typer
 
+from fedops_cli.columns import ID, NUMBER, TEXT, Column, number, print_table
 from fedops_cli.context import (
     Ctx,
     Output,
-    Table,
     call,
-    console,
     emit,
     exit_code,
     fail,
     say,
 )
 from fedops_client import ControlError
-from fedops_common import metricvalues
 from fedops_common.proto import control_pb2
 
 models_app = typer.Typer(help="Global model versions.", no_args_is_help=True)
 
 
 def render_models(resp: control_pb2.ListModelsResponse) -> None:
-    table = Table("id", "task", "run", "round", "version", "tags", "metrics", "participants", "parent", "bytes",
-                  title="Model versions")
-    for m in resp.models:
-        table.add_row(
-            m.id,
-            m.task_id,
-            m.run_id,
-            str(m.round),
-            f"v{m.version}",
-            ", ".join(m.tags),
-            metricvalues.text(m.metrics, ("central.accuracy", "central.loss")),
-            ", ".join(m.participant_client_ids),
-            m.parent_id,
-            str(m.size_bytes),
-        )
-    console.print(table)
+    """Newest version first; metrics as numeric columns (central first), ids in full."""
+    models = sorted(resp.models, key=lambda m: m.version, reverse=True)
+    rank = {"central": 0, "evaluate": 1, "train": 2}
+    names = sorted({n for m in models for n in m.metrics}, key=lambda n: (rank.get(n.split(".")[0], 3), n))
+    print_table("Model versions (newest first)", [
+        Column("id", ID), Column("version", NUMBER), Column("tags", TEXT, 6),
+        *(Column(n, NUMBER, 2 + rank.get(n.split(".")[0], 3)) for n in names), Column("round", NUMBER, 7),
+        Column("run", ID, 8), Column("task", ID, 10), Column("participants", TEXT, 9), Column("parent", ID, 11),
+        Column("bytes", NUMBER, 12)],
+        [[m.id, f"v{m.version}", ", ".join(m.tags), *(number(m.metrics[n]) if n in m.metrics else "" for n in names),
+          str(m.round), m.run_id, m.task_id, ", ".join(m.participant_client_ids), m.parent_id, str(m.size_bytes)]
+         for m in models])
 
 
 @models_app.command("list")

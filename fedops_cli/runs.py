@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 
+from fedops_cli.columns import ID, NUMBER, TEXT, Column, print_table
+from fedops_cli.columns import number as number_cell
 from fedops_cli.context import (
     Ctx,
     Output,
@@ -28,7 +30,7 @@ from fedops_cli.context import (
     say,
 )
 from fedops_client import ControlError
-from fedops_common import metricvalues
+from fedops_common import words
 from fedops_common.convert import dict_to_struct, enum_label
 from fedops_common.proto import common_pb2, control_pb2
 
@@ -37,34 +39,52 @@ run_app = typer.Typer(help="Start, stop, watch and diagnose runs.", no_args_is_h
 RUN_EXIT_CODES = {S.RUN_OUTCOME_COMPLETED: 0, S.RUN_OUTCOME_FAILED: 4, S.RUN_OUTCOME_STOPPED: 5}
 
 
+def _metric_columns(maps: list[dict[str, float]], keep: int) -> list[str]:
+    """The scalar metric names of some rows: accuracy first, then loss, then the rest by name."""
+    names = sorted({name for m in maps for name in m})
+    return sorted(names, key=lambda n: (0 if "acc" in n else 1 if "loss" in n else 2, n)) if keep else names
+
+
 def render_run(run: common_pb2.Run) -> None:
-    outcome = f" ({enum_label(S.RunOutcome, run.outcome)})" if run.state == S.RUN_STATE_FINISHED else ""
-    total = run.total_rounds or "?"
-    say((f"Run {run.id}", "bold"), f" task={run.task_id} state={enum_label(S.RunState, run.state)}{outcome} "
-        f"round {run.current_round}/{total}, {run.completed_rounds} completed  {run.reason}")
+    status = words.run_status(S.RunState.Name(run.state), S.RunOutcome.Name(run.outcome))
+    started = run.started_at.ToDatetime() if run.HasField("started_at") else None
+    ended = run.finished_at.ToDatetime() if run.HasField("finished_at") else None
+    took = (ended - started).total_seconds() if started and ended else None
+    say((f"Run {run.id}", "bold"), f" of task {run.task_id}")
+    say(f"{status}, {words.rounds(run.current_round, run.total_rounds, run.completed_rounds)}")
+    say(f"started {started:%Y-%m-%d %H:%M:%S}" if started else "not started",
+        f", ended {ended:%H:%M:%S} (took {words.duration(took)})" if ended else "")
+    if run.reason:
+        say(run.reason)
     if run.api_style:
-        say(f"observed as: {enum_label(S.ApiStyle, run.api_style)}")
+        say(f"observed as: {enum_label(S.ApiStyle, run.api_style).replace('_', ' ')}")
     if run.app_decides:
         say("the app hard-codes: " + ", ".join(f"strategy.{name}" for name in run.app_decides))
     if run.model_note:
         say(f"models: {run.model_note}")
-    table = Table("round", "phase", "participants", "failed", "central", "train", "evaluate", "model", title="Rounds")
+    scopes = {"central": 1, "evaluate": 2, "train": 3}
+    per_round: list[tuple[int, str, dict[str, float], list[str], list[str], str]] = []
     if run.initial_central_metrics:
-        table.add_row("0", "initial", "", "", metricvalues.text(run.initial_central_metrics), "", "", "")
+        initial = {f"central {k}": v for k, v in run.initial_central_metrics.items()}
+        per_round.append((0, "initial", initial, [], [], ""))
     for r in run.rounds:
-        table.add_row(str(r.number), r.phase, ", ".join(r.responded_client_ids), ", ".join(r.failed_client_ids),
-                      metricvalues.text(metricvalues.merged(r.central_metrics, r.central_metric_lists)),
-                      metricvalues.text(metricvalues.merged(r.train_metrics, r.train_metric_lists)),
-                      metricvalues.text(metricvalues.merged(r.evaluate_metrics, r.evaluate_metric_lists)),
-                      r.model_version_id)
-    console.print(table)
-    clients = Table("round", "client", "phase", "metrics", "seconds", "error", title="Per-client results")
-    for r in run.rounds:
-        for c in r.client_results:
-            clients.add_row(str(r.number), c.client_id, c.phase,
-                            metricvalues.text(metricvalues.merged(c.metrics, c.metric_lists)), f"{c.duration_s:.2f}",
-                            c.error)
-    console.print(clients)
+        values = {f"{scope} {k}": v for scope in scopes for k, v in getattr(r, f"{scope}_metrics").items()}
+        per_round.append((r.number, r.phase, values, list(r.responded_client_ids), list(r.failed_client_ids),
+                          r.model_version_id))
+    names = _metric_columns([row[2] for row in per_round], 1)
+    columns = [Column("round", NUMBER), Column("phase", TEXT, 5),
+               *(Column(n, NUMBER, scopes[n.split(" ", 1)[0]]) for n in names),
+               Column("replied", TEXT, 6), Column("failed", TEXT, 4), Column("model", ID, 7)]
+    print_table("Rounds", columns, [[str(number), phase, *(number_cell(values.get(n)) for n in names),
+                                     ", ".join(replied), ", ".join(failed), model]
+                                    for number, phase, values, replied, failed, model in per_round])
+    results = [(r.number, c) for r in run.rounds for c in r.client_results]
+    names = _metric_columns([dict(c.metrics) for _, c in results], 1)
+    print_table("Per-client results", [Column("round", NUMBER), Column("client", ID), Column("phase", TEXT, 4),
+                                       *(Column(n, NUMBER, 2) for n in names), Column("seconds", NUMBER, 3),
+                                       Column("error", TEXT, 1)],
+                [[str(number), c.client_id, c.phase, *(number_cell(c.metrics.get(n)) for n in names),
+                  f"{c.duration_s:.2f}", c.error] for number, c in results])
 
 
 @run_app.command("start")
@@ -101,23 +121,24 @@ def run_show(run_id: str) -> None:
 
 
 @run_app.command("list")
-def run_list(task: Annotated[str, typer.Option()] = "") -> None:
-    """List runs."""
+def run_list(
+    task: Annotated[str, typer.Option()] = "",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="runs per page")] = 50,
+    page_token: Annotated[str, typer.Option(help="the next page (printed under a full page)")] = "",
+) -> None:
+    """List runs, newest first."""
     def render(resp: control_pb2.ListRunsResponse) -> None:
-        table = Table("id", "task", "state", "outcome", "round", "clients", "reason", title="Runs")
-        for r in resp.runs:
-            table.add_row(
-                r.id,
-                r.task_id,
-                enum_label(S.RunState, r.state),
-                enum_label(S.RunOutcome, r.outcome) if r.outcome else "",
-                f"{r.current_round}/{r.total_rounds}",
-                str(len(r.client_ids)),
-                r.reason,
-            )
-        console.print(table)
+        print_table("Runs (newest first)", [
+            Column("id", ID), Column("status", TEXT), Column("round", NUMBER, 3), Column("created", ID, 2),
+            Column("task", ID, 5), Column("clients", NUMBER, 4), Column("reason", TEXT, 1)],
+            [[r.id, words.run_status(S.RunState.Name(r.state), S.RunOutcome.Name(r.outcome)),
+              f"{r.current_round}/{r.total_rounds or '?'}",
+              f"{r.created_at.ToDatetime():%m-%d %H:%M}" if r.HasField("created_at") else "",
+              r.task_id, str(len(r.client_ids)), r.reason] for r in resp.runs])
+        if resp.next_page_token:
+            say(f"more: fedopsctl run list --page-token {resp.next_page_token}")
 
-    emit(call("ListRuns", control_pb2.ListRunsRequest(task_id=task)), render)
+    emit(call("ListRuns", control_pb2.ListRunsRequest(task_id=task, page_size=limit, page_token=page_token)), render)
 
 
 def exit_with_outcome(run: common_pb2.Run) -> None:

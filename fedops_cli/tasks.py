@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from google.protobuf import json_format
 
+from fedops_cli.columns import ID, NUMBER, TEXT, Column, print_table
 from fedops_cli.context import Table, call, console, emit, parse_pairs, say
 from fedops_client import task_update_request
 from fedops_common.convert import dict_to_struct
@@ -206,15 +207,16 @@ def task_update(
 
 @task_app.command("list")
 def task_list(tag: Annotated[str, typer.Option()] = "") -> None:
-    """List tasks."""
+    """List tasks, newest first."""
     response = call("ListTasks", control_pb2.ListTasksRequest(tag=tag))
 
     def render(resp: control_pb2.ListTasksResponse) -> None:
-        table = Table("id", "title", "tags", "rounds", "enrolled", "selected", title="Tasks")
-        for t in resp.tasks:
-            table.add_row(t.id, t.title, ", ".join(t.tags), str(t.strategy.rounds), str(len(t.enrolled_client_ids)),
-                          str(len(t.selected_client_ids)))
-        console.print(table)
+        tasks = sorted(resp.tasks, key=lambda t: t.created_at.ToDatetime(), reverse=True)
+        print_table("Tasks (newest first)", [
+            Column("id", ID), Column("title", TEXT), Column("rounds", NUMBER, 3), Column("enrolled", NUMBER, 4),
+            Column("selected", NUMBER, 2), Column("tags", TEXT, 1)],
+            [[t.id, t.title, str(t.strategy.rounds), str(len(t.enrolled_client_ids)), str(len(t.selected_client_ids)),
+              ", ".join(t.tags)] for t in tasks])
 
     emit(response, render)
 

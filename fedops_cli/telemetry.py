@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fedops_cli.columns import ID, NUMBER, TEXT, Column, print_table
 from fedops_cli.context import Ctx, Output, Table, console, fail
 
 logs_app = typer.Typer(help="Logs of every actor, searched in Elasticsearch.", no_args_is_help=True)
@@ -34,24 +35,38 @@ def logs_search(
     elasticsearch_url: ElasticsearchUrl = "",
     client: Annotated[str, typer.Option(help="client id")] = "",
     run: Annotated[str, typer.Option(help="run id")] = "",
-    round_number: Annotated[int | None, typer.Option("--round", min=0, help="round number")] = None,
-    level: Annotated[str, typer.Option(help="debug, info, warning, error, critical")] = "",
+    round_number: Annotated[int | None, typer.Option("--round", min=0, help="round (oldest first)")] = None,
+    level: Annotated[str, typer.Option(help="this level or above: debug, info, warning, error, critical")] = "",
     text: Annotated[str, typer.Option(help="words the message must contain")] = "",
     size: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    transport: Annotated[bool, typer.Option(help="include Flower's HTTP polling lines (httpx) at INFO")] = False,
+    stream: Annotated[str, typer.Option(help="platform, access (the dashboard's access log) or all")] = "platform",
 ) -> None:
-    """Newest log lines of every actor, filtered by client, run, round, level and text."""
-    from fedops_common.telemetry.queries import QueryError, search_logs
+    """Log lines of every actor, newest first (one round: oldest first), filtered by client, run, round,
+    level or above, and text. Transport noise and the dashboard's access log are left out by default."""
+    from fedops_common.telemetry.queries import LEVELS, QueryError, search_logs
 
-    if level and level not in ("debug", "info", "warning", "error", "critical"):
-        raise typer.BadParameter(f"unknown level {level!r}", param_hint="--level")
+    if level and level not in LEVELS:
+        raise typer.BadParameter(f"unknown level {level!r} (one of {', '.join(LEVELS)})", param_hint="--level")
+    if stream not in ("platform", "access", "all"):
+        raise typer.BadParameter(f"unknown stream {stream!r} (platform, access or all)", param_hint="--stream")
     try:
-        hits = search_logs(require_elasticsearch(elasticsearch_url), client, run, round_number, level, text, size)
+        hits = search_logs(require_elasticsearch(elasticsearch_url), client, run, round_number, level, text, size,
+                           transport=transport, stream=stream, oldest_first=round_number is not None)
     except QueryError as err:
         fail(str(err), 1)
     rows = [{"time": h.get("@timestamp", ""), "level": h.get("log.level", ""), "service": h.get("service.name", ""),
              "client": h.get("fedops.client.id", ""), "run": h.get("fedops.run.id", ""),
-             "round": h.get("fedops.round", ""), "message": h.get("message", "")} for h in hits]
-    print_rows(rows, ["time", "level", "service", "client", "run", "round", "message"], f"{len(rows)} log lines")
+             "round": "" if h.get("fedops.round") is None else h["fedops.round"], "message": h.get("message", "")}
+            for h in hits]
+    if Ctx.output == Output.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    print_table(f"{len(rows)} log lines", [
+        Column("time", ID), Column("level", TEXT), Column("client", ID, 3), Column("run", ID, 4),
+        Column("round", NUMBER, 2), Column("service", TEXT, 5), Column("message", TEXT)],
+        [[r["time"][5:19].replace("T", " "), r["level"], r["client"], r["run"], str(r["round"]), r["service"],
+          r["message"]] for r in rows])
 
 
 PLATFORM_METRICS = {"rounds_completed": "sum(fedops_rounds_completed_total)",

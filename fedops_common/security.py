@@ -24,6 +24,16 @@ AUTHORIZATION = "authorization"
 # SuperLinks and agents on other hosts dial the control service by name; a certificate issued by
 # `fedopsctl ca issue server` names these hosts unless told otherwise.
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+# Where `fedops-control` (default --data-dir) leaves the bootstrap admin token. fedopsctl and
+# fedops-dash use it when no token is given, so a local try-out needs no token handling.
+LOCAL_ADMIN_TOKEN = Path(".fedops/control/admin.token")
+
+
+def default_token_file(token: str | None, token_file: str | None) -> str | None:
+    """The token file to use: the one given, else the local admin token when present and no token was given."""
+    if token_file or token or not LOCAL_ADMIN_TOKEN.is_file():
+        return token_file
+    return str(LOCAL_ADMIN_TOKEN)
 
 
 @dataclass(frozen=True)

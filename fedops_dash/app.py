@@ -1,22 +1,31 @@
-"""FedOps control dashboard: `fedops-dash` (or `streamlit run fedops_dash/app.py`)."""
+"""FedOps control dashboard: `fedops-dash` (or `streamlit run fedops_dash/app.py`).
+
+The pages live in ``views/``, not ``pages/``: Streamlit auto-discovers a ``pages/`` folder beside the
+main script, and a deep link opened first after a restart then got that file-name navigation instead
+of this one. Here every page is declared once, with its URL path (``/run?run=...``).
+"""
 
 from pathlib import Path
 
 import streamlit as st
 
-from fedops_dash.ui import settings
+from fedops_dash import auth
+from fedops_dash.ui import VIEWS, settings
 
-PAGES = Path(__file__).parent / "pages"
+HERE = Path(__file__).parent
 
 st.set_page_config(page_title="FedOps Stack", layout="wide")
-navigation = st.navigation([
-    st.Page(PAGES / "overview.py", title="Overview", default=True),
-    st.Page(PAGES / "tasks.py", title="Tasks"),
-    st.Page(PAGES / "run.py", title="Run"),
-    st.Page(PAGES / "clients.py", title="Clients"),
-    st.Page(PAGES / "models.py", title="Models"),
-    st.Page(PAGES / "logs.py", title="Logs"),
-])
+# Streamlit's "Running… Stop" status shows at every live refresh of the Run page, beside a running FL run,
+# where "Stop" reads as stopping the run. The page has its own stop buttons, so that widget is hidden.
+st.html("<style>[data-testid='stStatusWidget'] {display: none;}</style>")
+who = auth.identity()
+navigation = st.navigation([st.Page(HERE / "views" / f"{name}.py", title=title, url_path=name,
+                                    default=name == "overview") for name, title in VIEWS.items()],
+                           position="sidebar" if who else "hidden")
+if who is None:
+    auth.sign_in_form()  # the URL (page and ?run=...) stays: signed in, the deep link's page shows
+    st.stop()
+auth.sidebar(who)
 current = settings()
 st.sidebar.caption(f"control {current.control}")
 st.sidebar.caption(f"Elasticsearch {current.elasticsearch_url or '(not configured)'}")

@@ -7,6 +7,7 @@ dashboard keeps no state between reruns.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ from google.protobuf import json_format
 
 from fedops_client import ControlClient, ControlError
 from fedops_common.convert import dict_to_struct
-from fedops_common.proto import common_pb2, control_pb2
+from fedops_common.proto import access_pb2, common_pb2, control_pb2
+from fedops_common.security import ENV_TOKEN, ChannelSecurity
 from fedops_common.telemetry.queries import QueryError as BackendError
 from fedops_common.telemetry.queries import (
     prometheus_query,
@@ -35,12 +37,14 @@ class Settings:
     control: str = "127.0.0.1:50051"
     elasticsearch_url: str = ""
     prometheus_url: str = ""
+    token: str = ""  # the default identity of a session (see fedops_dash.auth); "" = everyone signs in
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(control=os.environ.get(ENV_CONTROL, cls.control),
                    elasticsearch_url=os.environ.get(ENV_ELASTICSEARCH, ""),
-                   prometheus_url=os.environ.get(ENV_PROMETHEUS, ""))
+                   prometheus_url=os.environ.get(ENV_PROMETHEUS, ""),
+                   token=os.environ.get(ENV_TOKEN, ""))
 
 
 # Telemetry reads are shared with fedopsctl: one error type for every backend the dashboard uses.
@@ -52,15 +56,22 @@ def to_dict(message: Any) -> dict[str, Any]:
 
 
 class Control:
-    """The control service's ControlService, through the client library fedopsctl uses too."""
+    """The control service's ControlService, through the client library fedopsctl uses too.
 
-    def __init__(self, address: str) -> None:
+    ``token`` is the signed-in operator's own: the service enforces that token's role and its
+    audit log names its holder (TLS files still come from the environment)."""
+
+    def __init__(self, address: str, token: str = "") -> None:
         self.address = address
-        self._client = ControlClient(address)
+        self._client = ControlClient(address, dataclasses.replace(ChannelSecurity.from_env(), token=token))
 
-    def _call(self, method: str, request: Any, timeout: float = 15) -> Any:
+    def whoami(self) -> dict[str, Any]:
+        """The token's holder and role, e.g. ``{"name": "alice", "role": "ROLE_OPERATOR"}``."""
+        return to_dict(self._call("WhoAmI", access_pb2.WhoAmIRequest(), service="access"))
+
+    def _call(self, method: str, request: Any, timeout: float = 15, service: str = "control") -> Any:
         try:
-            return self._client.call(method, request, timeout)
+            return self._client.call(method, request, timeout, service)
         except ControlError as err:
             raise BackendError(str(err)) from None
 
@@ -97,14 +108,25 @@ class Control:
         request = control_pb2.ListDataStatusRequest(client_id=client_id, run_id=run_id, latest_only=latest_only)
         return [to_dict(r) for r in self._call("ListDataStatus", request).reports]
 
-    def runs(self, task_id: str = "") -> list[dict[str, Any]]:
-        return [to_dict(r) for r in self._call("ListRuns", control_pb2.ListRunsRequest(task_id=task_id)).runs]
+    def runs(self, task_id: str = "", most: int = 1000) -> list[dict[str, Any]]:
+        """Newest first, up to ``most`` runs (the service's pages, read one after another; the pages
+        show them 20 at a time)."""
+        runs: list[dict[str, Any]] = []
+        token = ""
+        while len(runs) < most:
+            page = self._call("ListRuns", control_pb2.ListRunsRequest(task_id=task_id, page_size=100, page_token=token))
+            runs += [to_dict(r) for r in page.runs]
+            token = page.next_page_token
+            if not token:
+                break
+        return runs[:most]
 
     def run(self, run_id: str) -> dict[str, Any]:
         return to_dict(self._call("GetRun", control_pb2.GetRunRequest(run_id=run_id)))
 
-    def start_run(self, task_id: str) -> dict[str, Any]:
-        return to_dict(self._call("StartRun", control_pb2.StartRunRequest(task_id=task_id), timeout=60))
+    def start_run(self, task_id: str, resume_from: str = "") -> dict[str, Any]:
+        request = control_pb2.StartRunRequest(task_id=task_id, resume_from_model_id=resume_from)
+        return to_dict(self._call("StartRun", request, timeout=60))
 
     def stop_run(self, run_id: str, hard: bool) -> dict[str, Any]:
         mode = control_pb2.STOP_MODE_HARD if hard else control_pb2.STOP_MODE_COOPERATIVE
@@ -128,6 +150,9 @@ class Control:
     def models(self, task_id: str = "", run_id: str = "") -> list[dict[str, Any]]:
         return [to_dict(m) for m in self._call("ListModels", control_pb2.ListModelsRequest(task_id=task_id,
                                                                                           run_id=run_id)).models]
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return to_dict(self._call("GetModel", control_pb2.GetModelRequest(model_id=model_id)))
 
     def download_model(self, model_id: str) -> bytes:
         try:

@@ -185,7 +185,7 @@ def test_watch_exit_code_of_a_completed_run(stack: LocalStack, fleet: dict[str, 
     wait_for(lambda: all(not c.get("current_run_id") for c in ctl_json(stack, "clients", "list")["clients"]), 60)
     result = ctl(stack, "run", "start", fleet["digits"], "--watch")
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert "round 1/1 finished" in result.stdout and "(completed)" in result.stdout, result.stdout
+    assert "round 1/1 finished" in result.stdout and "completed, round 1 of 1" in result.stdout, result.stdout
     assert "error" not in result.stderr, result.stderr
 
 

@@ -29,10 +29,13 @@ def create_task(stack: LocalStack, rounds: int, timeout_s: float = 120, quorum: 
 
 
 def start_clients(stack: LocalStack, task_id: str, data: list[Path], prefix: str,
-                  first_also_in: list[str] | None = None) -> list[str]:
-    """Start one agent per data path, enrolled in ``task_id`` (the first one also in ``first_also_in``)."""
+                  first_also_in: list[str] | None = None, both_in: str = "") -> list[str]:
+    """Start one agent per data path, enrolled in ``task_id`` (the first one also in ``first_also_in``,
+    every one also in ``both_in``)."""
+    also = [both_in] if both_in else []
     for i, path in enumerate(data):
-        stack.start_agent(f"{prefix}{i}", [task_id, *(first_also_in or [])] if i == 0 else [task_id], path)
+        stack.start_agent(f"{prefix}{i}", [task_id, *also, *(first_also_in or [])] if i == 0 else [task_id, *also],
+                          path)
     clients = [stack.client_id(f"{prefix}{i}") for i in range(len(data))]
     wait_for(lambda: all(c["state"] == "CLIENT_STATE_ONLINE"
                          for c in stack.ctl_json("clients", "list", "--task", task_id)["clients"]), 30)

@@ -1159,10 +1159,13 @@ class MissingClient(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_AGE_S_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     state: Global___ClientState.ValueType
     heartbeat_age_s: _builtins.float
     reason: _builtins.str
+    connected: _builtins.bool
+    """its agent's session is up (an offline client cannot reply)"""
     def __init__(
         self,
         *,
@@ -1170,10 +1173,11 @@ class MissingClient(_message.Message):
         state: Global___ClientState.ValueType = ...,
         heartbeat_age_s: _builtins.float = ...,
         reason: _builtins.str = ...,
+        connected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "heartbeat_age_s", b"heartbeat_age_s", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "heartbeat_age_s", b"heartbeat_age_s", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,7 +30,8 @@ def _missing(db: Session, agents: AgentSessions, client_ids: list[str]) -> list[
         else:
             reason = f"agent online (heartbeat {age:.0f}s ago), reply still pending"
         out.append(common_pb2.MissingClient(
-            client_id=cid, state=S.ClientState.ValueType(client.state), heartbeat_age_s=age, reason=reason))
+            client_id=cid, state=S.ClientState.ValueType(client.state), heartbeat_age_s=age, reason=reason,
+            connected=connected))
     return out
 
 

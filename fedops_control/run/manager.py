@@ -155,8 +155,9 @@ class RunManager(RunLaunch):
         task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- stop / finish
-    async def stop_run(self, run_id: str, hard: bool) -> RunRow:
-        """Cooperative: finish the current round, then stop. Hard: stop every process now."""
+    async def stop_run(self, run_id: str, hard: bool, by: str = "an operator") -> RunRow:
+        """Cooperative: finish the current round, then stop. Hard: stop every process now. ``by`` (the
+        caller's token name) goes into the reason and the stop event: the run says who stopped it."""
         run = self.get_run_row(run_id)
         if run.state == S.RUN_STATE_FINISHED:
             raise FailedPrecondition(f"run {run_id} already finished")
@@ -170,11 +171,12 @@ class RunManager(RunLaunch):
                     await flower_control.stop_run(handle, run.flower_run_id)
                 except Exception as err:  # the SuperLink is killed next anyway
                     log.warning("flwr stop failed", run_id=run_id, error=str(err))
-            await self.finish(run_id, S.RUN_OUTCOME_STOPPED, "stopped by operator (hard)")
+            await self.finish(run_id, S.RUN_OUTCOME_STOPPED, f"stopped by {by} (hard)")
         else:
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).stop_requested = "cooperative"
-            await self._bus.publish(run_id, "stop_requested", "stop requested: finishing the current round")
+            await self._bus.publish(run_id, "stop_requested", f"stop requested by {by}: finishing the current round",
+                                    data={"by": by})
         return self.get_run_row(run_id)
 
     async def finish(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:

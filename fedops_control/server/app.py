@@ -135,7 +135,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                       control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None,
                       preflight=preflight)
     control_pb2_grpc.add_ControlServiceServicer_to_server(
-        ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth), server)
+        ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth, access=access), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access, preflight), server)
     agent_pb2_grpc.add_ObserverServiceServicer_to_server(ObserverServicer(runs, models, access), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(sessions, access), server)

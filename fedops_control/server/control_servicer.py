@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
 from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
+from fedops_control.access.interceptor import AccessControl
 from fedops_control.agents.sessions import AgentSessions
 from fedops_control.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore
@@ -38,14 +39,16 @@ UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters
 
 
 RUN_FINISHED_GRACE_S = 30.0
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # ListRuns
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     """Implements fedops.v1.ControlService."""
 
     def __init__(self, sessions, runs: RunManager, agents: AgentSessions, models: ModelStore, bus: EventBus,
-                 require_enrolment: bool = False) -> None:
+                 require_enrolment: bool = False, access: AccessControl | None = None) -> None:
         self._require_enrolment = require_enrolment  # with auth on, only enrolled clients can be selected
+        self._access = access  # who calls: a stopped run says who stopped it
         self._sessions = sessions
         self._runs = runs
         self._agents = agents
@@ -195,7 +198,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @grpc_errors
     async def StopRun(self, request, context):
-        run = await self._runs.stop_run(request.run_id, request.mode == control_pb2.STOP_MODE_HARD)
+        identity = self._access.identity(context) if self._access is not None else None
+        run = await self._runs.stop_run(request.run_id, request.mode == control_pb2.STOP_MODE_HARD,
+                                        by=identity.name if identity else "an operator")
         with self._sessions() as db:
             return run_to_proto(db, db.get(RunRow, run.id))
 
@@ -207,12 +212,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @grpc_errors
     async def ListRuns(self, request, context):
+        """Newest first, one page at a time: the page token is the offset of the next page."""
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
+        if request.page_token and not (request.page_token.isascii() and request.page_token.isdigit()
+                                       and len(request.page_token) <= 9):
+            raise InvalidArgument("page_token", f"not a token this service gave ({request.page_token!r})")
+        offset = int(request.page_token or 0)
         with self._sessions() as db:
             query = db.query(RunRow)
             if request.task_id:
                 query = query.filter(RunRow.task_id == request.task_id)
+            rows = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).offset(offset).limit(size + 1).all()
             return control_pb2.ListRunsResponse(
-                runs=[run_to_proto(db, r, with_rounds=False) for r in query.order_by(RunRow.created_at)])
+                runs=[run_to_proto(db, r, with_rounds=False) for r in rows[:size]],
+                next_page_token=str(offset + size) if len(rows) > size else "")
 
     @grpc_stream_errors
     async def WatchRun(self, request, context) -> AsyncIterator[common_pb2.RunEvent]:

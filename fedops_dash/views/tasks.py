@@ -4,10 +4,10 @@ import tomllib
 
 import streamlit as st
 
-from fedops_common.convert import short_name
 from fedops_common.strategy_settings import DEFAULT_RUN_CONFIG_KEYS
+from fedops_common.words import client_state, clock, run_status
 from fedops_dash.backends import BackendError
-from fedops_dash.ui import acted, attempt, control, page, pick_or_stop
+from fedops_dash.ui import acted, attempt, control, link, metrics_table, newest_first, page, pick_or_stop, url
 
 page("Tasks")
 ctl = control()
@@ -85,8 +85,10 @@ with st.expander("Create a task", expanded=False):
             except (BackendError, ValueError) as err:
                 st.error(f"Not created: {err}")
 
-task = pick_or_stop("Task", attempt("Listing tasks", ctl.tasks, []), "task",
-                    "No tasks yet: create one above, or with `fedopsctl task create`.", ctl.task)
+tasks = newest_first(attempt("Listing tasks", ctl.tasks, []))
+task = pick_or_stop("Task", tasks, "task", "No tasks yet: create one above, or with `fedopsctl task create`.",
+                    ctl.task, labels={t["id"]: f"{t['title']} · {t['id']} · created {clock(t.get('created_at', ''))}"
+                                      for t in tasks})
 task_id = task["id"]
 strategy = task.get("strategy", {})
 st.subheader(task["title"])
@@ -115,10 +117,11 @@ with st.form("edit-task"):
             st.error(f"Not saved: {err}")
 
 clients = attempt("Listing clients", ctl.clients, [])
-labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {short_name(c.get('state', ''))})" for c in clients}
+labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {client_state(c.get('state', ''))})"
+          for c in clients}
 selected = [c for c in task.get("selected_client_ids", []) if c in labels]
 chosen = st.multiselect("Clients taking part", list(labels), default=selected, format_func=lambda c: labels.get(c, c))
-b1, b2, b3, b4 = st.columns(4)
+b1, b2, _ = st.columns([1, 1, 2])
 if b1.button("Save selection"):
     if attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None):
         acted("clients selected", task_id=task_id, clients=",".join(chosen))
@@ -127,14 +130,11 @@ if b2.button("Start FL", type="primary"):
     run = attempt("Starting the run", lambda: ctl.start_run(task_id), None)
     if run:
         acted("run started", task_id=task_id, run_id=run["id"])
-        st.success(f"Run {run['id']} started: open it on the Run page")
-runs = attempt("Listing runs", lambda: ctl.runs(task_id), [])
-active = [r["id"] for r in runs if short_name(r.get("state", "")) in ("pending", "starting", "running")]
-if active:
-    if b3.button("Stop after this round") and attempt("Stopping", lambda: ctl.stop_run(active[0], hard=False), None):
-        acted("run stop requested", task_id=task_id, run_id=active[0])
-        st.success("Stop requested")
-    if b4.button("Stop now") and attempt("Stopping", lambda: ctl.stop_run(active[0], hard=True), None):
-        acted("run stopped", task_id=task_id, run_id=active[0])
-        st.success("Stopped")
-st.caption(f"Runs of this task: {len(runs)}; active: {', '.join(active) or 'none'}")
+        st.success(f"Run {run['id']} started: {link('run', run['id'], 'open it')} to watch or stop it")
+# Runs are stopped on their Run page (with a confirmation): one place for it.
+runs = newest_first(attempt("Listing runs", lambda: ctl.runs(task_id), []))
+st.subheader("Runs of this task (newest first)")
+metrics_table([{"run": url("run", r["id"]), "status": run_status(r.get("state", ""), r.get("outcome", "")),
+                "round": f"{r.get('current_round', 0)} of {r.get('total_rounds', 0) or '?'}",
+                "started": clock(r.get("started_at") or r.get("created_at", "")), "reason": r.get("reason", "")}
+               for r in runs], links={"run": "run"})

@@ -1,0 +1,153 @@
+"""Clients: state in plain words, device, data status, and labelled resource charts (the agent's own
+process CPU and memory beside the host's, network, disk) over a time range, with run/round bands,
+coloured by the global model version trained, for one client or several side by side."""
+
+import datetime as dt
+import functools
+import time
+from typing import Any
+
+import streamlit as st
+
+from fedops_common.words import client_state, duration
+from fedops_dash import charts
+from fedops_dash.backends import resource_timeline
+from fedops_dash.ui import (
+    attempt,
+    control,
+    elasticsearch_or_notice,
+    logs_url,
+    metrics_table,
+    page,
+    pick,
+    url,
+)
+
+RANGES = {"last 5 minutes": 5, "last 15 minutes": 15, "last hour": 60, "last 6 hours": 360, "last day": 1440}
+REFRESH_S = 5
+
+
+def rate(sample: dict[str, Any], before: dict[str, Any] | None, field: str, seconds: float) -> float | None:
+    """KiB/s of a counter between two samples (None for the first)."""
+    if before is None or seconds <= 0:
+        return None
+    return max(0.0, (sample.get(field, 0) - before.get(field, 0)) / seconds / 1024)
+
+
+page("Clients")
+ctl = control()
+clients = sorted(attempt("Listing clients", ctl.clients, []), key=lambda c: c.get("registered_at", ""), reverse=True)
+metrics_table([{"client": url("client", c["id"]), "device": c["device"].get("hostname", ""),
+                "state": client_state(c.get("state", "")), "why": c.get("state_reason", ""),
+                "last heartbeat": duration(c.get("heartbeat_age_s", -1)) + " ago",
+                "run": url("run", c["current_run_id"]) if c.get("current_run_id") else "",
+                "tasks": ", ".join(c.get("enrolled_task_ids", []))} for c in clients],
+              links={"client": "client", "run": "run"})
+labels = {c["id"]: f"{c['id']} · {c['device'].get('hostname', '')} · {client_state(c.get('state', ''))}"
+          for c in clients}
+client_id = pick("Client", list(labels), "client", labels=labels)
+if client_id is None:
+    st.info("No client has registered yet: start `fedops-agent`.")
+    st.stop()
+client = next((c for c in clients if c["id"] == client_id), None)
+if client is None:
+    st.error(f"client {client_id} is not registered")
+    st.stop()
+device = client["device"]
+gpu = f", GPU {device['gpu']}" if device.get("gpu") else ""
+st.markdown(f"**{client_id}** on **{device.get('hostname', '?')}** (device `{device.get('device_id', '')}`, "
+            f"{device.get('os', '')}, {device.get('cpu_count', '?')} CPUs, "
+            f"{int(device.get('ram_bytes', 0)) / 2**30:.1f} GiB RAM{gpu}, agent {device.get('agent_version', '?')}) · "
+            f"**{client_state(client.get('state', ''))}**"
+            + (f": {client['state_reason']}" if client.get("state_reason") else "")
+            + f" · [its logs]({logs_url(client_id=client_id)})")
+
+st.subheader("Data status (aggregates only)")
+status = client.get("data_status", {})
+summary = status.get("summary", {})
+if summary:
+    d1, d2, d3, d4 = st.columns(4)
+    d1.metric("Samples", int(summary.get("sample_count", 0)))
+    d2.metric("Features", int(summary.get("feature_count", 0)))
+    d3.metric("Missing", f"{summary.get('missing_ratio', 0):.1%}")
+    d4.metric("Freshness", duration(summary.get("freshness_s", -1)))
+    histogram = summary.get("label_histogram", {})
+    if histogram:
+        charts.grouped_bars([{"label": k, "count": v, "client": client_id} for k, v in histogram.items()],
+                            "label", "count", "client", "Samples per label", "samples")
+    st.caption(f"schema {summary.get('schema_hash', '')}; reported for "
+               + (f"run {status['run_id']} round {status.get('round', 0)}" if status.get("run_id") else "enrolment"))
+else:
+    st.caption("no data status reported yet")
+
+st.subheader("Resources")
+es_url = elasticsearch_or_notice("the resource timeline")
+if not es_url:
+    st.stop()
+r1, r2, r3 = st.columns([2, 3, 1])
+span = r1.selectbox("Time range", list(RANGES), index=1)
+compared = r2.multiselect("Compare with", [c for c in labels if c != client_id], format_func=lambda c: labels[c])
+live = r3.toggle("Auto-refresh", help=f"every {REFRESH_S} s")
+since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=RANGES[span])).isoformat()
+samples: list[dict[str, Any]] = []
+
+
+def read_samples(cid: str) -> list[dict[str, Any]]:
+    return resource_timeline(es_url, cid, 10_000, since)
+
+
+for cid in [client_id, *compared]:
+    samples += [{**s, "client": cid} for s in attempt(f"Reading resource samples of {cid}",
+                                                      functools.partial(read_samples, cid), [])]
+if not samples:
+    st.caption(f"no resource samples in the {span}")
+else:
+    several = bool(compared)
+    key = "client" if several else "model version"
+    rows = []
+    previous: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        before = previous.get(s["client"])
+        seconds = ((dt.datetime.fromisoformat(s["@timestamp"].replace("Z", "+00:00"))
+                    - dt.datetime.fromisoformat(before["@timestamp"].replace("Z", "+00:00"))).total_seconds()
+                   if before else 0.0)
+        rows.append({"time": s["@timestamp"], "client": s["client"],
+                     "model version": f"v{s.get('fedops.model.version', 0)}" if s.get("fedops.model.version")
+                     else "no model", "run": s.get("fedops.run.id", ""), "round": s.get("fedops.round", 0),
+                     "host CPU": s.get("host.cpu.usage", 0.0), "agent + Flower CPU": s.get("process.cpu.pct"),
+                     "host memory": s.get("system.memory.used.pct", 0.0),
+                     "agent + Flower RSS MiB": s.get("process.memory.rss", 0) / 2**20,
+                     "disk used": s.get("system.filesystem.used.pct", 0.0),
+                     "network out KiB/s": rate(s, before, "host.network.egress.bytes", seconds),
+                     "network in KiB/s": rate(s, before, "host.network.ingress.bytes", seconds)})
+        previous[s["client"]] = s
+    bands: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows if not several else []:
+        if row["run"]:
+            band = bands.setdefault((row["run"], row["round"]), {"start": row["time"], "label":
+                                    f"{row['run']} round {row['round']}"})
+            band["end"] = row["time"]
+    shaded = list(bands.values())
+    c1, c2 = st.columns(2)
+    with c1:
+        charts.timeseries([{"time": r["time"], key: r[key], "CPU": r["agent + Flower CPU"]} for r in rows
+                           if r["agent + Flower CPU"] is not None], "CPU", key,
+                          "Agent + SuperNode + ClientApp CPU (share of the host's cores)", "CPU", shaded, ".0%")
+        charts.timeseries([{"time": r["time"], key: r[key], "MiB": r["agent + Flower RSS MiB"]} for r in rows], "MiB",
+                          key, "Agent + SuperNode + ClientApp memory (RSS)", "MiB", shaded)
+        charts.timeseries([{"time": r["time"], "client": r["client"], "disk": r["disk used"]} for r in rows], "disk",
+                          "client", "Disk used (the agent's data disk)", "used", shaded, ".0%")
+    with c2:
+        charts.timeseries([{"time": r["time"], "client": r["client"], "CPU": r["host CPU"]} for r in rows], "CPU",
+                          "client", "Host CPU (every process on the device)", "CPU", shaded, ".0%")
+        charts.timeseries([{"time": r["time"], "client": r["client"], "memory": r["host memory"]} for r in rows],
+                          "memory", "client", "Host memory used", "used", shaded, ".0%")
+        charts.timeseries([{"time": r["time"], "series": f"{r['client']} {way}", "KiB/s": r[f"network {way} KiB/s"]}
+                           for r in rows for way in ("out", "in") if r[f"network {way} KiB/s"] is not None],
+                          "KiB/s", "series", "Network (host)", "KiB/s", shaded)
+    st.caption(f"{len(samples)} samples in the {span}; grey bands: the run and round being trained; "
+               + ("lines coloured by client" if several else "agent lines coloured by the global model version "
+                  "being trained"))
+if live:
+    time.sleep(REFRESH_S)
+    st.rerun()
