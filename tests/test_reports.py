@@ -53,6 +53,8 @@ class Harness:
         self.loop = asyncio.new_event_loop()
         self.bus = EventBus(sessions)
         self.agents = AgentSessions()
+        for client_id in ("client-a", "client-b", "client-c"):  # their agents hold sessions
+            self.agents.open(client_id)
         self.ended: list[tuple[str, int, str]] = []
         self.notices: list[int] = []
         self.server = ServerReports(sessions, self.bus, self.agents, None, self._round_notice,
@@ -212,6 +214,12 @@ def test_message_strategy_run_records_rounds_phases_and_completes(h: Harness) ->
     [timeout] = h.results(round=1, phase="train", client_id="client-c")
     assert timeout.error == "no reply in round 1 train within 30s"
     assert h.client_state("client-c") == (S.CLIENT_STATE_FAILED, "no reply in round 1 train within 30s")
+    # A client whose agent is gone left the run: offline, not failed.
+    queue = h.agents.open("client-c")
+    h.agents.close("client-c", queue)
+    h.phase_finished(1, "evaluate", sent=3, ok=2, needed=2, timed_out=["client-c"])
+    assert h.client_state("client-c") == (S.CLIENT_STATE_OFFLINE, "no reply in round 1 evaluate within 30s: "
+                                                                  "left the run (its agent disconnected)")
 
     h.send(1, aggregated=A.Aggregated(phase="train", metrics=metricvalues.to_proto({"loss": 0.8})))
     h.phase(1, "evaluate", clients=["client-a", "client-b"])
@@ -452,6 +460,16 @@ def test_cooperative_stop_is_acknowledged_and_ends_as_stopped(h: Harness) -> Non
     assert h.send(1, round_finished=A.RoundFinished(has_model=False)) is True
     h.send(1, app_finished=A.AppFinished())  # the app does not say it was stopped; the run row does
     assert h.ended == [(RUN, S.RUN_OUTCOME_STOPPED, "stopped by operator after 1 of 3 rounds")]
+
+
+def test_a_stopped_run_names_who_asked_for_the_stop(h: Harness) -> None:
+    h.strategy(rounds=3)
+    h.full_round(1)
+    with h.sessions.begin() as db:
+        db.add(EventRow(run_id=RUN, kind="stop_requested", message="stop requested by otto", data={"by": "otto"}))
+    h.set_run(stop_requested="cooperative")
+    h.send(1, app_finished=A.AppFinished())
+    assert h.ended == [(RUN, S.RUN_OUTCOME_STOPPED, "stopped by otto after 1 of 3 rounds")]
 
 
 def test_app_finished_without_any_message(h: Harness) -> None:

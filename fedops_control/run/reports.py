@@ -25,6 +25,7 @@ from fedops_control.run.events import EventBus
 from fedops_control.state.models import (
     ClientResultRow,
     ClientRow,
+    EventRow,
     ModelRow,
     RoundRow,
     RunRow,
@@ -87,10 +88,17 @@ def record_client_result(db: Session, run_id: str, number: int, phase: str, clie
     return new
 
 
-def _mark_failed(db: Session, client_id: str, reason: str) -> None:
+def _mark_failed(db: Session, client_id: str, reason: str, connected: bool) -> None:
+    """The client failed a step. One whose agent is gone (stopped, or its machine down) is offline,
+    not failed: Flower's "Node Unavailable" only says its SuperNode stopped answering."""
     client = db.get(ClientRow, client_id)
-    if client is not None:
+    if client is None:
+        return
+    if connected:
         client.state, client.state_reason = S.CLIENT_STATE_FAILED, reason
+    else:
+        client.state = S.CLIENT_STATE_OFFLINE
+        client.state_reason = f"{reason.split(':', 1)[0]}: left the run (its agent disconnected)"
 
 
 def _close_round(applied: Applied, round_row: RoundRow, counted: bool) -> None:
@@ -243,7 +251,8 @@ class ServerReports:
                                  error=result.error)
             if result.error:
                 round_row.failed = sorted(set(round_row.failed) | {cid})
-                _mark_failed(applied.db, cid, f"round {number} {result.phase}: {result.error}")
+                _mark_failed(applied.db, cid, f"round {number} {result.phase}: {result.error}",
+                             self._agents.is_connected(cid))
                 applied.say("client_failed", f"{cid} failed round {number} {result.phase}: {result.error}", cid)
             else:
                 round_row.responded = sorted(set(round_row.responded) | {cid})
@@ -260,7 +269,7 @@ class ServerReports:
             round_row.failed = sorted(set(round_row.failed) | {cid})
             reason = f"no reply in round {number} {finished.phase} within {round_row.phase_timeout_s:.0f}s"
             record_client_result(applied.db, run.id, number, finished.phase, cid, str(node_id), error=reason)
-            _mark_failed(applied.db, cid, reason)
+            _mark_failed(applied.db, cid, reason, self._agents.is_connected(cid))
             metrics.client_result(run.task_id, cid, finished.phase, failed=True)
             applied.say("client_failed", f"{cid}: {reason}", cid)
         metrics.phase_finished(finished.phase, (utcnow() - round_row.phase_started_at).total_seconds()
@@ -326,8 +335,11 @@ class ServerReports:
         if not has_models and not run.model_note:
             run.model_note = NO_ROUNDS_NOTE
         if finished.stopped or run.stop_requested:
-            outcome, reason = S.RUN_OUTCOME_STOPPED, (f"stopped by operator after {run.completed_rounds} of "
-                                                      f"{run.total_rounds or '?'} rounds")
+            asked = (applied.db.query(EventRow).filter(EventRow.run_id == run.id, EventRow.kind == "stop_requested")
+                     .order_by(EventRow.seq.desc()).first())
+            by = (asked.data or {}).get("by") if asked is not None else None
+            outcome, reason = S.RUN_OUTCOME_STOPPED, (f"stopped by {by or 'operator'} after {run.completed_rounds} "
+                                                      f"of {run.total_rounds or '?'} rounds")
         elif run.current_round == 0 and not applied.db.query(RoundRow).filter(RoundRow.run_id == run.id).first():
             outcome, reason = S.RUN_OUTCOME_COMPLETED, f"completed: {NO_MESSAGES}"
         else:
