@@ -248,7 +248,8 @@ def run(
     """Start the FedOps control service."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
-    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
+    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
+                       ("--kubeconfig", kubeconfig)):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no such file {path}", param_hint=name)
     if (mtls or tls_cert) and tls_ca is None:
