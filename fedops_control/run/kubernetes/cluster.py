@@ -6,6 +6,7 @@ in and come out as plain dicts (the API's camelCase JSON), so manifests and pod 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from fedops_control.run.kubernetes.manifests import MANAGED_BY, MANAGER, RUN_LABEL, Manifest
+
+QUOTA_WAIT_S = 15.0
 
 
 def connect(kubeconfig: Path | None, context: str | None = None) -> client.ApiClient:
@@ -43,7 +46,18 @@ class Cluster:
         ``dry_run``: the API server validates and admits it but stores nothing."""
         resource = self.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
         namespace = manifest["metadata"].get("namespace") if resource.namespaced else None
-        resource.create(body=manifest, namespace=namespace, **({"dry_run": "All"} if dry_run else {}))
+        deadline = time.monotonic() + QUOTA_WAIT_S
+        while True:
+            try:
+                resource.create(body=manifest, namespace=namespace, **({"dry_run": "All"} if dry_run else {}))
+                return
+            except ApiException as err:
+                # A pod created right after its namespace's ResourceQuota is refused until the quota
+                # controller has computed the quota's usage (a fraction of a second): try again.
+                if err.status != 403 or "status unknown for quota" not in str(err.body) \
+                        or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def run_namespaces(self, run_id: str = "") -> list[dict[str, Any]]:
         """The namespaces this service made (for one run, or all), terminating ones included."""
