@@ -85,3 +85,22 @@ def test_pod_states_in_plain_words() -> None:
     ready = read_pod(_pod("Running", conditions=[{"type": "Ready", "status": "True"}]))
     assert ready.ready and not ready.final and ready.words == ""
     assert read_pod(None).final
+
+
+def test_run_diagnose_of_a_starting_run_says_what_the_launcher_last_said(db_sessions) -> None:
+    from fedops_common.proto import common_pb2 as S
+    from fedops_control.agents.sessions import AgentSessions
+    from fedops_control.run.diagnosis import SUPERLINK_STATUS, diagnose
+    from fedops_control.state.models import EventRow, RunRow, TaskRow
+
+    with db_sessions.begin() as db:
+        db.add(TaskRow(id="task-1", title="t", app={"local_path": "/nowhere"}, strategy={}))
+        db.flush()
+        db.add(RunRow(id="run-1", task_id="task-1", state=S.RUN_STATE_STARTING, config_hash="h"))
+        db.flush()
+        db.add(EventRow(run_id="run-1", kind=SUPERLINK_STATUS, message="the SuperLink pod is pending"))
+        db.add(EventRow(run_id="run-1", kind=SUPERLINK_STATUS, message="the SuperLink pod cannot be scheduled: "
+                                                                       "0/1 nodes are available: 1 Insufficient cpu."))
+    summary = diagnose(db_sessions, AgentSessions(), "run-1").summary
+    assert summary == ("Run is starting: launching SuperLink and SuperNodes. SuperLink: the SuperLink pod cannot be "
+                       "scheduled: 0/1 nodes are available: 1 Insufficient cpu.")

@@ -56,7 +56,7 @@ def diagnose(sessions: sessionmaker[Session], agents: AgentSessions, run_id: str
             status = (db.query(EventRow).filter(EventRow.run_id == run_id, EventRow.kind == SUPERLINK_STATUS)
                       .order_by(EventRow.seq.desc()).first())
             if status is not None:
-                diag.summary += f" SuperLink: {status.message}."
+                diag.summary += f" SuperLink: {status.message.rstrip('.')}."
             return diag
         round_row = db.get(RoundRow, (run_id, run.current_round)) if run.current_round else None
         if round_row is None or round_row.phase in ("done", "failed"):
