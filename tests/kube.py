@@ -145,7 +145,7 @@ class KubeCluster:
             "--controllers", "namespace,resourcequota,serviceaccount",
             "--service-account-private-key-file", str(self.root / "sa.key"), "--root-ca-file", str(ca_file)])
         self._spawn("kwok", [str(bins["kwok"]), "--kubeconfig", admin, "--config", str(KWOK_STAGES),
-                             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector",
+                             "--manage-nodes-with-annotation-selector",
                              "kwok.x-k8s.io/node=fake", "--server-address", f"127.0.0.1:{free_port('127.0.0.1')}"])
         core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": NODE, "annotations": {"kwok.x-k8s.io/node": "fake"},

@@ -167,6 +167,9 @@ def test_after_a_restart_running_runs_are_adopted_and_orphans_deleted(cluster: C
         await launcher.start("run-kept", tmp_path / "kept")
         await launcher.start("run-orphan", tmp_path / "orphan")
         await launcher.close()  # the service exits; namespaces stay
+        other = _launcher(cluster, events, control_namespace="other-fedops")  # another FedOps in the cluster
+        await other.start("run-other", tmp_path / "other")
+        await other.close()
 
     asyncio.run(before())
     assert cluster.namespace_exists("fedops-run-kept") and cluster.namespace_exists("fedops-run-orphan")
@@ -187,3 +190,5 @@ def test_after_a_restart_running_runs_are_adopted_and_orphans_deleted(cluster: C
     asyncio.run(after())
     _gone(cluster, "fedops-run-orphan")
     _gone(cluster, "fedops-run-kept")
+    assert cluster.namespace_exists("fedops-run-other")  # not this service's to delete
+    cluster.delete_namespace("fedops-run-other")

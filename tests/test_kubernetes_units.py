@@ -30,6 +30,7 @@ def test_a_run_gets_exactly_its_namespace_and_objects() -> None:
         ("Pod", "superlink"), ("Service", "superlink-fleet"), ("Service", "superlink")]
     assert all(o["metadata"]["labels"][RUN_LABEL] == "run-abc" for o in objects)
     assert all(o["metadata"].get("namespace") == "fedops-run-abc" for o in objects[1:])
+    assert objects[0]["metadata"]["labels"]["fedops.io/owner"] == "fedops"  # the control service's namespace
 
 
 def test_only_the_fleet_port_is_open_to_everyone() -> None:

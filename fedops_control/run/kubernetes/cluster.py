@@ -14,7 +14,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from fedops_control.run.kubernetes.manifests import MANAGED_BY, MANAGER, RUN_LABEL, Manifest
+from fedops_control.run.kubernetes.manifests import MANAGED_BY, MANAGER, OWNER_LABEL, RUN_LABEL, Manifest
 
 QUOTA_WAIT_S = 15.0
 
@@ -59,9 +59,10 @@ class Cluster:
                     raise
             time.sleep(0.2)
 
-    def run_namespaces(self, run_id: str = "") -> list[dict[str, Any]]:
-        """The namespaces this service made (for one run, or all), terminating ones included."""
-        selector = f"{MANAGED_BY}={MANAGER}" + (f",{RUN_LABEL}={run_id}" if run_id else "")
+    def run_namespaces(self, owner: str, run_id: str = "") -> list[dict[str, Any]]:
+        """The run namespaces of the control service in namespace ``owner`` (for one run, or all),
+        terminating ones included."""
+        selector = f"{MANAGED_BY}={MANAGER},{OWNER_LABEL}={owner}" + (f",{RUN_LABEL}={run_id}" if run_id else "")
         return [self._plain(ns) for ns in self.core.list_namespace(label_selector=selector).items]
 
     def namespace_exists(self, name: str) -> bool:

@@ -35,6 +35,7 @@ from fedops_control.run.kubernetes.manifests import (
     LINK_PORT,
     LINK_SERVICE,
     POD_NAME,
+    RUN_LABEL,
     ClusterSettings,
     link_host,
     run_manifests,
@@ -71,10 +72,10 @@ class KubernetesLauncher:
     async def open(self) -> None:
         """Delete the namespaces of runs nobody adopted (orphans of an earlier process: runs that
         finished or failed while it was down), and watch the adopted ones."""
-        for namespace in await asyncio.to_thread(self.cluster.run_namespaces):
+        for namespace in await asyncio.to_thread(self.cluster.run_namespaces, self.settings.control_namespace):
             name = namespace["metadata"]["name"]
             if name in self._mine:
-                self._watch(namespace["metadata"]["labels"].get("fedops.io/run-id", ""), name)
+                self._watch(namespace["metadata"]["labels"].get(RUN_LABEL, ""), name)
             elif not namespace["metadata"].get("deletionTimestamp"):
                 log.info("deleting an orphaned run namespace", namespace=name)
                 await asyncio.to_thread(self.cluster.delete_namespace, name)
@@ -216,7 +217,7 @@ class KubernetesLauncher:
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The run's namespace with a pod that can still serve, found by its labels (None if gone);
         :meth:`open` then watches it."""
-        for namespace in self.cluster.run_namespaces(run_id):
+        for namespace in self.cluster.run_namespaces(self.settings.control_namespace, run_id):
             name = namespace["metadata"]["name"]
             if namespace["metadata"].get("deletionTimestamp"):
                 continue

@@ -31,6 +31,7 @@ Manifest = dict[str, Any]
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "fedops-control"
 RUN_LABEL = "fedops.io/run-id"
+OWNER_LABEL = "fedops.io/owner"  # on run namespaces: the control service's namespace (two services, one cluster)
 COMPONENT = "app.kubernetes.io/component"
 POD_NAME = "superlink"
 SERVICE_ACCOUNT = "superexec"
@@ -104,7 +105,9 @@ def run_manifests(settings: ClusterSettings, run_id: str, tls: tuple[bytes, byte
     ``namespace``: default :meth:`ClusterSettings.namespace`."""
     ns = namespace or settings.namespace(run_id)
     pod_labels = {MANAGED_BY: MANAGER, RUN_LABEL: run_id, COMPONENT: POD_NAME}
-    objects: list[Manifest] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, "", run_id)}]
+    namespace_meta = _meta(ns, "", run_id)
+    namespace_meta["labels"][OWNER_LABEL] = settings.control_namespace
+    objects: list[Manifest] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": namespace_meta}]
     if settings.control_subject is not None:
         objects.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                         "metadata": _meta("fedops-control", ns, run_id),
