@@ -82,6 +82,7 @@ class KubeCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def _wait(self, what: str, check: Any, timeout_s: float = 60.0) -> Any:
+        """Poll ``check()`` until truthy; fail at once, with its log, when a component exits."""
         deadline = time.monotonic() + timeout_s
         error: Exception | None = None
         while time.monotonic() < deadline:
@@ -122,6 +123,7 @@ class KubeCluster:
         self._spawn("kube-apiserver", [
             str(bins["kube-apiserver"]), "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
             "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
+            "--endpoint-reconciler-type", "none",  # no kubernetes Service endpoints: loopback is not allowed there
             "--tls-cert-file", str(cert), "--tls-private-key-file", str(key), "--client-ca-file", str(ca_file),
             "--service-account-key-file", str(self.root / "sa.pub"),
             "--service-account-signing-key-file", str(self.root / "sa.key"),
@@ -136,12 +138,11 @@ class KubeCluster:
         core = self.core()
         self._wait("the API server", lambda: core.list_namespace() is not None and core.read_namespace("default"))
         admin = str(self.admin_kubeconfig)
+        # No serving port (--secure-port 0), so no authentication/authorization kubeconfigs either.
         self._spawn("kube-scheduler", [str(bins["kube-scheduler"]), "--kubeconfig", admin,
-                                       "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
                                        "--leader-elect=false", "--secure-port", "0"])
         self._spawn("kube-controller-manager", [
-            str(bins["kube-controller-manager"]), "--kubeconfig", admin, "--authentication-kubeconfig", admin,
-            "--authorization-kubeconfig", admin, "--leader-elect=false", "--secure-port", "0",
+            str(bins["kube-controller-manager"]), "--kubeconfig", admin, "--leader-elect=false", "--secure-port", "0",
             "--controllers", "namespace,resourcequota,serviceaccount",
             "--service-account-private-key-file", str(self.root / "sa.key"), "--root-ca-file", str(ca_file)])
         self._spawn("kwok", [str(bins["kwok"]), "--kubeconfig", admin, "--config", str(KWOK_STAGES),
@@ -158,6 +159,10 @@ class KubeCluster:
             return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
         self._wait("the kwok node to be Ready", node_ready)
+        # The API server taints a new node not-ready; the node lifecycle controller lifts the taint
+        # once the node is Ready. That controller is not run here (it would also evict pods when kwok's
+        # node heartbeats pause), so the harness lifts it as the controller would.
+        core.patch_node(NODE, {"spec": {"taints": []}})
         return self
 
     def api(self, kubeconfig: Path | None = None) -> Any:
@@ -171,10 +176,9 @@ class KubeCluster:
         return client.CoreV1Api(self.api(kubeconfig))
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
+        for process in reversed(list(self.processes.values())):  # etcd last: the others need it to stop
             if process.poll() is None:
                 process.terminate()
-        for process in self.processes.values():
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
