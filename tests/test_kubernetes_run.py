@@ -37,7 +37,8 @@ def k8s_stack(tmp_path: Path, kube_cluster: KubeCluster, digits_data: list[Path]
 
 
 def _events(stack: LocalStack, run_id: str) -> list[dict]:
-    return list(map(json.loads, stack.ctl("--output", "json", "run", "watch", run_id).stdout.splitlines()))
+    # `run watch` exits non-zero for a failed run: its output is what is read here.
+    return list(map(json.loads, stack.ctl("--output", "json", "run", "watch", run_id, check=False).stdout.splitlines()))
 
 
 def _gone(cluster: Cluster, namespace: str, timeout_s: float = 60) -> None:
@@ -56,7 +57,8 @@ def test_a_run_gets_as_far_as_its_ready_pod_then_fails_and_its_namespace_goes(
     namespace = f"fedops-{run['id']}"
     finished = wait_finished(stack, run["id"], timeout_s=120)
     assert finished["outcome"] == "RUN_OUTCOME_FAILED"
-    assert finished["reason"].startswith("launch failed:")
+    # Nothing serves the SuperLink's Control API (kwok runs no containers; no cluster DNS here either).
+    assert finished["reason"].startswith("launch failed: registering SuperNode")
     statuses = [e["message"] for e in _events(stack, run["id"]) if e["kind"] == "superlink_status"]
     assert f"the SuperLink pod is ready in namespace {namespace}" in statuses
     _gone(cluster, namespace)
