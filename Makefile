@@ -14,10 +14,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## a real 3-round FL run across 3 local agents (SQLite, logs to files)
 	$(PY) examples/digits/demo.py
 
-test: $(VENV)/.installed  ## the whole suite: lint, real backends and a Docker engine installed, stub check, every test
+test: $(VENV)/.installed  ## the whole suite: lint, real backends, a Docker engine and a Kubernetes control plane installed, stub check, every test
 	$(MAKE) lint check-proto
 	scripts/install_backends.sh
 	scripts/install_docker.sh
+	scripts/install_k8s.sh
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA
 
 test-containers: $(VENV)/.installed  ## only the container tests: Docker engine, images built offline, containerized FL runs

@@ -23,7 +23,7 @@ export DOCKER_HOST DOCKER_BUILDKIT=0
 IMAGES=("$@")
 [ "${#IMAGES[@]}" -gt 0 ] || IMAGES=(control agent dashboard)
 # What each image installs (the control image runs the ServerApps: numpy is a core dependency).
-declare -A EXTRAS=([control]="postgres" [agent]="" [dashboard]="")
+declare -A EXTRAS=([control]="postgres,kubernetes" [agent]="" [dashboard]="")  # kubernetes: the launcher and Flower's executor
 
 # 1. Base image.
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -36,9 +36,9 @@ fi
 key="$( (cat pyproject.toml; "$PYTHON" -V) | sha256sum | cut -c1-16)"
 WHEELS="$CACHE/wheels/$key"
 if [ ! -f "$WHEELS/.complete" ]; then
-  echo "build_images: pip wheel (dependencies of .[postgres,dashboard]) -> $WHEELS"
+  echo "build_images: pip wheel (dependencies of .[postgres,dashboard,kubernetes]) -> $WHEELS"
   rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-  "$PYTHON" -m pip wheel -q -w "$WHEELS" ".[postgres,dashboard]" "setuptools>=68" wheel
+  "$PYTHON" -m pip wheel -q -w "$WHEELS" ".[postgres,dashboard,kubernetes]" "setuptools>=68" wheel
   rm -f "$WHEELS"/fedops_stack-*.whl   # the project itself is installed from its sources
   touch "$WHEELS/.complete"
 fi

@@ -82,3 +82,16 @@ def control_stack(root: Path, **options: Any) -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Kubernetes control plane on loopback (etcd, kube-apiserver, scheduler, controller
+    manager) with one kwok node; see tests/kube.py. Fails when scripts/install_k8s.sh has not run."""
+    from tests.kube import KubeCluster
+
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

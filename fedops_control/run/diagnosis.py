@@ -8,10 +8,11 @@ from fedops_common.convert import utcnow
 from fedops_common.proto import common_pb2
 from fedops_control.agents.sessions import AgentSessions
 from fedops_control.errors import NotFound
-from fedops_control.state.models import ClientRow, RoundRow, RunRow
+from fedops_control.state.models import ClientRow, EventRow, RoundRow, RunRow
 from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
+SUPERLINK_STATUS = "superlink_status"  # run events a launcher publishes while the SuperLink starts or changes
 
 
 def _missing(db: Session, agents: AgentSessions, client_ids: list[str]) -> list[common_pb2.MissingClient]:
@@ -52,6 +53,11 @@ def diagnose(sessions: sessionmaker[Session], agents: AgentSessions, run_id: str
             diag.waiting = True
             state = common_pb2.RunState.Name(S.RunState.ValueType(run.state)).split("_")[-1].lower()
             diag.summary = f"Run is {state}: launching SuperLink and SuperNodes."
+            # A launcher that reports on the SuperLink's start (Kubernetes: the pod's state) says why it waits.
+            status = (db.query(EventRow).filter(EventRow.run_id == run_id, EventRow.kind == SUPERLINK_STATUS)
+                      .order_by(EventRow.seq.desc()).first())
+            if status is not None:
+                diag.summary += f" SuperLink: {status.message.rstrip('.')}."
             return diag
         round_row = db.get(RoundRow, (run_id, run.current_round)) if run.current_round else None
         if round_row is None or round_row.phase in ("done", "failed"):

@@ -45,6 +45,7 @@ class SuperLinkHandle:
     flwr_home: Path = field(default=Path(), repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int = field(default=0, repr=False)
+    where: str = ""  # the Kubernetes launcher's: the run's namespace
 
     @property
     def root_certificates(self) -> bytes:
@@ -69,6 +70,10 @@ class SuperLinkLauncher(Protocol):
 
     def is_alive(self, handle: SuperLinkHandle) -> bool:
         """Whether the run's SuperLink still runs."""
+        ...
+
+    def why_down(self, handle: SuperLinkHandle) -> str:
+        """Once :meth:`is_alive` is False: what happened, in plain words (the run's failure reason)."""
         ...
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
@@ -210,6 +215,10 @@ class LocalProcessLauncher:
     def is_alive(self, handle: SuperLinkHandle) -> bool:
         """Its process (or, adopted after a restart, its pid) is still running."""
         return handle.process.poll() is None if handle.process is not None else pid_alive(handle.pid)
+
+    def why_down(self, handle: SuperLinkHandle) -> str:
+        """A local SuperLink that is gone has exited (its log in the run's workdir says why)."""
+        return "SuperLink process exited"
 
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The process group of ``run_id``'s SuperLink, found by its database path (which names the

@@ -324,7 +324,8 @@ class RunManager(RunLaunch):
                     if run.state != S.RUN_STATE_RUNNING:
                         continue
                     if not self._launcher.is_alive(active.handle):
-                        await self.finish(run_id, S.RUN_OUTCOME_FAILED, "SuperLink process exited")
+                        await self.finish(run_id, S.RUN_OUTCOME_FAILED, self._launcher.why_down(active.handle)
+                                          or "SuperLink exited")
                         continue
                     if now - active.last_report < SILENCE_BEFORE_STATUS_CHECK_S:
                         continue

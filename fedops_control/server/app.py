@@ -39,8 +39,10 @@ from fedops_control.access.tokens import TokenStore
 from fedops_control.agents.sessions import AgentSessions
 from fedops_control.metrics import register_state_collector
 from fedops_control.registry.store import ModelStore
+from fedops_control.run.diagnosis import SUPERLINK_STATUS
 from fedops_control.run.events import EventBus
-from fedops_control.run.launcher import LocalProcessLauncher
+from fedops_control.run.kubernetes.options import KubernetesOptions, build_launcher
+from fedops_control.run.launcher import LocalProcessLauncher, SuperLinkLauncher
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
 from fedops_control.server.agent_servicer import AgentServicer
@@ -108,7 +110,8 @@ def agent_targets(sessions: sessionmaker[Session], agents: AgentSessions) -> lis
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
-                security: Security | None = None, spare_superlink: bool = True) -> None:
+                security: Security | None = None, spare_superlink: bool = True,
+                kubernetes: KubernetesOptions | None = None) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,13 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
     superlink_ca = (CertificateAuthority.load_or_create(data_dir / "superlink-ca", "FedOps SuperLink CA")
                     if security.superlink_tls else None)
-    launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
-                                    spare_dir=data_dir / "superlinks" if spare_superlink else None)
+    launcher: SuperLinkLauncher
+    if kubernetes is not None:  # each run's SuperLink in a namespace of its own
+        launcher = build_launcher(kubernetes, superlink_host, superlink_ca,
+                                  on_status=lambda run_id, words: bus.publish(run_id, SUPERLINK_STATUS, words))
+    else:
+        launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
+                                        spare_dir=data_dir / "superlinks" if spare_superlink else None)
     preflight = Preflight()  # StartRun sends the checks (RunManager), agents' answers arrive (AgentServicer)
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
@@ -214,12 +222,34 @@ def run(
             help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)"
         ),
     ] = True,
+    launcher: Annotated[
+        str, typer.Option(help="where runs' SuperLinks run: 'local' (here) or 'kubernetes' (a namespace each)")
+    ] = "local",
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubernetes launcher: kubeconfig file (default: in-cluster service account)")
+    ] = None,
+    k8s_image: Annotated[str, typer.Option(help="kubernetes launcher: image of SuperLink, SuperExec, ServerApps")] = "",
+    k8s_namespace_prefix: Annotated[str, typer.Option(help="kubernetes launcher: run namespaces' prefix")] = "fedops-",
+    k8s_fleet_service: Annotated[
+        str, typer.Option(help="kubernetes launcher: Fleet Service type (NodePort, LoadBalancer, ClusterIP)")
+    ] = "NodePort",
+    k8s_control_namespace: Annotated[
+        str, typer.Option(help="kubernetes launcher: this service's namespace (its pods may reach the Control API)")
+    ] = "fedops",
+    k8s_service_account: Annotated[
+        str, typer.Option(help="kubernetes launcher: this service's ServiceAccount, bound to its role in each run "
+                               "namespace ('' = its credentials need no binding)")
+    ] = "",
+    k8s_start_timeout: Annotated[
+        float, typer.Option(help="kubernetes launcher: seconds a SuperLink pod gets to become ready")
+    ] = 300.0,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
-    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
+    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
+                       ("--kubeconfig", kubeconfig)):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no such file {path}", param_hint=name)
     if (mtls or tls_cert) and tls_ca is None:
@@ -227,13 +257,24 @@ def run(
                                  param_hint="--tls-ca")
     if mtls and tls_cert is None:
         raise typer.BadParameter("--mtls needs --tls-cert and --tls-key", param_hint="--mtls")
+    if launcher not in ("local", "kubernetes"):
+        raise typer.BadParameter("'local' or 'kubernetes'", param_hint="--launcher")
+    if launcher == "kubernetes" and not k8s_image:
+        raise typer.BadParameter("the kubernetes launcher needs --k8s-image", param_hint="--k8s-image")
+    if k8s_fleet_service not in ("NodePort", "LoadBalancer", "ClusterIP"):
+        raise typer.BadParameter("NodePort, LoadBalancer or ClusterIP", param_hint="--k8s-fleet-service")
+    kubernetes = KubernetesOptions(
+        image=k8s_image, kubeconfig=kubeconfig, namespace_prefix=k8s_namespace_prefix,
+        fleet_service_type=k8s_fleet_service, control_namespace=k8s_control_namespace,
+        start_timeout_s=k8s_start_timeout, service_account=k8s_service_account) if launcher == "kubernetes" else None
     security = Security(auth=auth, admin_token_file=admin_token_file, tls_cert=tls_cert, tls_key=tls_key,
                         tls_ca=tls_ca, mtls=mtls, superlink_tls=superlink_tls)
     telemetry = start_telemetry("fedops-control", data_dir / "telemetry", elasticsearch_url=elasticsearch_url,
                                 log_level=log_level)
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
-                          superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink))
+                          superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink,
+                          kubernetes=kubernetes))
     finally:
         telemetry.close()
 

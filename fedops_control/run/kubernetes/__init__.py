@@ -1,0 +1,1 @@
+"""Running each run's SuperLink on Kubernetes: one namespace per run (see :mod:`.launcher`)."""

@@ -1,0 +1,48 @@
+"""The control service's Kubernetes launcher options, and building the launcher from them.
+
+Kept apart from the launcher so that the control service imports the ``kubernetes`` client (the
+``kubernetes`` extra) only when this launcher is chosen: the local launcher stays the default and
+needs none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedops_control.run.kubernetes.manifests import ClusterSettings
+
+if TYPE_CHECKING:
+    from fedops_common.ca import CertificateAuthority
+    from fedops_control.run.kubernetes.launcher import KubernetesLauncher, StatusHook
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """``fedops-control --launcher kubernetes ...``"""
+
+    image: str                      # the SuperLink/SuperExec/ServerApp image (carries fedops_control and flwr)
+    kubeconfig: Path | None = None  # None: the pod's in-cluster service account
+    context: str | None = None
+    namespace_prefix: str = "fedops-"
+    fleet_service_type: str = "NodePort"
+    control_namespace: str = "fedops"
+    start_timeout_s: float = 300.0
+    service_account: str = ""       # this service's ServiceAccount (in control_namespace): bound per run namespace
+
+
+def build_launcher(options: KubernetesOptions, advertised_host: str, ca: CertificateAuthority | None,
+                   on_status: StatusHook | None) -> KubernetesLauncher:
+    """Connect to the API server and make the launcher."""
+    from fedops_control.run.kubernetes.cluster import Cluster, connect
+    from fedops_control.run.kubernetes.launcher import KubernetesLauncher
+
+    settings = ClusterSettings(image=options.image, namespace_prefix=options.namespace_prefix,
+                               fleet_service_type=options.fleet_service_type,
+                               control_namespace=options.control_namespace,
+                               control_subject={"kind": "ServiceAccount", "name": options.service_account,
+                                                "namespace": options.control_namespace}
+                               if options.service_account else None)
+    return KubernetesLauncher(Cluster(connect(options.kubeconfig, options.context)), settings, advertised_host,
+                              ca=ca, start_timeout_s=options.start_timeout_s, on_status=on_status)

@@ -1,0 +1,128 @@
+"""The Helm charts (deploy/helm): lint, render for several value sets, and every rendered object
+admitted by a real API server (server-side dry run); the chart's RBAC is applied for real and is
+enough for the Kubernetes launcher to run a run namespace, and no more."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fedops_control.run.kubernetes.cluster import Cluster, connect
+from fedops_control.run.kubernetes.launcher import KubernetesLauncher
+from fedops_control.run.kubernetes.manifests import ClusterSettings
+from tests.kube import CONTROL_USER, KubeCluster, helm
+
+pytestmark = pytest.mark.integration  # real helm and API server
+CHARTS = Path(__file__).resolve().parents[1] / "deploy" / "helm"
+VALUE_SETS = sorted((chart.name, values.name) for chart in CHARTS.iterdir() for values in (chart / "ci").glob("*.yaml"))
+RELEASE_NS = "fedops"
+
+
+def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(helm()), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def _render(chart: str, values: str | None, *sets: str) -> list[dict[str, Any]]:
+    args = ["template", "fedops", str(CHARTS / chart), "--namespace", RELEASE_NS]
+    if values:
+        args += ["-f", str(CHARTS / chart / "ci" / values)]
+    for item in sets:
+        args += ["--set", item]
+    return [doc for doc in yaml.safe_load_all(_helm(*args).stdout) if doc]
+
+
+def test_there_are_value_sets_for_both_charts() -> None:
+    assert {chart for chart, _ in VALUE_SETS} == {"fedops-control", "fedops-agent"}
+    assert len(VALUE_SETS) >= 5
+
+
+@pytest.mark.parametrize(("chart", "values"), VALUE_SETS)
+def test_helm_lint(chart: str, values: str) -> None:
+    result = _helm("lint", "--strict", str(CHARTS / chart), "-f", str(CHARTS / chart / "ci" / values))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(("chart", "missing"), [
+    ("fedops-control", "adminToken.existingSecret is required"),
+    ("fedops-agent", "control is required"),
+])
+def test_defaults_refuse_to_render_without_secrets(chart: str, missing: str) -> None:
+    """Secure defaults: no admin token or enrolment token is made up; TLS is on."""
+    result = _helm("template", "fedops", str(CHARTS / chart), check=False)
+    assert result.returncode != 0 and missing in result.stderr
+    no_tls_secret = _helm("template", "fedops", str(CHARTS / "fedops-control"), "--set",
+                          "adminToken.existingSecret=a", "--set", "dashboard.tokenSecret=d", check=False)
+    assert "tls.existingSecret is required while tls.enabled" in no_tls_secret.stderr
+
+
+def test_the_control_chart_renders_tls_prometheus_and_the_kubernetes_launcher() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _render("fedops-control",
+                                                                       "kubernetes-launcher-values.yaml")}
+    pod = objects[("Deployment", "fedops-fedops-control")]["spec"]["template"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert "--tls-cert=/etc/fedops/tls/tls.crt" in args and "--launcher=kubernetes" in args
+    assert "--k8s-control-namespace=fedops" in args and "--k8s-service-account=fedops-fedops-control" in args
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == ClusterSettings(image="x").control_pod_labels[
+        "app.kubernetes.io/name"]  # what run namespaces admit to their Control API
+    rules = objects[("ClusterRole", "fedops-fedops-control-namespaces")]["rules"]
+    assert {r["resources"][0] for r in rules} == {"namespaces", "rolebindings", "clusterroles"}
+
+
+@pytest.mark.parametrize(("chart", "values"), VALUE_SETS)
+def test_every_rendered_object_is_admitted_by_the_api_server(kube_cluster: KubeCluster, chart: str,
+                                                              values: str) -> None:
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    if not cluster.namespace_exists(RELEASE_NS):
+        cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NS}})
+    objects = _render(chart, values)
+    assert objects
+    for obj in objects:
+        cluster.create(obj, dry_run=True)  # ApiException (with the server's reason) when not admitted
+
+
+def test_the_charts_rbac_is_all_the_launcher_needs(kube_cluster: KubeCluster, tmp_path: Path) -> None:
+    """Apply the chart's ClusterRoles for real, bind the namespaces one to the test user
+    'fedops-control' (instead of the chart's ServiceAccount), and launch a run with that user's
+    credentials: it binds itself in the run namespace and creates everything; elsewhere it may
+    not even read a Secret."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    admin = Cluster(connect(kube_cluster.admin_kubeconfig))
+    for obj in _render("fedops-control", "kubernetes-launcher-values.yaml"):
+        if obj["kind"] == "ClusterRole":
+            admin.create(obj)
+    admin.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                  "metadata": {"name": "test-fedops-control-namespaces"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                              "name": "fedops-fedops-control-namespaces"},
+                  "subjects": [{"kind": "User", "name": CONTROL_USER, "apiGroup": "rbac.authorization.k8s.io"}]})
+    limited = Cluster(connect(kube_cluster.control_kubeconfig))
+    subject = {"kind": "User", "name": CONTROL_USER, "apiGroup": "rbac.authorization.k8s.io"}
+    launcher = KubernetesLauncher(limited, ClusterSettings(image="fedops-control:test", control_subject=subject),
+                                  advertised_host="127.0.0.1", start_timeout_s=30, poll_s=0.3)
+
+    async def scenario() -> None:
+        handle = await launcher.start("run-rbac", tmp_path / "run-rbac")
+        try:
+            assert limited.read_pod(handle.where, "superlink") is not None
+        finally:
+            await launcher.stop(handle)
+            await launcher.close()
+
+    asyncio.run(scenario())
+    with pytest.raises(ApiException) as denied:
+        client.CoreV1Api(limited.api).list_namespaced_secret("default")
+    assert denied.value.status == 403
+    with pytest.raises(ApiException) as denied:
+        client.CoreV1Api(limited.api).list_namespaced_pod("kube-system")
+    assert denied.value.status == 403

@@ -1,0 +1,102 @@
+"""Runs through `fedops-control --launcher kubernetes` (a real control service and real agents)
+against a real API server with kwok (tests/kube.py).
+
+kwok runs no containers, so a run gets as far as its SuperLink pod being ready and then fails at
+the first call to the SuperLink's Control API (nothing serves it) - with the reason, and its
+namespace deleted. An unschedulable SuperLink pod is diagnosed in plain words while the run starts
+and fails the run within the launcher's start timeout; a hard stop deletes the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedops_control.devstack import LocalStack
+from fedops_control.run.kubernetes.cluster import Cluster, connect
+from tests.conftest import control_stack
+from tests.kube import NODE, KubeCluster
+from tests.test_e2e import create_task, get_run, start_clients, wait_finished, wait_for
+
+pytestmark = pytest.mark.integration  # real servers and processes, no FL round
+START_TIMEOUT_S = 15
+
+
+@pytest.fixture
+def k8s_stack(tmp_path: Path, kube_cluster: KubeCluster, digits_data: list[Path]) -> Iterator[tuple[LocalStack, str]]:
+    args = ["--launcher", "kubernetes", "--kubeconfig", str(kube_cluster.admin_kubeconfig),
+            "--k8s-image", "fedops-control:test", "--k8s-start-timeout", str(START_TIMEOUT_S)]
+    with control_stack(tmp_path / "stack", control_args=args) as stack:
+        task_id = create_task(stack, rounds=1, timeout_s=30)
+        start_clients(stack, task_id, digits_data[:2], "k")
+        yield stack, task_id
+
+
+def _events(stack: LocalStack, run_id: str) -> list[dict]:
+    # `run watch` exits non-zero for a failed run: its output is what is read here.
+    return list(map(json.loads, stack.ctl("--output", "json", "run", "watch", run_id, check=False).stdout.splitlines()))
+
+
+def _gone(cluster: Cluster, namespace: str, timeout_s: float = 60) -> None:
+    wait_for(lambda: not cluster.namespace_exists(namespace), timeout_s)
+
+
+def _cordon(kube_cluster: KubeCluster, unschedulable: bool) -> None:
+    kube_cluster.core().patch_node(NODE, {"spec": {"unschedulable": unschedulable}})
+
+
+def test_a_run_gets_as_far_as_its_ready_pod_then_fails_and_its_namespace_goes(
+        k8s_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
+    stack, task_id = k8s_stack
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    run = stack.ctl_json("run", "start", task_id)
+    namespace = f"fedops-{run['id']}"
+    finished = wait_finished(stack, run["id"], timeout_s=120)
+    assert finished["outcome"] == "RUN_OUTCOME_FAILED"
+    # Nothing serves the SuperLink's Control API (kwok runs no containers; no cluster DNS here either).
+    assert finished["reason"].startswith("launch failed: registering SuperNode")
+    statuses = [e["message"] for e in _events(stack, run["id"]) if e["kind"] == "superlink_status"]
+    assert f"the SuperLink pod is ready in namespace {namespace}" in statuses
+    _gone(cluster, namespace)
+
+
+def test_an_unschedulable_superlink_is_diagnosed_and_fails_the_run_within_the_timeout(
+        k8s_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
+    stack, task_id = k8s_stack
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    _cordon(kube_cluster, True)
+    try:
+        started = time.monotonic()
+        run = stack.ctl_json("run", "start", task_id)
+        diagnosis = wait_for(lambda: "cannot be scheduled" in (d := stack.ctl_json("run", "diagnose", run["id"]))
+                             .get("summary", "") and d, 30)
+        assert "node(s) were unschedulable" in diagnosis["summary"]
+        finished = wait_finished(stack, run["id"], timeout_s=START_TIMEOUT_S + 30)
+        assert time.monotonic() - started < START_TIMEOUT_S + 30
+        assert finished["outcome"] == "RUN_OUTCOME_FAILED"
+        assert f"not ready within {START_TIMEOUT_S}s" in finished["reason"]
+        assert "cannot be scheduled" in finished["reason"]
+        assert "cannot be scheduled" in stack.ctl_json("run", "diagnose", run["id"])["summary"]
+        _gone(cluster, f"fedops-{run['id']}")
+    finally:
+        _cordon(kube_cluster, False)
+
+
+def test_a_hard_stop_while_the_pod_waits_deletes_the_namespace(k8s_stack: tuple[LocalStack, str],
+                                                               kube_cluster: KubeCluster) -> None:
+    stack, task_id = k8s_stack
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    _cordon(kube_cluster, True)
+    try:
+        run = stack.ctl_json("run", "start", task_id)
+        namespace = f"fedops-{run['id']}"
+        wait_for(lambda: cluster.namespace_exists(namespace), 30)
+        stack.ctl("run", "stop", "--hard", run["id"])
+        assert get_run(stack, run["id"])["state"] == "RUN_STATE_FINISHED"
+        _gone(cluster, namespace)
+    finally:
+        _cordon(kube_cluster, False)
