@@ -7,6 +7,8 @@ import contextlib
 import os
 import secrets
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,8 +38,9 @@ from fedops_control.access.audit import AuditLog
 from fedops_control.access.interceptor import AccessControl, AuthInterceptor
 from fedops_control.access.servicer import AccessServicer
 from fedops_control.access.tokens import TokenStore
-from fedops_control.agents.sessions import AgentSessions
-from fedops_control.metrics import register_state_collector
+from fedops_control.agents.liveness import Liveness
+from fedops_control.agents.sessions import AgentSessions, LivenessSettings
+from fedops_control.metrics import register_state_collector, watch_event_loop
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.events import EventBus
 from fedops_control.run.launcher import LocalProcessLauncher
@@ -46,7 +49,8 @@ from fedops_control.run.preflight import Preflight
 from fedops_control.server.agent_servicer import AgentServicer
 from fedops_control.server.control_servicer import ControlServicer
 from fedops_control.server.observer_servicer import ObserverServicer
-from fedops_control.state.db import open_database, sqlite_url
+from fedops_control.server.rpc_metrics import RpcMetricsInterceptor
+from fedops_control.state.db import DatabaseWriter, open_database, sqlite_url
 from fedops_control.state.models import ClientRow
 
 log = get_logger(__name__)
@@ -94,33 +98,54 @@ def bootstrap_admin(tokens: TokenStore, token_file: Path) -> None:
         write_secret(token_file, secret)
 
 
-def agent_targets(sessions: sessionmaker[Session], agents: AgentSessions) -> list[dict[str, Any]]:
-    """Prometheus HTTP service discovery: the /metrics endpoint of every connected agent."""
-    connected = set(agents.connected())
-    with sessions() as db:
-        rows = db.query(ClientRow).filter(ClientRow.id.in_(connected), ClientRow.metrics_address != "").all()
-        return [{"targets": [row.metrics_address],
-                 "labels": {"client_id": row.id, "hostname": str(row.device.get("hostname", "")),
-                            "device_id": str(row.device.get("device_id", ""))}}
-                for row in sorted(rows, key=lambda r: r.id)]
+class AgentTargets:
+    """Prometheus HTTP service discovery: the /metrics endpoint of every connected agent.
+
+    Served on the /metrics thread, never the event loop. The agents that have an endpoint are read
+    from the database at most once per ``max_age_s`` (Prometheus refreshes HTTP-SD every 60 s by
+    default); who is connected is read from memory at every call.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], agents: AgentSessions, max_age_s: float = 5.0) -> None:
+        self._sessions, self._agents, self._max_age_s = sessions, agents, max_age_s
+        self._lock = threading.Lock()
+        self._read_at = -1e9
+        self._endpoints: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._max_age_s:
+                with self._sessions() as db:
+                    self._endpoints = sorted(db.query(ClientRow.id, ClientRow.metrics_address, ClientRow.device)
+                                             .filter(ClientRow.metrics_address != "").tuples())
+                self._read_at = time.monotonic()
+            endpoints = self._endpoints
+        return [{"targets": [address],
+                 "labels": {"client_id": cid, "hostname": str(device.get("hostname", "")),
+                            "device_id": str(device.get("device_id", ""))}}
+                for cid, address, device in endpoints if self._agents.is_connected(cid)]
 
 
 async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: str,
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
-                security: Security | None = None, spare_superlink: bool = True) -> None:
+                security: Security | None = None, spare_superlink: bool = True,
+                liveness: LivenessSettings | None = None) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
-    sessions = open_database(database_url or sqlite_url(data_dir / "control.db"))
+    database_url = database_url or sqlite_url(data_dir / "control.db")
+    sessions = open_database(database_url)
+    write = DatabaseWriter(database_url)
     bus = EventBus(sessions, writer)
-    agents = AgentSessions()
+    agents = AgentSessions(liveness)
     models = ModelStore(sessions, data_dir / "models")
     tokens = TokenStore(sessions)
     access = AccessControl(tokens, enabled=security.auth)
     if security.auth:
         bootstrap_admin(tokens, security.admin_token_file or data_dir / "admin.token")
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[AuthInterceptor(access, AuditLog(writer))])
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[RpcMetricsInterceptor(),
+                                                                       AuthInterceptor(access, AuditLog(writer))])
     credentials = security.server_credentials()
     port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     host = listen.rsplit(":", 1)[0]
@@ -136,7 +161,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                       preflight=preflight)
     control_pb2_grpc.add_ControlServiceServicer_to_server(
         ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access, preflight), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access, preflight, write),
+                                                      server)
     agent_pb2_grpc.add_ObserverServiceServicer_to_server(ObserverServicer(runs, models, access), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(sessions, access), server)
     health_servicer = health.aio.HealthServicer()
@@ -145,7 +171,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     await server.start()
     if metrics_listen:
         register_state_collector(sessions, agents)
-        _, metrics_address = serve_metrics(metrics_listen, {"/sd/agents": lambda: agent_targets(sessions, agents)})
+        _, metrics_address = serve_metrics(metrics_listen, {"/sd/agents": AgentTargets(sessions, agents)})
         log.info("metrics served", address=metrics_address)
         print(f"fedops-control metrics on http://{metrics_address}/metrics", flush=True)
     for name in ("", *SERVICE_NAMES):
@@ -156,6 +182,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     await runs.recover()
     await launcher.open()  # after recover: spares that runs took are theirs
     watchdog = asyncio.create_task(runs.watchdog())
+    background = [asyncio.create_task(Liveness(sessions, agents, write).run()),
+                  asyncio.create_task(watch_event_loop())]
     if ready is not None:
         ready.set()
     stop = asyncio.Event()
@@ -167,9 +195,13 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
         await stop.wait()
     finally:
         watchdog.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)  # the last liveness batch is written
         await launcher.close()  # first: runs stopped next must not warm up a new spare
         await runs.shutdown(stop_runs=stop_runs_on_exit)
         await server.stop(grace=2)
+        write.close()
 
 
 def run(
@@ -214,6 +246,15 @@ def run(
             help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)"
         ),
     ] = True,
+    heartbeat_interval: Annotated[
+        int, typer.Option(help="seconds between an agent's heartbeats (agents are told at registration)")
+    ] = LivenessSettings.heartbeat_interval_s,
+    liveness_timeout: Annotated[
+        float, typer.Option(help="seconds without a message after which an agent's session is ended (offline)")
+    ] = LivenessSettings.timeout_s,
+    liveness_persist_interval: Annotated[
+        float, typer.Option(help="seconds between batches that store agents' last heartbeats (their staleness)")
+    ] = LivenessSettings.persist_interval_s,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps control service."""
@@ -227,13 +268,18 @@ def run(
                                  param_hint="--tls-ca")
     if mtls and tls_cert is None:
         raise typer.BadParameter("--mtls needs --tls-cert and --tls-key", param_hint="--mtls")
+    try:
+        liveness = LivenessSettings(heartbeat_interval, liveness_timeout, liveness_persist_interval)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--heartbeat-interval") from err
     security = Security(auth=auth, admin_token_file=admin_token_file, tls_cert=tls_cert, tls_key=tls_key,
                         tls_ca=tls_ca, mtls=mtls, superlink_tls=superlink_tls)
     telemetry = start_telemetry("fedops-control", data_dir / "telemetry", elasticsearch_url=elasticsearch_url,
                                 log_level=log_level)
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
-                          superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink))
+                          superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink,
+                          liveness=liveness))
     finally:
         telemetry.close()
 
