@@ -81,6 +81,7 @@ class Stats:
 class Fleet:
     def __init__(self, address: str, tokens: list[str], stats: Stats, heartbeat_s: float) -> None:
         self.address, self.tokens, self.stats, self.heartbeat_s = address, tokens, stats, heartbeat_s
+        self.interval_s = heartbeat_s or 2.0
         self.channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
                          for _ in range(len(tokens) // AGENTS_PER_CHANNEL + 1)]
         self.credentials: dict[int, str] = {}
@@ -133,6 +134,7 @@ class Fleet:
         if response.credential:
             self.credentials[i] = response.credential
         self.client_ids[i] = response.client_id
+        self.interval_s = self.heartbeat_s or float(response.heartbeat_interval_s or 2)  # as the agent does
         return response.client_id
 
     async def _session(self, stub: Any, i: int, client_id: str) -> None:
@@ -145,12 +147,12 @@ class Fleet:
                 yield await outbox.get()
 
         async def heartbeats() -> None:
-            await asyncio.sleep(random.uniform(0, self.heartbeat_s))
+            await asyncio.sleep(random.uniform(0, self.interval_s))
             while i not in self.hung:
                 outbox.put_nowait(agent_pb2.AgentMessage(client_id=client_id, heartbeat=agent_pb2.Heartbeat(
                     cpu_percent=10.0, memory_percent=20.0)))
                 self.stats.heartbeats += 1
-                await asyncio.sleep(self.heartbeat_s)
+                await asyncio.sleep(self.interval_s)
 
         call = stub.Session(outgoing(), metadata=(("authorization", f"Bearer {self.credentials[i]}"),))
         beat = asyncio.create_task(heartbeats())
@@ -368,7 +370,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--hold", type=float, default=60, help="seconds the fleet holds its sessions while probed")
-    parser.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
+    parser.add_argument("--heartbeat", type=float, default=0,
+                        help="seconds between heartbeats (default: what the service says at registration)")
     parser.add_argument("--ramp-timeout", type=float, default=180)
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite in a temp dir)")
     parser.add_argument("--pin", default="", help="taskset CPU list for the control service, e.g. 0")
