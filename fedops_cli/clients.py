@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 from google.protobuf import json_format
 
-from fedops_cli.context import S, Table, call, console, emit, fail
+from fedops_cli.context import S, Table, call, console, emit, fail, say
 from fedops_cli.telemetry import ElasticsearchUrl, print_rows, require_elasticsearch
 from fedops_common.convert import enum_label
 from fedops_common.proto import control_pb2
@@ -24,10 +25,32 @@ def render_clients(resp: control_pb2.ListClientsResponse) -> None:
     console.print(table)
 
 
+class StateName(StrEnum):
+    """Client states a listing can be filtered by (offline: holding no session now)."""
+
+    online = "online"
+    training = "training"
+    finished = "finished"
+    failed = "failed"
+    offline = "offline"
+
+
 @clients_app.command("list")
-def clients_list(task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "") -> None:
-    """List clients with state and heartbeat age."""
-    emit(call("ListClients", control_pb2.ListClientsRequest(task_id=task)), render_clients)
+def clients_list(
+    task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "",
+    state: Annotated[StateName | None, typer.Option(help="only clients in this state")] = None,
+    page_size: Annotated[int, typer.Option(help="clients per page, 1-1000 (0: the service's default, 100)")] = 0,
+    page_token: Annotated[str, typer.Option(help="the page after this one (printed under the previous page)")] = "",
+) -> None:
+    """List clients with state and heartbeat age, one page at a time (by client id)."""
+    request = control_pb2.ListClientsRequest(
+        task_id=task, page_size=page_size, page_token=page_token,
+        state=S.ClientState.Value(f"CLIENT_STATE_{state.value.upper()}") if state else S.CLIENT_STATE_UNSPECIFIED)
+    response = call("ListClients", request)
+    emit(response, render_clients)
+    if response.next_page_token:
+        say(f"{len(response.clients)} of {response.total_size} clients; next page: --page-token "
+            f"{response.next_page_token}", stderr=True)
 
 
 @clients_app.command("show")

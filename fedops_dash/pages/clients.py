@@ -1,8 +1,11 @@
 """Clients: status, heartbeat age, data status, resource timelines."""
 
+from typing import Any
+
 import streamlit as st
 
 from fedops_common.convert import short_name
+from fedops_common.proto import common_pb2
 from fedops_dash.backends import resource_timeline
 from fedops_dash.ui import (
     attempt,
@@ -15,7 +18,22 @@ from fedops_dash.ui import (
 
 page("Clients")
 ctl = control()
-clients = attempt("Listing clients", ctl.clients, [])
+f1, f2 = st.columns(2)
+state_name = f1.selectbox("State", ["any", "online", "training", "finished", "failed", "offline"], key="client-state")
+state = 0 if state_name == "any" else common_pb2.ClientState.Value(f"CLIENT_STATE_{state_name.upper()}")
+tokens = st.session_state.setdefault(f"client-pages-{state_name}", [""])  # page tokens seen, for going back
+listing: dict[str, Any] = attempt(
+    "Listing clients", lambda: ctl.client_page(state=state, page_size=100, page_token=tokens[-1]), {"clients": []})
+clients = listing["clients"]
+f2.caption(f"{len(clients)} of {listing.get('total_size', len(clients))} clients"
+           + (f", page {len(tokens)}" if len(tokens) > 1 or listing.get("next_page_token") else ""))
+b1, b2 = f2.columns(2)
+if b1.button("Previous page", disabled=len(tokens) == 1):
+    tokens.pop()
+    st.rerun()
+if b2.button("Next page", disabled=not listing.get("next_page_token")):
+    tokens.append(listing["next_page_token"])
+    st.rerun()
 metrics_table([{"client": c["id"], "host": c["device"].get("hostname", ""), "state": short_name(c.get("state", "")),
                 "reason": c.get("state_reason", ""), "heartbeat age s": round(c.get("heartbeat_age_s", -1), 1),
                 "run": c.get("current_run_id", ""), "tasks": ", ".join(c.get("enrolled_task_ids", []))}
