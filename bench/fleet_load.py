@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -179,8 +180,26 @@ class _RetryState:
     attempt_number: int
 
 
-async def probe(address: str, stats: Stats, run_id: str, client_ids: list[str], until: float) -> None:
-    """An operator: GetClient, GetRun, health and a page of 100 clients, in turn, 5 per second each."""
+async def probe(address: str, run_id: str, client_ids: list[str], seconds: float) -> dict[str, Any]:
+    """An operator in its own process (so the fleet's event loop does not delay its calls): GetClient,
+    GetRun, health and a page of 100 clients, in turn. Returns the latencies (ms percentiles)."""
+    return await asyncio.to_thread(_probe_process, address, run_id, client_ids, seconds)
+
+
+def _probe_process(address: str, run_id: str, client_ids: list[str], seconds: float) -> dict[str, Any]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_probe_main, (address, run_id, client_ids, seconds))
+
+
+def _probe_main(address: str, run_id: str, client_ids: list[str], seconds: float) -> dict[str, Any]:
+    stats = Stats()
+    asyncio.run(_probe(address, stats, run_id, client_ids, time.monotonic() + seconds))
+    return {**{f"{name}_p99_ms": p(values, 99) for name, values in stats.probes.items()},
+            **{f"{name}_p50_ms": p(values, 50) for name, values in stats.probes.items()},
+            "probe_errors": stats.probe_errors}
+
+
+async def _probe(address: str, stats: Stats, run_id: str, client_ids: list[str], until: float) -> None:
     metadata = (("authorization", f"Bearer {ADMIN}"),)
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         control = control_pb2_grpc.ControlServiceStub(channel)
@@ -309,7 +328,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     process = control.usage()
     cpu_before, disconnects_before, beats_before = process.cpu_times(), stats.disconnects, stats.heartbeats
     hold_started = time.monotonic()
-    await probe(control.address, stats, run_id, client_ids, hold_started + args.hold)
+    probed = await probe(control.address, run_id, client_ids, args.hold)
     hold_s = time.monotonic() - hold_started
     cpu_after = process.cpu_times()
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / hold_s
@@ -322,9 +341,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         disconnects_before, "heartbeats_per_s": round((stats.heartbeats - beats_before) / hold_s),
         "control_cpu_pct": round(100 * cpu), "control_rss_mb": round(process.memory_info().rss / 2**20),
         "list_all_s": round(list_s, 2), "listed": listed,
-        **{f"{name}_p99_ms": p(values, 99) for name, values in stats.probes.items()},
-        **{f"{name}_p50_ms": p(values, 50) for name, values in stats.probes.items()},
-        "probe_errors": stats.probe_errors,
+        **probed, **await server_side(control.metrics),
     }
     if args.restart:
         control.stop()
@@ -348,6 +365,39 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     await fleet.close()
     control.stop()
     return result
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of a cumulative histogram, in ms."""
+    total = buckets[-1][1] if buckets else 0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return round(1000 * bound, 1) if bound != float("inf") else -1
+    return -1
+
+
+async def server_side(metrics: str) -> dict[str, Any]:
+    """What the service measured itself over the whole bench (its histograms: bucket bounds, not exact):
+    RPC p99 per method and the event loop's lag. Empty for code without these metrics."""
+    import urllib.request
+
+    def read() -> str:
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=60) as response:
+            return response.read().decode()
+    try:
+        text = await asyncio.to_thread(read)
+    except OSError:
+        return {}
+    series: dict[str, list[tuple[float, float]]] = {}
+    for m in re.finditer(r'^fedops_control_rpc_duration_seconds_bucket\{le="([^"]+)",method="(\w+)"\} (\S+)$|'
+                         r'^fedops_control_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
+        if m.group(1):
+            series.setdefault(f"server_{m.group(2)}", []).append((float(m.group(1)), float(m.group(3))))
+        else:
+            series.setdefault("server_loop_lag", []).append((float(m.group(4)), float(m.group(5))))
+    return {f"{name}_p99_ms": quantile(sorted(b), 0.99) for name, b in sorted(series.items())
+            if name in ("server_Register", "server_GetClient", "server_GetRun", "server_ListClients",
+                        "server_loop_lag")}
 
 
 async def connected(metrics: str) -> int:

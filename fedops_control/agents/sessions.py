@@ -14,10 +14,12 @@ from fedops_common.proto import agent_pb2, common_pb2
 class LivenessSettings:
     """How often agents heartbeat, when a silent one is dropped, how stale stored liveness may be.
 
-    Defaults from bench/fleet_load.py (bench/README.md): a heartbeat costs the control service about
-    60 µs of CPU once it touches no database, so 10,000 agents every 5 s take ~12 % of one core; every
-    2 s took ~30 %. A dead connection is noticed by gRPC keepalive (10 s + 5 s); the timeout catches
-    an agent that holds its stream but stopped heartbeating (hung), after three missed heartbeats.
+    Defaults from bench/fleet_load.py (bench/README.md): once a heartbeat touches no database it
+    still costs the control service about 90 µs of CPU (gRPC included): 5,000 agents every 2 s
+    took 22 % of its core, so 10,000 would take ~45 % every 2 s and ~18 % every 5 s, which leaves
+    the core to registrations and operators. A dead connection is noticed by gRPC keepalive
+    (10 s + 5 s); the timeout catches an agent that holds its stream but stopped heartbeating
+    (hung), after three missed heartbeats.
     """
 
     heartbeat_interval_s: int = 5
