@@ -381,11 +381,16 @@ async def server_side(metrics: str) -> dict[str, Any]:
     RPC p99 per method and the event loop's lag. Empty for code without these metrics."""
     import urllib.request
 
-    def read() -> str:
-        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=60) as response:
+    def read(path: str = "/metrics") -> str:
+        with urllib.request.urlopen(f"http://{metrics}{path}", timeout=60) as response:
             return response.read().decode()
     try:
+        started = time.perf_counter()
         text = await asyncio.to_thread(read)
+        scrape_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await asyncio.to_thread(read, "/sd/agents")
+        sd_s = time.perf_counter() - started
     except OSError:
         return {}
     series: dict[str, list[tuple[float, float]]] = {}
@@ -395,9 +400,10 @@ async def server_side(metrics: str) -> dict[str, Any]:
             series.setdefault(f"server_{m.group(2)}", []).append((float(m.group(1)), float(m.group(3))))
         else:
             series.setdefault("server_loop_lag", []).append((float(m.group(4)), float(m.group(5))))
-    return {f"{name}_p99_ms": quantile(sorted(b), 0.99) for name, b in sorted(series.items())
-            if name in ("server_Register", "server_GetClient", "server_GetRun", "server_ListClients",
-                        "server_loop_lag")}
+    return {"metrics_scrape_ms": round(1000 * scrape_s), "http_sd_ms": round(1000 * sd_s),
+            **{f"{name}_p99_ms": quantile(sorted(b), 0.99) for name, b in sorted(series.items())
+               if name in ("server_Register", "server_GetClient", "server_GetRun", "server_ListClients",
+                           "server_loop_lag")}}
 
 
 async def connected(metrics: str) -> int:

@@ -158,7 +158,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
                       control_tls=(security.tls_ca, security.tls_cert, security.tls_key) if credentials else None,
-                      preflight=preflight)
+                      preflight=preflight, write=write)
     control_pb2_grpc.add_ControlServiceServicer_to_server(
         ControlServicer(sessions, runs, agents, models, bus, require_enrolment=security.auth), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sessions, agents, runs, access, preflight, write),
