@@ -66,8 +66,11 @@ class Liveness:
         try:
             while True:
                 await asyncio.sleep(min(1.0, settings.persist_interval_s))
-                for cid in self._agents.drop_silent():
+                dropped, kept = self._agents.drop_silent()
+                for cid in dropped:
                     log.warning("agent silent: session ended", client_id=cid, timeout_s=settings.timeout_s)
+                if kept:
+                    log.warning("many agents silent at once: sessions kept (this service is behind)", silent=kept)
                 if time.monotonic() >= next_persist:
                     next_persist = time.monotonic() + settings.persist_interval_s
                     await self.persist()
