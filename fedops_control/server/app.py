@@ -271,7 +271,10 @@ def run(
     try:
         liveness = LivenessSettings(heartbeat_interval, liveness_timeout, liveness_persist_interval)
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--heartbeat-interval") from err
+        hint = next(option for word, option in (("timeout", "--liveness-timeout"),
+                                                ("persist", "--liveness-persist-interval"),
+                                                ("", "--heartbeat-interval")) if word in str(err))
+        raise typer.BadParameter(str(err), param_hint=hint) from err
     security = Security(auth=auth, admin_token_file=admin_token_file, tls_cert=tls_cert, tls_key=tls_key,
                         tls_ca=tls_ca, mtls=mtls, superlink_tls=superlink_tls)
     telemetry = start_telemetry("fedops-control", data_dir / "telemetry", elasticsearch_url=elasticsearch_url,
