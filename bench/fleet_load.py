@@ -307,6 +307,11 @@ class Control:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    try:  # the generator holds as many sessions as the service: the same collector settings
+        from fedops_control.server.app import tune_garbage_collector
+        tune_garbage_collector()
+    except ImportError:
+        pass
     data_dir = Path(tempfile.mkdtemp(prefix="fedops-fleet-"))
     url = args.database_url or sqlite_url(data_dir / "control.db")
     tokens, run_id = seed(url, args.agents)
