@@ -16,7 +16,7 @@ import grpc
 import psutil
 from google.protobuf import struct_pb2
 from prometheus_client import Counter, Gauge
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from fedops_agent import preflight
 from fedops_agent.datastatus import compute_data_status
@@ -56,6 +56,10 @@ SUPERNODE_RESTARTS = Counter("fedops_agent_supernode_restarts", "SuperNodes rest
 # is refused activation until then.
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
 NODE_RELEASE_WAIT_S = 90.0
+# Reconnect after a failed registration or a lost session: "full jitter" (a random wait up to 0.5 s,
+# 1 s, 2 s... at most 15 s), so a fleet that lost its control service does not come back in lockstep.
+# bench/fleet_load.py uses this same wait for its reconnect storm (bench/README.md).
+RECONNECT_WAIT = wait_random_exponential(multiplier=0.5, max=15)
 USED_TOKENS_FILE = "used-enrolment-tokens"  # hashes of tokens already redeemed: never sent twice
 
 
@@ -100,7 +104,7 @@ class Agent:
     async def run_forever(self) -> None:
         """Register and hold a session; reconnect with exponential backoff after any failure."""
         async for attempt in AsyncRetrying(retry=retry_if_exception_type((grpc.RpcError, OSError)),
-                                           wait=wait_exponential(multiplier=0.5, max=15)):
+                                           wait=RECONNECT_WAIT):
             with attempt:
                 await self._session()
 

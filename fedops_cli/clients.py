@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 from google.protobuf import json_format
 
 from fedops_cli.columns import ID, TEXT, Column, print_table
-from fedops_cli.context import S, Table, call, console, emit, fail
+from fedops_cli.context import S, Table, call, console, emit, fail, say
 from fedops_cli.telemetry import ElasticsearchUrl, print_rows, require_elasticsearch
 from fedops_common import words
 from fedops_common.proto import control_pb2
@@ -17,7 +18,8 @@ clients_app = typer.Typer(help="Enrolled client devices.", no_args_is_help=True)
 
 
 def render_clients(resp: control_pb2.ListClientsResponse) -> None:
-    """Newest registration first; ids in full; the reason wraps."""
+    """The page (the service pages by client id, so pages stay stable while clients join), newest
+    registration first; ids in full; the reason wraps."""
     clients = sorted(resp.clients, key=lambda c: c.registered_at.ToDatetime(), reverse=True)
     print_table("Clients", [Column("id", ID), Column("state", TEXT), Column("heartbeat", TEXT, 3),
                             Column("device", TEXT, 4), Column("run", ID, 2), Column("tasks", TEXT, 5),
@@ -27,10 +29,32 @@ def render_clients(resp: control_pb2.ListClientsResponse) -> None:
                   c.current_run_id, ", ".join(c.enrolled_task_ids), c.state_reason] for c in clients])
 
 
+class StateName(StrEnum):
+    """Client states a listing can be filtered by (offline: holding no session now)."""
+
+    online = "online"
+    training = "training"
+    finished = "finished"
+    failed = "failed"
+    offline = "offline"
+
+
 @clients_app.command("list")
-def clients_list(task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "") -> None:
-    """List clients with state and heartbeat age."""
-    emit(call("ListClients", control_pb2.ListClientsRequest(task_id=task)), render_clients)
+def clients_list(
+    task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "",
+    state: Annotated[StateName | None, typer.Option(help="only clients in this state")] = None,
+    page_size: Annotated[int, typer.Option(help="clients per page, 1-1000 (0: the service's default, 100)")] = 0,
+    page_token: Annotated[str, typer.Option(help="the page after this one (printed under the previous page)")] = "",
+) -> None:
+    """List clients with state and heartbeat age, one page at a time (by client id)."""
+    request = control_pb2.ListClientsRequest(
+        task_id=task, page_size=page_size, page_token=page_token,
+        state=S.ClientState.Value(f"CLIENT_STATE_{state.value.upper()}") if state else S.CLIENT_STATE_UNSPECIFIED)
+    response = call("ListClients", request)
+    emit(response, render_clients)
+    if response.next_page_token:
+        say(f"{len(response.clients)} of {response.total_size} clients; next page: --page-token "
+            f"{response.next_page_token}", stderr=True)
 
 
 @clients_app.command("show")

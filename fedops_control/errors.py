@@ -24,3 +24,7 @@ class PermissionDenied(PermissionError):
 
 class Unauthenticated(PermissionError):
     """The caller presented no valid credential."""
+
+
+class Overloaded(RuntimeError):
+    """The caller's deadline passed while the request waited its turn: it is dropped, not done."""

@@ -102,7 +102,26 @@ class Control:
                                   control_pb2.SetTaskMembershipRequest(task_id=task_id, client_ids=client_ids)))
 
     def clients(self, task_id: str = "") -> list[dict[str, Any]]:
-        return [to_dict(c) for c in self._call("ListClients", control_pb2.ListClientsRequest(task_id=task_id)).clients]
+        """Every client (all pages)."""
+        found, token = [], ""
+        while True:
+            page = self.client_page(task_id=task_id, page_size=1000, page_token=token)
+            found += page["clients"]
+            token = page.get("next_page_token", "")
+            if not token:
+                return found
+
+    def client_page(self, task_id: str = "", state: int = 0, page_size: int = 0,
+                    page_token: str = "") -> dict[str, Any]:
+        """One page of clients (``clients``, ``next_page_token``, ``total_size``)."""
+        request = control_pb2.ListClientsRequest(task_id=task_id, state=common_pb2.ClientState.ValueType(state),
+                                                 page_size=page_size, page_token=page_token)
+        page = to_dict(self._call("ListClients", request))
+        page.setdefault("clients", [])
+        return page
+
+    def client(self, client_id: str) -> dict[str, Any]:
+        return to_dict(self._call("GetClient", control_pb2.GetClientRequest(client_id=client_id)))
 
     def data_status(self, client_id: str = "", run_id: str = "", latest_only: bool = False) -> list[dict[str, Any]]:
         request = control_pb2.ListDataStatusRequest(client_id=client_id, run_id=run_id, latest_only=latest_only)

@@ -132,7 +132,7 @@ def test_prometheus_rules_pass_check_and_unit_tests() -> None:
     rules_dir = ROOT / "observability" / "prometheus"
     checked = subprocess.run([promtool, "check", "rules", "rules/fedops.rules.yml"], cwd=rules_dir,
                              capture_output=True, text=True)
-    assert checked.returncode == 0 and "SUCCESS: 12 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 13 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([promtool, "test", "rules", "fedops.rules_test.yml"], cwd=rules_dir / "tests",
                             capture_output=True, text=True)
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr

@@ -143,7 +143,7 @@ def test_agent_servicer_routes_answers_without_the_database() -> None:
         queue = agents.open("client-a")
         sessions = mock.Mock(side_effect=AssertionError("no DB work"))
         sessions.begin.side_effect = AssertionError("no DB work")
-        servicer = AgentServicer(sessions, agents, mock.Mock(), mock.Mock(), preflight)
+        servicer = AgentServicer(sessions, agents, mock.Mock(), mock.Mock(), preflight, mock.Mock())
         pending = asyncio.create_task(preflight.run(agents, ["client-a"], [], "run-1", False, timeout_s=5))
         command = await queue.get()
         assert command is not None

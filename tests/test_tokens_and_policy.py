@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,7 +13,7 @@ from fedops_common.proto import access_pb2, agent_pb2, control_pb2
 from fedops_common.security import token_digest
 from fedops_control.access import policy
 from fedops_control.access.policy import AUDITED, ENROLMENT, METHOD_ROLES, OPEN, allows, required_role
-from fedops_control.access.tokens import PREFIX, TokenStore
+from fedops_control.access.tokens import ENROLMENT_RETRY_WINDOW_S, PREFIX, TokenStore
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
@@ -75,7 +76,11 @@ def test_ttl_sets_expiry_and_expired_tokens_do_not_resolve(tokens: TokenStore, s
     assert dt.timedelta(seconds=55) < row.expires_at - utcnow() <= dt.timedelta(seconds=60)
     assert tokens.resolve(secret) is not None
     expire(sessions, row.id)
-    assert tokens.resolve(secret) is None
+    assert TokenStore(sessions).resolve(secret) is None  # as a restarted service reads it
+    brief, _ = tokens.issue(API, A.ROLE_ADMIN, "brief", ttl_s=1)
+    assert tokens.resolve(brief) is not None  # now cached, with its expiry
+    time.sleep(1.1)
+    assert tokens.resolve(brief) is None
 
 
 def test_revoke(tokens: TokenStore) -> None:
@@ -109,19 +114,25 @@ def test_enrolment_tokens_are_one_time_and_never_resolve(tokens: TokenStore,
     assert secret.startswith("foe_")
     assert tokens.resolve(secret) is None  # not a credential for calls
     with sessions.begin() as db:
-        redeemed = tokens.redeem_enrolment(db, secret)
-        assert redeemed is not None and redeemed.id == row.id and redeemed.used_at is not None
+        redeemed, retry = tokens.redeem_enrolment(db, secret, "client-a")
+        assert redeemed is not None and redeemed.id == row.id and redeemed.used_at is not None and not retry
     with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret) is None  # used up
+        assert tokens.redeem_enrolment(db, secret, "client-b") == (None, False)  # used up
+        again, retry = tokens.redeem_enrolment(db, secret, "client-a")  # its response may have been lost
+        assert again is not None and again.id == row.id and retry
+    with sessions.begin() as db:  # the retry is allowed for a while only
+        db.get(CredentialRow, row.id).used_at = utcnow() - dt.timedelta(seconds=ENROLMENT_RETRY_WINDOW_S + 1)
+    with sessions.begin() as db:
+        assert tokens.redeem_enrolment(db, secret, "client-a") == (None, False)
 
 
 def test_redeem_is_undone_with_the_callers_transaction(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
-    secret, _ = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
+    secret, row = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
     with pytest.raises(RuntimeError), sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret) is not None
+        assert tokens.redeem_enrolment(db, secret, "client-a")[0] is not None
         raise RuntimeError("registration failed later")
     with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret) is not None  # still usable
+        assert tokens.redeem_enrolment(db, secret, "client-b") == (db.get(CredentialRow, row.id), False)  # unused
 
 
 def test_redeem_refuses_expired_revoked_and_other_kinds(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
@@ -131,11 +142,11 @@ def test_redeem_refuses_expired_revoked_and_other_kinds(tokens: TokenStore, sess
     expire(sessions, expired_row.id)
     tokens.revoke(revoked_row.id)
     with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, expired) is None
-        assert tokens.redeem_enrolment(db, revoked) is None
-        assert tokens.redeem_enrolment(db, api) is None
-        assert tokens.redeem_enrolment(db, "") is None
-        assert tokens.redeem_enrolment(db, "foe_unknown") is None
+        assert tokens.redeem_enrolment(db, expired, "client-a") == (None, False)
+        assert tokens.redeem_enrolment(db, revoked, "client-a") == (None, False)
+        assert tokens.redeem_enrolment(db, api, "client-a") == (None, False)
+        assert tokens.redeem_enrolment(db, "", "client-a") == (None, False)
+        assert tokens.redeem_enrolment(db, "foe_unknown", "client-a") == (None, False)
 
 
 def test_has_agent_credential(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:

@@ -188,21 +188,33 @@ Global___DeleteTaskResponse: _TypeAlias = DeleteTaskResponse  # noqa: Y015
 
 @_typing.final
 class ListClientsRequest(_message.Message):
+    """Paged by client id: a page token is the last id of the previous page, so every client that
+    existed when paging began is listed exactly once, however many join meanwhile.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: _common_pb2.ClientState.ValueType
+    page_size: _builtins.int
+    """1-1000; 0 = 100"""
+    page_token: _builtins.str
+    """next_page_token of the previous page; "" = the first page"""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         state: _common_pb2.ClientState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,16 +225,24 @@ class ListClientsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """"" on the last page"""
+    total_size: _builtins.int
+    """clients matching the task filter (the state filter is applied per page)"""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Client]: ...
     def __init__(
         self,
         *,
         clients: _abc.Iterable[_common_pb2.Client] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ is calling (to stop one agent acting as another) ask :meth:`AccessControl.identi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,13 @@ class AccessControl:
     def __init__(self, tokens: TokenStore, enabled: bool = True) -> None:
         self.tokens = tokens
         self.enabled = enabled
+
+    async def resolve(self, token: str) -> Identity | None:
+        """The identity of a token; a token not seen before is looked up on a thread, off the event loop."""
+        if not token:
+            return None
+        known, identity = self.tokens.cached(token)
+        return identity if known else await asyncio.to_thread(self.tokens.resolve, token)
 
     def identity(self, context: grpc.aio.ServicerContext) -> Identity | None:
         """The caller's identity: ANONYMOUS_ADMIN without auth, None for no or an invalid token."""
@@ -83,7 +91,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         identity: Identity | None = ANONYMOUS_ADMIN
         if self._access.enabled and needed != OPEN:
             token = bearer(details.invocation_metadata)
-            identity = self._access.tokens.resolve(token) if token else None
+            identity = await self._access.resolve(token)
             refusal = self._refusal(method, needed, token, identity)
             if refusal is not None:
                 if method in AUDITED:

@@ -28,6 +28,7 @@ from fedops_control.run.lifecycle import ACTIVE_STATES, ActiveRun
 from fedops_control.run.plan import TaskInputs, check_overrides, plan_run
 from fedops_control.run.preflight import Preflight, app_requirements, summary
 from fedops_control.run.reports import ClientReports, ServerReports
+from fedops_control.state.db import DatabaseWriter
 from fedops_control.state.models import (
     ClientRow,
     MembershipRow,
@@ -52,8 +53,9 @@ class RunManager(RunLaunch):
                  models: ModelStore, launcher: SuperLinkLauncher, data_dir: Path, control_address: str,
                  writer: TelemetryWriter | None = None, tokens: TokenStore | None = None,
                  control_tls: tuple[Path | None, Path | None, Path | None] | None = None,
-                 preflight: Preflight | None = None) -> None:
+                 preflight: Preflight | None = None, write: DatabaseWriter | None = None) -> None:
         self._tokens = tokens  # None: the service runs without auth
+        self._write = write  # the agents' database thread: a lost agent is marked after its last report
         self._preflight = preflight or Preflight()
         # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
         # TLS, presents our own certificate (it runs beside us, on our behalf).
@@ -283,21 +285,24 @@ class RunManager(RunLaunch):
         """An agent's session ended: offline, or failed when it was in an active run."""
         if self._closing:
             return
-        run_id = ""
-        with self._sessions.begin() as db:
-            client = db.get(ClientRow, client_id)
-            if client is None:
-                return
-            run = db.get(RunRow, client.current_run_id) if client.current_run_id else None
-            if run is not None and run.state in ACTIVE_STATES:
-                run_id = run.id
-                client.state, client.state_reason = S.CLIENT_STATE_FAILED, f"agent disconnected during run {run.id}"
-            else:
-                client.state, client.state_reason = S.CLIENT_STATE_OFFLINE, "agent disconnected"
+        run_id = await self._write(self._mark_lost, client_id) if self._write else self._mark_lost(client_id)
         if run_id:
             metrics.client_failed(client_id)
             await self._bus.publish(run_id, "client_failed", f"{client_id}: agent disconnected", client_id=client_id)
         await self._bus.notify()
+
+    def _mark_lost(self, client_id: str) -> str:
+        """Store a lost agent's state; the active run it was in ("" when none)."""
+        with self._sessions.begin() as db:
+            client = db.get(ClientRow, client_id)
+            if client is None:
+                return ""
+            run = db.get(RunRow, client.current_run_id) if client.current_run_id else None
+            if run is not None and run.state in ACTIVE_STATES:
+                client.state, client.state_reason = S.CLIENT_STATE_FAILED, f"agent disconnected during run {run.id}"
+                return run.id
+            client.state, client.state_reason = S.CLIENT_STATE_OFFLINE, "agent disconnected"
+            return ""
 
     async def on_training_report(self, client_id: str, report: agent_pb2.TrainingReport) -> None:
         """The agent's SuperNode for a run exited."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
+from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session as DbSession
@@ -13,16 +15,20 @@ from sqlalchemy.orm import sessionmaker
 from fedops_common.convert import struct_to_dict, utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proto import access_pb2, agent_pb2, agent_pb2_grpc, common_pb2
+from fedops_control import metrics
 from fedops_control.access.interceptor import AccessControl
-from fedops_control.agents.sessions import HEARTBEAT_INTERVAL_S, AgentSessions
+from fedops_control.access.tokens import Identity
+from fedops_control.agents.sessions import AgentSessions
 from fedops_control.errors import (
     InvalidArgument,
+    Overloaded,
     PermissionDenied,
     Unauthenticated,
 )
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
 from fedops_control.server.errors import grpc_errors
+from fedops_control.state.db import DatabaseWriter
 from fedops_control.state.models import (
     ClientRow,
     DataStatusRow,
@@ -50,8 +56,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Implements fedops.v1.AgentService."""
 
     def __init__(self, sessions: sessionmaker[DbSession], agents: AgentSessions, runs: RunManager,
-                 access: AccessControl, preflight: Preflight) -> None:
+                 access: AccessControl, preflight: Preflight, write: DatabaseWriter) -> None:
         self._sessions = sessions
+        self._write = write
         self._agents = agents
         self._runs = runs
         self._access = access
@@ -86,55 +93,85 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._check_certificate(context, device.device_id)
             if identity is not None and identity.subject != client_id:
                 raise PermissionDenied(f"device.device_id: this credential belongs to client {identity.subject}")
+        remaining = context.time_remaining()
+        expires = time.monotonic() + remaining if remaining is not None else None
+        credential, task_ids = await self._write(self._register, request, client_id, facts, identity, secure, expires)
+        self._agents.seen(client_id)
+        log.info("agent registered", client_id=client_id, hostname=device.hostname)
+        return agent_pb2.RegisterResponse(client_id=client_id,
+                                          heartbeat_interval_s=self._agents.settings.heartbeat_interval_s,
+                                          credential=credential, task_ids=task_ids)
+
+    def _register(self, request: agent_pb2.RegisterRequest, client_id: str, facts: dict[str, Any],
+                  identity: Identity | None, secure: bool, expires: float | None) -> tuple[str, list[str]]:
+        """Register's transaction (on the database thread): tokens, credential, client row, memberships.
+
+        A registration whose caller gave up while it waited for the database thread is dropped: in a
+        reconnect storm of 5,000 agents, 8,855 registrations passed their 10 s deadline, and doing
+        each one anyway only delayed the agents' retries further (bench/README.md)."""
+        if expires is not None and time.monotonic() > expires:
+            raise Overloaded("the registration waited past its deadline; retry (with backoff)")
         credential = ""
+        device = request.device
         with self._sessions.begin() as db:
-            token_tasks = []
+            token_tasks, retries = [], []
             for secret in request.enrolment_tokens:
-                token = self._access.tokens.redeem_enrolment(db, secret)
+                token, retry = self._access.tokens.redeem_enrolment(db, secret, client_id)
                 if token is None:
                     raise Unauthenticated("enrolment_tokens: unknown, already used, expired or revoked")
                 if db.get(TaskRow, token.subject) is None:
                     raise InvalidArgument("enrolment_tokens", f"the task {token.subject} of a token no longer exists")
                 token_tasks.append(token.subject)
+                retries.append(retry)
             for task_id in request.task_ids:
                 if db.get(TaskRow, task_id) is None:
                     raise InvalidArgument("task_ids", f"unknown task {task_id!r}")
+            row = db.get(ClientRow, client_id)
+            # A new device has no credential and no memberships yet: three queries fewer per enrolment
+            # (its credential and client row are written in one transaction, so never one without the other).
             if secure and identity is None:
                 if not token_tasks:
                     raise Unauthenticated("present the agent credential (authorization) or an enrolment token")
-                if self._access.tokens.has_agent_credential(db, client_id):
-                    raise PermissionDenied(f"device.device_id: client {client_id} is enrolled already; present its "
-                                           "credential (an admin can revoke it to re-enrol the device)")
+                if row is not None and self._access.tokens.has_agent_credential(db, client_id):
+                    if not all(retries):
+                        raise PermissionDenied(f"device.device_id: client {client_id} is enrolled already; present "
+                                               "its credential (an admin can revoke it to re-enrol the device)")
+                    # This device redeemed these tokens moments ago, and the response carrying its
+                    # credential never arrived: the credential it may not hold is replaced.
+                    self._access.tokens.revoke_agent_credentials(db, client_id)
                 credential, _ = self._access.tokens.issue(
                     access_pb2.TOKEN_KIND_AGENT, access_pb2.ROLE_AGENT, device.hostname or device.device_id,
                     subject=client_id, created_by="enrolment token", db=db)
             enrolled = {m.task_id for m in db.query(MembershipRow).filter(
-                MembershipRow.client_id == client_id, MembershipRow.enrolled.is_(True))}
+                MembershipRow.client_id == client_id, MembershipRow.enrolled.is_(True))} if row is not None else set()
             if secure:
                 for task_id in request.task_ids:
                     if task_id not in enrolled and task_id not in token_tasks:
                         raise PermissionDenied(f"task_ids: client {client_id} is not enrolled in {task_id}; "
                                                "enrol with an enrolment token for that task")
-            row = db.get(ClientRow, client_id)
+            new = row is None
             if row is None:
                 row = ClientRow(id=client_id, device=facts, state=S.CLIENT_STATE_ONLINE)
                 db.add(row)
-            row.device, row.data_path, row.last_heartbeat = facts, request.data_path, utcnow()
-            row.metrics_address = request.metrics_address
-            row.supernode_public_key = request.supernode_public_key
+            # Only what changed is written: re-registering after a control-service restart, a whole fleet
+            # at once, is then reads only. The last heartbeat is liveness (agents/liveness.py).
+            for name, value in (("device", facts), ("data_path", request.data_path),
+                                ("metrics_address", request.metrics_address),
+                                ("supernode_public_key", request.supernode_public_key)):
+                if getattr(row, name) != value:
+                    setattr(row, name, value)
+            if new:
+                row.last_heartbeat = utcnow()
             if row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "registered"
             db.flush()
             for task_id in {*request.task_ids, *token_tasks}:
-                member = db.get(MembershipRow, (task_id, client_id))
+                member = None if new else db.get(MembershipRow, (task_id, client_id))
                 if member is None:
                     db.add(MembershipRow(task_id=task_id, client_id=client_id, enrolled=True, selected=False))
                 else:
                     member.enrolled = True
-            task_ids = sorted(enrolled | set(request.task_ids) | set(token_tasks))
-        log.info("agent registered", client_id=client_id, hostname=device.hostname)
-        return agent_pb2.RegisterResponse(client_id=client_id, heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
-                                          credential=credential, task_ids=task_ids)
+            return credential, sorted(enrolled | set(request.task_ids) | set(token_tasks))
 
     async def Session(self, request_iterator, context):
         """Bidirectional session; the first message names the client."""
@@ -147,11 +184,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if self._access.enabled and (identity is None or identity.subject != client_id):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"client_id: this credential may not act as {client_id[:64]!r}")
-        with self._sessions() as db:
-            if db.get(ClientRow, client_id) is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"client {client_id} is not registered")
+        if not await self._write(self._session_opened, client_id, first):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"client {client_id} is not registered")
         queue = self._agents.open(client_id)
-        await self._apply(client_id, first)
+        if not first.HasField("status"):  # a first status was written with the check above
+            await self._apply(client_id, first)
         log.info("agent session opened", client_id=client_id)
 
         async def read() -> None:
@@ -176,34 +213,55 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 log.info("agent session closed", client_id=client_id)
                 await self._runs.on_agent_lost(client_id)
 
-    async def _apply(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
-        now = utcnow()
-        self._agents.last_seen[client_id] = now
-        body = message.WhichOneof("body")
-        if body == "preflight":  # answers a pending StartRun; nothing to store
-            self._preflight.on_result(client_id, message.preflight)
-            return
+    def _session_opened(self, client_id: str, first: agent_pb2.AgentMessage) -> bool:
+        """Whether the client is registered; in the same transaction, the session's first status (what
+        the agent sends first), or else a client marked offline is online again (it holds a session)."""
         with self._sessions.begin() as db:
-            row = db.get_one(ClientRow, client_id)  # Session() checked it is registered
-            row.last_heartbeat = now
-            if body == "status":
-                row.state, row.state_reason = message.status.state, message.status.reason
-                if message.status.state == S.CLIENT_STATE_TRAINING:
-                    row.current_run_id = message.status.run_id
-                    if message.status.node_id:
-                        run = db.get(RunRow, message.status.run_id)
-                        if run is not None and client_id in run.client_ids:
-                            run.node_clients = {**run.node_clients, str(message.status.node_id): client_id}
-                elif message.status.run_id and row.current_run_id == message.status.run_id:
-                    row.current_run_id = ""  # the agent is done with that run
-            elif body == "data_status":
+            row = db.get(ClientRow, client_id)
+            if row is None:
+                return False
+            if first.HasField("status"):
+                self._apply_status(db, row, first.status)
+            elif row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
+                row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "session opened"
+            return True
+
+    async def _apply(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
+        """One message of a session. Liveness stays in memory (persisted in batches, see
+        agents/liveness.py); state changes and reports are written at once, in the session's order."""
+        self._agents.seen(client_id)
+        body = message.WhichOneof("body")
+        if body == "heartbeat":
+            metrics.heartbeat()
+        elif body == "preflight":  # answers a pending StartRun; nothing to store
+            self._preflight.on_result(client_id, message.preflight)
+        elif body in ("status", "data_status"):
+            await self._write(self._store, client_id, message)
+        elif body == "training":
+            await self._runs.on_training_report(client_id, message.training)
+
+    def _store(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
+        """A status change or a data status report (on the database thread)."""
+        now = utcnow()
+        with self._sessions.begin() as db:
+            if message.HasField("data_status"):
                 report = message.data_status
                 if report.ByteSize() <= MAX_DATA_STATUS_BYTES:  # larger reports are dropped, not stored
                     db.add(DataStatusRow(client_id=client_id, run_id=report.run_id[:64], round=max(report.round, 0),
                                          reported_at=now, summary=struct_to_dict(report.summary)))
                 else:
                     log.warning("data status report too large; dropped", client_id=client_id, size=report.ByteSize())
-            elif body == "heartbeat" and row.state == S.CLIENT_STATE_OFFLINE:
-                row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "heartbeat"
-        if body == "training":
-            await self._runs.on_training_report(client_id, message.training)
+                return
+            self._apply_status(db, db.get_one(ClientRow, client_id), message.status)  # Session() checked it exists
+
+    @staticmethod
+    def _apply_status(db: DbSession, row: ClientRow, status: agent_pb2.StatusChange) -> None:
+        row.state, row.state_reason = status.state, status.reason
+        if status.state == S.CLIENT_STATE_TRAINING:
+            row.current_run_id = status.run_id
+            if status.node_id:
+                run = db.get(RunRow, status.run_id)
+                if run is not None and row.id in run.client_ids:
+                    run.node_clients = {**run.node_clients, str(status.node_id): row.id}
+        elif status.run_id and row.current_run_id == status.run_id:
+            row.current_run_id = ""  # the agent is done with that run

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+from sqlalchemy import select
+
 from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
 from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
@@ -18,6 +20,7 @@ from fedops_control.run.events import EventBus
 from fedops_control.run.manager import RunManager
 from fedops_control.server.convert import (
     client_to_proto,
+    clients_to_proto,
     data_status_to_proto,
     model_to_proto,
     run_to_proto,
@@ -39,7 +42,7 @@ UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters
 
 
 RUN_FINISHED_GRACE_S = 30.0
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # ListRuns
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # ListRuns and ListClients
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -126,23 +129,49 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     # ---------------------------------------------------------------- clients
     @grpc_errors
     async def ListClients(self, request, context):
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"between 1 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
+        if len(request.page_token) > 64:
+            raise InvalidArgument("page_token", "not a page token of ListClients")
+        if request.state and request.state not in S.ClientState.values():
+            raise InvalidArgument("state", f"unknown client state {request.state}")
+        return await asyncio.to_thread(self._list_clients, request)
+
+    def _list_clients(self, request: control_pb2.ListClientsRequest) -> control_pb2.ListClientsResponse:
+        """One page by client id (keyset paging: stable while clients join), off the event loop."""
+        size = request.page_size or DEFAULT_PAGE_SIZE
         with self._sessions() as db:
             query = db.query(ClientRow)
             if request.task_id:
                 self._task(db, request.task_id)
-                ids = [m.client_id for m in db.query(MembershipRow).filter(MembershipRow.task_id == request.task_id)]
-                query = query.filter(ClientRow.id.in_(ids))
-            clients = [client_to_proto(db, r, self._agents) for r in query.order_by(ClientRow.id)]
-        if request.state:
-            clients = [c for c in clients if c.state == request.state]
-        return control_pb2.ListClientsResponse(clients=clients)
+                query = query.filter(ClientRow.id.in_(
+                    select(MembershipRow.client_id).where(MembershipRow.task_id == request.task_id)))
+            total = query.count()
+            page: list[ClientRow] = []
+            after, more = request.page_token, False
+            while len(page) <= size:  # the state filter is applied per chunk: read on until the page is full
+                chunk = query.filter(ClientRow.id > after).order_by(ClientRow.id).limit(size + 1).all()
+                if request.state:
+                    page.extend(r for r in chunk if self._agents.effective_state(r.id, r.state) == request.state)
+                else:
+                    page.extend(chunk)
+                if len(chunk) <= size:
+                    break
+                after = chunk[-1].id
+            more = len(page) > size
+            page = page[:size]
+            return control_pb2.ListClientsResponse(clients=clients_to_proto(db, page, self._agents),
+                                                   next_page_token=page[-1].id if more else "", total_size=total)
 
     @grpc_errors
     async def GetClient(self, request, context):
+        return await asyncio.to_thread(self._get_client, request.client_id)
+
+    def _get_client(self, client_id: str) -> common_pb2.Client:
         with self._sessions() as db:
-            row = db.get(ClientRow, request.client_id)
+            row = db.get(ClientRow, client_id)
             if row is None:
-                raise NotFound(f"client {request.client_id} not found")
+                raise NotFound(f"client {client_id} not found")
             return client_to_proto(db, row, self._agents)
 
     @grpc_errors
@@ -206,9 +235,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @grpc_errors
     async def GetRun(self, request, context):
-        self._runs.get_run_row(request.run_id)
+        return await asyncio.to_thread(self._get_run, request.run_id)
+
+    def _get_run(self, run_id: str) -> common_pb2.Run:
+        self._runs.get_run_row(run_id)
         with self._sessions() as db:
-            return run_to_proto(db, db.get(RunRow, request.run_id))
+            return run_to_proto(db, db.get(RunRow, run_id))
 
     @grpc_errors
     async def ListRuns(self, request, context):
@@ -253,7 +285,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @grpc_errors
     async def DiagnoseRun(self, request, context):
-        return diagnose(self._sessions, self._agents, request.run_id)
+        return await asyncio.to_thread(diagnose, self._sessions, self._agents, request.run_id)
 
     # ---------------------------------------------------------------- models
     def _strategy(self, task_id: str) -> StrategySpec:

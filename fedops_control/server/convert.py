@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fedops_common import metricvalues
@@ -40,26 +41,33 @@ def task_to_proto(db: Session, row: TaskRow) -> common_pb2.Task:
 
 def client_to_proto(db: Session, row: ClientRow, agents: AgentSessions) -> common_pb2.Client:
     """Client with liveness; a client without a session shows as offline unless it failed."""
-    state = row.state
-    if not agents.is_connected(row.id) and state != common_pb2.CLIENT_STATE_FAILED:
-        state = common_pb2.CLIENT_STATE_OFFLINE
-    tasks = [m.task_id for m in db.query(MembershipRow).filter(MembershipRow.client_id == row.id)]
-    last = agents.last_seen.get(row.id) or row.last_heartbeat
-    latest = (db.query(DataStatusRow).filter(DataStatusRow.client_id == row.id)
-              .order_by(DataStatusRow.id.desc()).first())
-    return common_pb2.Client(
+    return clients_to_proto(db, [row], agents)[0]
+
+
+def clients_to_proto(db: Session, rows: list[ClientRow], agents: AgentSessions) -> list[common_pb2.Client]:
+    """A page of clients in three queries, however long: their memberships and latest data status
+    are read for the whole page (one query each per client cost 1.8 s to list 1,000 clients)."""
+    ids = [row.id for row in rows]
+    tasks: dict[str, list[str]] = {cid: [] for cid in ids}
+    for task_id, cid in db.query(MembershipRow.task_id, MembershipRow.client_id).filter(
+            MembershipRow.client_id.in_(ids)):
+        tasks[cid].append(task_id)
+    newest = select(func.max(DataStatusRow.id)).where(DataStatusRow.client_id.in_(ids)).group_by(
+        DataStatusRow.client_id)
+    latest = {r.client_id: r for r in db.query(DataStatusRow).filter(DataStatusRow.id.in_(newest))}
+    return [common_pb2.Client(
         id=row.id,
         device=common_pb2.DeviceInfo(**row.device),
-        state=common_pb2.ClientState.ValueType(state),
+        state=common_pb2.ClientState.ValueType(agents.effective_state(row.id, row.state)),
         state_reason=row.state_reason,
-        last_heartbeat=to_timestamp(last),
+        last_heartbeat=to_timestamp(agents.last_seen.get(row.id) or row.last_heartbeat),
         heartbeat_age_s=agents.heartbeat_age_s(row.id, row.last_heartbeat),
-        enrolled_task_ids=sorted(tasks),
+        enrolled_task_ids=sorted(tasks[row.id]),
         current_run_id=row.current_run_id,
         registered_at=to_timestamp(row.registered_at),
         metrics_address=row.metrics_address,
-        data_status=data_status_to_proto(latest) if latest else None,
-    )
+        data_status=data_status_to_proto(latest[row.id]) if row.id in latest else None,
+    ) for row in rows]
 
 
 def data_status_to_proto(row: DataStatusRow) -> common_pb2.DataStatus:

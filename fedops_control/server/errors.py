@@ -13,11 +13,12 @@ from fedops_control.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PermissionDenied,
     Unauthenticated,
 )
 
-DOMAIN_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied, Unauthenticated)
+DOMAIN_ERRORS = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied, Unauthenticated, Overloaded)
 
 log = get_logger(__name__)
 
@@ -33,6 +34,8 @@ def _code_of(err: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.PERMISSION_DENIED, str(err)
     if isinstance(err, Unauthenticated):
         return grpc.StatusCode.UNAUTHENTICATED, str(err)
+    if isinstance(err, Overloaded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(err)
     return None
 
 

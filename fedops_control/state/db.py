@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -10,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def alembic_config(url: str) -> Config:
@@ -57,3 +63,22 @@ def open_database(url: str) -> sessionmaker[Session]:
 def sqlite_url(path: Path) -> str:
     """SQLAlchemy URL of a SQLite file."""
     return f"sqlite:///{path.resolve()}"
+
+
+class DatabaseWriter:
+    """Runs the agents' database writes off the event loop, on a small pool of threads.
+
+    One thread for SQLite, which admits one writer at a time anyway (more threads would only wait
+    on its lock); a few for PostgreSQL, whose round trips then overlap. Work submitted by one agent
+    session runs in order, because the session awaits each write before reading its next message.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1 if url.startswith("sqlite") else 4,
+                                        thread_name_prefix="fedops-db")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

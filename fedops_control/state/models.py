@@ -56,7 +56,8 @@ class ClientRow(Base):
 class MembershipRow(Base):
     __tablename__ = "memberships"
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
-    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
     enrolled: Mapped[bool] = mapped_column(Boolean, default=True)
     selected: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -180,4 +181,5 @@ class CredentialRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    used_by: Mapped[str] = mapped_column(String(64), default="")  # the client that redeemed an enrolment token
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

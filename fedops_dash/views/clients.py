@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from fedops_common.proto import common_pb2
 from fedops_common.words import client_state, duration
 from fedops_dash import charts
 from fedops_dash.backends import resource_timeline
@@ -36,7 +37,23 @@ def rate(sample: dict[str, Any], before: dict[str, Any] | None, field: str, seco
 
 page("Clients")
 ctl = control()
-clients = sorted(attempt("Listing clients", ctl.clients, []), key=lambda c: c.get("registered_at", ""), reverse=True)
+# A fleet is listed a page of 100 at a time (the service pages by client id: stable while devices join).
+f1, f2 = st.columns(2)
+state_name = f1.selectbox("State", ["any", "online", "training", "finished", "failed", "offline"], key="client-state")
+state = 0 if state_name == "any" else common_pb2.ClientState.Value(f"CLIENT_STATE_{state_name.upper()}")
+tokens = st.session_state.setdefault(f"client-pages-{state_name}", [""])  # page tokens seen, for going back
+listing: dict[str, Any] = attempt(
+    "Listing clients", lambda: ctl.client_page(state=state, page_size=100, page_token=tokens[-1]), {"clients": []})
+f2.caption(f"{len(listing['clients'])} of {listing.get('total_size', len(listing['clients']))} clients"
+           + (f", page {len(tokens)}" if len(tokens) > 1 or listing.get("next_page_token") else ""))
+b1, b2 = f2.columns(2)
+if b1.button("Previous page", disabled=len(tokens) == 1):
+    tokens.pop()
+    st.rerun()
+if b2.button("Next page", disabled=not listing.get("next_page_token")):
+    tokens.append(listing["next_page_token"])
+    st.rerun()
+clients = sorted(listing["clients"], key=lambda c: c.get("registered_at", ""), reverse=True)
 metrics_table([{"client": url("client", c["id"]), "device": c["device"].get("hostname", ""),
                 "state": client_state(c.get("state", "")), "why": c.get("state_reason", ""),
                 "last heartbeat": duration(c.get("heartbeat_age_s", -1)) + " ago",
@@ -47,9 +64,13 @@ labels = {c["id"]: f"{c['id']} · {c['device'].get('hostname', '')} · {client_s
           for c in clients}
 client_id = pick("Client", list(labels), "client", labels=labels)
 if client_id is None:
-    st.info("No client has registered yet: start `fedops-agent`.")
+    st.info("No client has registered yet: start `fedops-agent`." if state_name == "any" else
+            f"No client is {state_name} now.")
     st.stop()
-client = next((c for c in clients if c["id"] == client_id), None)
+wanted: str = client_id
+client = next((c for c in clients if c["id"] == wanted), None)
+if client is None:  # a deep link to a client on another page
+    client = attempt(f"Reading client {wanted}", lambda: ctl.client(wanted), None)
 if client is None:
     st.error(f"client {client_id} is not registered")
     st.stop()
