@@ -80,7 +80,8 @@ def plain_flower(root: Path, data: list[Path], rounds: int, app: Path = APP) -> 
                              check=True).stdout
         run_id = json.loads(out[out.index("{"):])["run-id"]
         # Polled in process (as `flwr ls` would ask): a `flwr` process per poll would take CPU from the run.
-        handle = SuperLinkHandle(run_id="plain", address=f"127.0.0.1:{port}", flwr_home=root / "home")
+        handle = SuperLinkHandle(run_id="plain", address=f"127.0.0.1:{port}", control_address=f"127.0.0.1:{port}",
+                                 flwr_home=root / "home")
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(1)

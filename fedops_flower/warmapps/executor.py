@@ -75,7 +75,8 @@ class _Template:
         if not ready.get("ready"):
             raise TemplateError(f"template {pid} did not start: {ready}")
         self.ready_s = time.monotonic() - started
-        self._sock.settimeout(10.0)
+        # A fork request waits while the template imports what the run's first task used (torch:
+        # 2-10 s on the loaded 2-core VM); a task started cold would have paid that import itself.
 
     def _answer(self) -> dict[str, object]:
         try:
