@@ -6,7 +6,7 @@ Both sides run the same unmodified digits app with 3 SuperNodes on this machine:
 Seconds per round = the ServerApp's running time / rounds (plain: Flower's own `elapsed`;
 fedops: the first to the last round's timestamps of our run record).
 
-Usage: python bench/round_overhead.py [--rounds 3] [--repeats 1]
+Usage: python bench/round_overhead.py [--rounds 3] [--repeats 1] [--warm-apps off|on|both]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from fedops_control.run.launcher import SuperLinkHandle  # noqa: E402 - imported
 APP = ROOT / "examples" / "digits"
 
 
-def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
+def plain_flower(root: Path, data: list[Path], rounds: int, app: Path = APP) -> float:
     """Seconds per round of the app on plain Flower."""
     env = flower_env(root / "home")
     port = free_port()
@@ -75,12 +75,13 @@ def plain_flower(root: Path, data: list[Path], rounds: int) -> float:
                 [console_script("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
                  str(free_port()), "--node-config", f'data-path="{path}"'], env=node_env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        out = subprocess.run([console_script("flwr"), "run", str(APP), "b", "--format", "json", "--run-config",
+        out = subprocess.run([console_script("flwr"), "run", str(app), "b", "--format", "json", "--run-config",
                               f"num-server-rounds={rounds} local-epochs=1"], env=env, capture_output=True, text=True,
                              check=True).stdout
         run_id = json.loads(out[out.index("{"):])["run-id"]
         # Polled in process (as `flwr ls` would ask): a `flwr` process per poll would take CPU from the run.
-        handle = SuperLinkHandle(run_id="plain", address=f"127.0.0.1:{port}", flwr_home=root / "home")
+        handle = SuperLinkHandle(run_id="plain", address=f"127.0.0.1:{port}", control_address=f"127.0.0.1:{port}",
+                                 flwr_home=root / "home")
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(1)
@@ -111,8 +112,10 @@ def serverapp_running_s(state_db: Path, flower_run_id: int) -> float:
 
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
            superlink_tls: bool = True, spare_superlink: bool = True,
-           server_cpus: set[int] | None = None, preload_flower: bool = True) -> tuple[float, float]:
-    """(seconds per round, StartRun -> first round start) through FedOps.
+           server_cpus: set[int] | None = None, preload_flower: bool = True,
+           warm_apps: bool = False, app: Path = APP) -> dict[str, float]:
+    """Seconds per round, StartRun -> first round start, median phase overhead and peak memory,
+    through FedOps.
 
     With ``server_cpus``, the control service and everything it starts (SuperLinks, ServerApps) run
     on those CPUs and the agents (SuperNodes, ClientApps) on the others, as if the devices were
@@ -128,11 +131,12 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         stack.start_control()
         if server_cpus:
             os.sched_setaffinity(0, every_cpu - server_cpus)
-        task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(APP), "--rounds", str(rounds),
+        task = stack.ctl_json("task", "create", "--title", "bench", "--app", str(app), "--rounds", str(rounds),
                               "--min-clients", "3", "--round-timeout", "300", "--hp", "local-epochs=1")
         for i, path in enumerate(data):
             stack.start_agent(f"b{i}", [task["id"]], path,
-                              ["--preload-flower" if preload_flower else "--no-preload-flower"])
+                              ["--preload-flower" if preload_flower else "--no-preload-flower",
+                               "--warm-apps" if warm_apps else "--no-warm-apps"])
         clients = [stack.client_id(f"b{i}") for i in range(len(data))]
         stack.ctl("task", "select", task["id"], *clients)
         os.sched_setaffinity(0, every_cpu)
@@ -142,10 +146,12 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         # Polled over gRPC in process: a `fedopsctl` process per poll would take CPU from the run.
         stub = control_pb2_grpc.ControlServiceStub(control_channel(stack.control_address, stack.security()))
         deadline = time.time() + 600
+        memory = {"agents_rss_mb_max": 0.0, "template_rss_mb_max": 0.0}
         while time.time() < deadline:
             info = stub.GetRun(control_pb2.GetRunRequest(run_id=run["id"]), timeout=30)
             if info.state == common_pb2.RUN_STATE_FINISHED:
                 break
+            sample_memory(list(stack.agents.values()), memory)
             time.sleep(1)
         else:
             raise TimeoutError(f"FedOps run {run['id']} did not finish in 600 s")
@@ -171,9 +177,67 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
                 print(f"  +{ts(e) - received:6.2f}s {e['kind']}: {e.get('message', '')}", file=sys.stderr)
         print(f"  ServerApp running {running_s:.2f}s (Flower's record); app_started -> run_finished "
               f"{ts(finished) - ts(started):.2f}s (with the SuperLink's stop)", file=sys.stderr)
-        return running_s / rounds, first_phase - received
+        print(f"  memory: {json.dumps(memory)}", file=sys.stderr)
+        overheads = phase_breakdown(events, ts)
+        return {"s_per_round": running_s / rounds, "startrun_to_first_round_s": first_phase - received,
+                "phase_overhead_s": statistics.median(overheads) if overheads else 0.0, **memory}
     finally:
         stack.stop()
+
+
+def sample_memory(agents: list[subprocess.Popen[bytes]], peak: dict[str, float]) -> None:
+    """Peak RSS (MB) of the agents with every process under them, and of the largest warm template.
+    RSS counts pages shared after a fork once per process, so the sum is an upper bound."""
+    import psutil
+
+    total = 0.0
+    for agent in agents:
+        try:
+            tree = [psutil.Process(agent.pid), *psutil.Process(agent.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                rss = process.memory_info().rss / 2**20
+                total += rss
+                if "fedops-warm-template" in " ".join(process.cmdline()):
+                    peak["template_rss_mb_max"] = max(peak["template_rss_mb_max"], rss)
+            except psutil.Error:
+                continue
+    peak["agents_rss_mb_max"] = max(peak["agents_rss_mb_max"], total)
+
+
+def phase_breakdown(events: list[dict], ts) -> list[float]:
+    """Print where each phase's wall time goes, by hop; return each phase's overhead (its wall time
+    minus the slowest client handler).
+
+    sent: the observing Grid pushed the messages (``round_phase``); handler start: a client's
+    ``client_result`` arrival minus its handler's duration, so "sent -> handler start" is the
+    SuperNode's pull from the SuperLink, the SuperExec's task poll, the ClientApp process start
+    (or fork), its imports, the FAB install and the app's load; "handler end -> finished" is the
+    reply's way back (ClientApp -> SuperNode -> SuperLink -> the Grid's poll) for the last reply.
+    """
+    overheads = []
+    sent: dict[tuple[int, str], float] = {}
+    handled: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for e in events:
+        phase = (e.get("data") or {}).get("phase", "")
+        key = (int(e.get("round", 0)), phase)
+        if e["kind"] == "round_phase":
+            sent[key] = ts(e)
+        elif e["kind"] == "client_result" and key in sent:
+            duration = float(e["data"].get("duration_s", 0.0))
+            handled.setdefault(key, []).append((ts(e) - duration, duration))
+        elif e["kind"] == "phase_finished" and key in sent and handled.get(key):
+            wall = ts(e) - sent[key]
+            starts = sorted(start - sent[key] for start, _ in handled[key])
+            slowest = max(duration for _, duration in handled[key])
+            last_end = max(start + duration for start, duration in handled[key])
+            overheads.append(wall - slowest)
+            print(f"  round {key[0]} {key[1]:8s} wall {wall:6.2f}s = sent -> handler start "
+                  f"{starts[0]:.2f}..{starts[-1]:.2f}s, slowest handler {slowest:.2f}s, last handler end -> "
+                  f"finished {ts(e) - last_end:.2f}s; overhead {wall - slowest:.2f}s", file=sys.stderr)
+    return overheads
 
 
 def main() -> None:
@@ -190,6 +254,12 @@ def main() -> None:
     parser.add_argument("--no-preload-flower", dest="preload_flower", action="store_false",
                         help="agents start each SuperNode as a new process instead of forking it from their "
                              "preloaded fork server")
+    parser.add_argument("--app", type=Path, default=APP,
+                        help="the Flower app both sides run (it needs a local-epochs key), e.g. "
+                             "tests/apps/message_lists for a numpy-only model; default: the digits app (torch)")
+    parser.add_argument("--warm-apps", choices=("off", "on", "both"), default="both",
+                        help="agents fork ClientApps from a warm template (fedops_flower/warmapps); both: run "
+                             "FedOps without and with them in each repeat, side by side with plain Flower")
     parser.add_argument("--server-cpus", default="",
                         help="e.g. 0: the control service and its SuperLinks/ServerApps on these CPUs, the agents "
                              "on the others (devices are other machines in a deployment)")
@@ -200,29 +270,37 @@ def main() -> None:
     server_cpus = {int(cpu) for cpu in args.server_cpus.split(",") if cpu.strip()}
     if server_cpus and not server_cpus < os.sched_getaffinity(0):
         parser.error("--server-cpus: a proper subset of this machine's CPUs")
-    plain, ours, start = [], [], []
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.warm_apps]
+    plain: list[float] = []
+    ours: dict[bool, list[dict[str, float]]] = {mode: [] for mode in modes}
     for rep in range(args.repeats):
         if not args.fedops_only:
-            plain.append(plain_flower(work / f"plain{rep}", data, args.rounds))
-        per_round, to_first = fedops(work / f"fedops{rep}", data, args.rounds, args.superlink_bind,
-                                     args.superlink_tls, args.spare_superlink, server_cpus, args.preload_flower)
-        ours.append(per_round)
-        start.append(to_first)
-    result = {"rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
-              "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
-              "preload_flower": args.preload_flower,
-              "server_cpus": sorted(server_cpus),
-              "fedops_s_per_round": statistics.median(ours),
-              "startrun_to_first_round_s": statistics.median(start)}
+            plain.append(plain_flower(work / f"plain{rep}", data, args.rounds, args.app.resolve()))
+        for mode in modes:
+            print(f"FedOps, warm apps {'on' if mode else 'off'}, repeat {rep + 1}:", file=sys.stderr)
+            ours[mode].append(fedops(
+                work / f"fedops{rep}{'w' if mode else ''}", data, args.rounds, args.superlink_bind,
+                args.superlink_tls, args.spare_superlink, server_cpus, args.preload_flower, warm_apps=mode,
+                app=args.app.resolve()))
+    result: dict[str, object] = {
+        "app": str(args.app), "rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
+        "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
+        "preload_flower": args.preload_flower, "server_cpus": sorted(server_cpus),
+        "load_average_after": os.getloadavg()}
     if plain:
         result["plain_flower_s_per_round"] = statistics.median(plain)
-        result["ratio"] = statistics.median(ours) / statistics.median(plain)
-        # Plain Flower's Grid pulls replies every 3 s, so its rounds move in 3 s steps from run to
-        # run: the mean over repeats is the steadier figure.
-        result["ratio_of_means"] = statistics.mean(ours) / statistics.mean(plain)
         result["plain_flower_s_per_round_each"] = [round(value, 2) for value in plain]
-    result["fedops_s_per_round_each"] = [round(value, 2) for value in ours]
-    result["startrun_to_first_round_s_each"] = [round(value, 2) for value in start]
+    for mode in modes:
+        name = "fedops_warm" if mode else "fedops"
+        for key in ours[mode][0]:
+            values = [measured[key] for measured in ours[mode]]
+            result[f"{name}_{key}_median"] = round(statistics.median(values), 3)
+            result[f"{name}_{key}_each"] = [round(value, 2) for value in values]
+        if plain:
+            # Plain Flower's Grid pulls replies every 3 s, so its rounds move in 3 s steps from run to
+            # run: the mean over repeats is the steadier figure.
+            result[f"{name}_ratio_of_means"] = round(statistics.mean(m["s_per_round"] for m in ours[mode])
+                                                     / statistics.mean(plain), 3)
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

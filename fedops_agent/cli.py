@@ -66,6 +66,14 @@ def run(
             help="import Flower once at start-up and fork each run's SuperNode from it (saves ~2 CPU-s per run start)"
         ),
     ] = True,
+    warm_apps: Annotated[
+        bool,
+        typer.Option(
+            envvar="FEDOPS_WARM_APPS",
+            help="fork each ClientApp from a per-run template with the app already imported "
+                 "(needs --preload-flower; a task opts out with client config fedops-warm-apps=false)"
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps device agent."""
@@ -100,9 +108,9 @@ def run(
         data_path=data_path if data_path is not None else str(file_cfg.get("data_path", "")),
         state_dir=state, device_id=device_id or file_cfg.get("device_id", ""),
         telemetry=telemetry, sampler=sampler, metrics_address=metrics_address, enrolment_tokens=tokens,
-        security=security, preload_flower=preload_flower)
+        security=security, preload_flower=preload_flower, warm_apps=warm_apps)
     if preload_flower:
-        forkserver.warm()
+        forkserver.warm(warm_apps=warm_apps)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

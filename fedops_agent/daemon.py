@@ -34,6 +34,7 @@ from fedops_agent.supernode import (
     stop_supernode,
     wait_exit,
 )
+from fedops_agent.warmapps import warm_apps_wanted, watch_fallback
 from fedops_common import runconfig as keys
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
@@ -75,9 +76,11 @@ class Agent:
     def __init__(self, control: str, task_ids: list[str], data_path: str, state_dir: Path, device_id: str,
                  telemetry: Telemetry | None = None, sampler: ResourceSampler | None = None,
                  metrics_address: str = "", enrolment_tokens: list[str] | None = None,
-                 security: ChannelSecurity | None = None, preload_flower: bool = False) -> None:
+                 security: ChannelSecurity | None = None, preload_flower: bool = False,
+                 warm_apps: bool = False) -> None:
         self.control = control
         self.preload_flower = preload_flower  # SuperNodes are forks of the fork server (forkserver.warm())
+        self.warm_apps = warm_apps and preload_flower  # ClientApps forked from a template (fedops_flower.warmapps)
         self.enrolment_tokens = list(enrolment_tokens or [])
         self.security = security or ChannelSecurity()
         self.supernode_key, self.supernode_public_key = supernode_keypair(state_dir)
@@ -259,7 +262,8 @@ class Agent:
             root_certificates.write_bytes(start.superlink_root_certificates)
         node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
                                root_certificates=root_certificates, auth_key=self.supernode_key,
-                               forked=self.preload_flower)
+                               forked=self.preload_flower,
+                               warm_apps=self.warm_apps and warm_apps_wanted(start.node_config))
         node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))
@@ -267,6 +271,7 @@ class Agent:
             self.sampler.retag(TrainingTags(run_id=start.run_id))
         asyncio.create_task(self._supervise(node))
         asyncio.create_task(self._report_node_id(node))
+        asyncio.create_task(watch_fallback(node, lambda: self._node_log(node), self._status))
         return node
 
     async def _report_node_id(self, node: SuperNodeProcess, timeout_s: float = 120) -> None:

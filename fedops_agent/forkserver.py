@@ -29,10 +29,13 @@ from fedops_common.proc import FLOWER_SETTINGS
 # What a SuperNode and its SuperExec import; "__main__" (the agent's script) too, or every fork
 # would import it again to prepare itself.
 PRELOAD = ["__main__", "flwr.supernode.cli", "flwr.supercore.cli"]
+# With warm apps, each run's SuperExec forks a ClientApp template that imports our wrapper: preloaded
+# here, the template is ready in milliseconds instead of importing grpc and the stubs again.
+PRELOAD_WARM_APPS = ["fedops_flower.warmapps.executor", "fedops_flower.clientapp.app"]
 _CONTEXT = multiprocessing.get_context("forkserver")
 
 
-def warm() -> None:
+def warm(warm_apps: bool = True) -> None:
     """Start the fork server, which imports Flower in the background (once per agent process).
 
     Returns at once; a :func:`start_supernode` before the import is done waits for it. Flower reads
@@ -40,7 +43,7 @@ def warm() -> None:
     fork server inherits it.
     """
     os.environ.update(FLOWER_SETTINGS)
-    _CONTEXT.set_forkserver_preload(PRELOAD)
+    _CONTEXT.set_forkserver_preload(PRELOAD + (PRELOAD_WARM_APPS if warm_apps else []))
     forkserver.ensure_running()
 
 
@@ -75,18 +78,19 @@ class ForkedProcess:
 
 
 def start_supernode(supernode_args: list[str], runtime_port: int, superexec_args: list[str],
-                    env: dict[str, str], log_path: Path) -> ForkedProcess:
+                    env: dict[str, str], log_path: Path, warm_apps: bool = False) -> ForkedProcess:
     """Fork ``flower-supernode *supernode_args`` (which must include ``--isolation process`` and
     ``--port runtime_port``) with its SuperExec, ``flower-superexec *superexec_args``, in one new
-    process group; both write to ``log_path`` and see exactly ``env``."""
+    process group; both write to ``log_path`` and see exactly ``env``. With ``warm_apps`` the
+    SuperExec forks its ClientApps from a warm template (``fedops_flower.warmapps``)."""
     process = _CONTEXT.Process(target=_supernode_main, name="flower-supernode",
-                               args=(supernode_args, runtime_port, superexec_args, env, str(log_path)))
+                               args=(supernode_args, runtime_port, superexec_args, env, str(log_path), warm_apps))
     process.start()
     return ForkedProcess(process, ["flower-supernode", *supernode_args])
 
 
 def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args: list[str],
-                    env: dict[str, str], log_path: str) -> None:
+                    env: dict[str, str], log_path: str, warm_apps: bool = False) -> None:
     """In the fork: become the group leader, then the SuperNode; fork the SuperExec beside it."""
     os.setsid()
     # The title first: setproctitle needs the environment as exec left it.
@@ -98,13 +102,15 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
     os.environ.clear()
     os.environ.update(env)
     if os.fork() == 0:
-        _superexec_main(superexec_args, runtime_port, supernode_pid=os.getppid(), flwr_home=env["FLWR_HOME"])
+        _superexec_main(superexec_args, runtime_port, supernode_pid=os.getppid(), flwr_home=env["FLWR_HOME"],
+                        warm_apps=warm_apps)
     from flwr.supernode.cli import flower_supernode
 
     flower_supernode()
 
 
-def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid: int, flwr_home: str) -> None:
+def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid: int, flwr_home: str,
+                    warm_apps: bool = False) -> None:
     """In the SuperNode's fork: wait for its Runtime API (Flower's SuperExec backs off for seconds
     between connection attempts), then run the SuperExec; it exits with the SuperNode (``--parent-pid``)."""
     code = 0
@@ -115,6 +121,10 @@ def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid:
             from flwr.supercore.cli import flower_superexec
 
             _become("flower-superexec", [*superexec_args, "--parent-pid", str(supernode_pid)], flwr_home)
+            if warm_apps:
+                from fedops_flower.warmapps.executor import install
+
+                install()
             flower_superexec()
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

@@ -36,13 +36,14 @@ class SuperNodeProcess:
 
 def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
                     root_certificates: Path | None = None, auth_key: Path | None = None,
-                    forked: bool = False) -> SuperNodeProcess:
+                    forked: bool = False, warm_apps: bool = False) -> SuperNodeProcess:
     """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
 
     With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
     (Flower's SuperNode authentication); without, plaintext. With ``forked``, the SuperNode and its
     SuperExec are forks of the agent's fork server (:func:`fedops_agent.forkserver.warm` first),
-    else new processes (``flower-supernode`` starts ``flower-superexec`` itself).
+    else new processes (``flower-supernode`` starts ``flower-superexec`` itself). ``warm_apps`` (forked
+    only) makes the SuperExec fork each ClientApp from a warm template (``fedops_flower.warmapps``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
@@ -61,14 +62,15 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
     if forked:
         process = forkserver.start_supernode(
             [*args, "--isolation", "process"], runtime_port,
-            ["--insecure", "--runtime-api-address", f"127.0.0.1:{runtime_port}"], env, log_path)
+            ["--insecure", "--runtime-api-address", f"127.0.0.1:{runtime_port}"], env, log_path,
+            warm_apps=warm_apps)
     else:
         log_file = open(log_path, "ab")
         process = subprocess.Popen([console_script("flower-supernode"), *args], env=env, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
     log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink,
-             tls=root_certificates is not None, forked=forked)
+             tls=root_certificates is not None, forked=forked, warm_apps=forked and warm_apps)
     return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset)
 
 

@@ -30,3 +30,6 @@ TLS_KEY_FILE = "fedops-tls-key-file"
 NODE_RUN_ID = RUN_ID
 NODE_TASK_ID = TASK_ID
 NODE_CLIENT_ID = "fedops-client-id"
+# A task's client config may set this to false: its ClientApps are new processes, not warm forks
+# (fedops_flower/warmapps). The agent's --no-warm-apps turns them off for every task.
+NODE_WARM_APPS = "fedops-warm-apps"

@@ -1,0 +1,40 @@
+"""The agent's side of warm app processes (``fedops_flower.warmapps``): whether a run gets them, and
+telling the control service when a run's SuperExec fell back to Flower's own executor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from fedops_agent.supernode import SuperNodeProcess
+from fedops_common import runconfig as keys
+from fedops_common.logging import get_logger
+from fedops_common.proto import common_pb2
+
+log = get_logger(__name__)
+# What fedops_flower.warmapps.executor logs when it cannot build a template (kept here as text: the
+# agent does not import Flower's executor code).
+FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
+_OFF = {"false", "0", "no", "off"}
+
+
+def warm_apps_wanted(node_config: Mapping[str, str]) -> bool:
+    """False when the task's client config sets ``fedops-warm-apps`` to false (a JSON or bare value)."""
+    value = node_config.get(keys.NODE_WARM_APPS, "")
+    return value.strip().strip('"').lower() not in _OFF
+
+
+async def watch_fallback(node: SuperNodeProcess, read_log: Callable[[], str],
+                         status: Callable[[common_pb2.ClientState.ValueType, str, str], None],
+                         interval_s: float = 1.0) -> None:
+    """While the SuperNode runs, look for the executor's fallback line in its log; report it once
+    (the client's state reason, and a warning in the agent's log with the run id)."""
+    while node.process.poll() is None:
+        text = read_log()
+        at = text.find(FALLBACK_MARK)
+        if at >= 0:
+            line = text[at:].split("\n", 1)[0]
+            log.warning("warm apps fell back to Flower's executor", run_id=node.run_id, detail=line)
+            status(common_pb2.CLIENT_STATE_TRAINING, line, node.run_id)
+            return
+        await asyncio.sleep(interval_s)

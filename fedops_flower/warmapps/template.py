@@ -1,0 +1,196 @@
+"""The template process: imports once, then forks one process per task.
+
+A new ``flwr-clientapp`` process imports Flower's ClientApp runtime, our wrapper and its gRPC
+stack, then the app and its framework (torch alone is about 2 CPU-seconds), for every message.
+The template pays the first part when the run's SuperExec starts (while the SuperNode joins), and
+the app's part once: the first task of a run reports back what it imported and from where, and the
+template imports the same modules, so every later task starts with them in memory.
+
+Each task is still its own process, forked from a template that never ran the app's code, so no
+module-level state of one message reaches the next, and a task that crashes (``os._exit``, a
+segfault) takes only itself down. The template stays in the SuperNode's process group, so a stop
+of the run's group stops it and its tasks like any other process of the run.
+
+Protocol on the socket (one JSON line each way per task): ``{"argv": [...], "quiet": bool}``
+→ ``{"pid": N}`` or ``{"error": "..."}``. The template exits when the socket closes
+(its SuperExec is gone).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from setproctitle import setproctitle
+
+# What the template imports before it says it is ready, by task type: Flower's entry point for the
+# task and our wrapper (with grpc, structlog and the generated stubs it imports).
+ENTRY_POINTS = {
+    "flwr-clientapp": ("flwr.supernode.cli", "flwr_clientapp", "fedops_flower.clientapp.app"),
+    "flwr-serverapp": ("flwr.superlink.cli", "flwr_serverapp", "fedops_flower.serverapp.app"),
+}
+_SKIPPED_PREFIXES = ("__main__", "__mp_main__", "_pytest", "pytest")
+
+
+def serve(sock: socket.socket, command: str) -> NoReturn:
+    """Run the template on ``sock`` (in a fresh fork of the SuperExec); never returns."""
+    code = 0
+    try:
+        _reset_inherited_handlers()
+        setproctitle(f"{_home()}fedops-warm-template {command}")
+        module, function, wrapper = ENTRY_POINTS[command]
+        entry = getattr(importlib.import_module(module), function)
+        importlib.import_module(wrapper)
+        _send(sock, {"ready": True, "pid": os.getpid()})
+        _loop(sock, command, entry)
+    except BaseException:  # noqa: B036  # the template must end here, never in the SuperExec's code
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _reset_inherited_handlers() -> None:
+    """A template rebuilt mid-run is a fork of a SuperExec that registered Flower's exit and signal
+    handlers (close its Runtime API client): its tasks must not run those."""
+    from flwr.supercore.exit import exit_handler
+
+    exit_handler.registered_exit_handlers.clear()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    atexit._clear()
+
+
+def _loop(sock: socket.socket, command: str, entry: Callable[[], None]) -> None:
+    reader = sock.makefile("rb")
+    learning: dict[int, bytearray] = {}  # read end of a learning task's pipe -> what it wrote so far
+    warmed = False  # the app's modules are imported (learned from a task that ran to its end)
+    while True:
+        readable, _, _ = select.select([sock.fileno(), *learning], [], [], 0.5)
+        _reap()
+        for fd in readable:
+            if fd == sock.fileno():
+                line = reader.readline()  # the SuperExec waits for each answer: never a second line buffered
+                if not line:
+                    return  # the SuperExec is gone
+                request = json.loads(line)
+                learn_r, learn_w = os.pipe() if not warmed and not learning else (-1, -1)
+                pid = os.fork()
+                if pid == 0:
+                    reader.close()
+                    sock.close()
+                    for other in learning:
+                        os.close(other)
+                    if learn_r >= 0:
+                        os.close(learn_r)
+                    _task(command, entry, request["argv"], bool(request.get("quiet")), learn_w)
+                if learn_w >= 0:
+                    os.close(learn_w)
+                    learning[learn_r] = bytearray()
+                _send(sock, {"pid": pid})
+            else:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    learning[fd] += chunk
+                    continue
+                os.close(fd)
+                warmed = _warm_up(bytes(learning.pop(fd))) or warmed
+
+
+def _home() -> str:
+    """As the run's other Flower processes show it (``fedops_agent/forkserver.py``): scans for a run's
+    processes look for its directory in their command lines."""
+    home = os.environ.get("FLWR_HOME")
+    return f"FLWR_HOME={home} " if home else ""
+
+
+def _send(sock: socket.socket, body: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(body).encode() + b"\n")
+
+
+def _reap() -> None:
+    """Collect exited tasks (and say which ended abnormally: a crash shows in the run's log)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if os.WIFSIGNALED(status):
+            print(f"fedops warm apps: task process {pid} killed by signal {os.WTERMSIG(status)}",
+                  file=sys.stderr, flush=True)
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) not in (0,):
+            print(f"fedops warm apps: task process {pid} exited with code {os.WEXITSTATUS(status)}",
+                  file=sys.stderr, flush=True)
+
+
+def _task(command: str, entry: Callable[[], None], argv: list[str], quiet: bool, learn_w: int) -> NoReturn:
+    """In the task's fork: run Flower's entry point as ``argv`` would, then exit with its code."""
+    code = 0
+    modules_before, path_before = set(sys.modules), list(sys.path)
+    try:
+        if quiet:  # what Flower's subprocess executor does for this task type
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        sys.argv = [command, *argv]
+        setproctitle(_home() + " ".join(sys.argv))
+        entry()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except BaseException:  # noqa: B036  # a task must end here, never in the template's loop
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            if learn_w >= 0:
+                learned = {"path": [p for p in sys.path if p not in path_before],
+                           "modules": [m for m in list(sys.modules) if m not in modules_before]}
+                os.write(learn_w, json.dumps(learned).encode())
+                os.close(learn_w)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _warm_up(report: bytes) -> bool:
+    """Import what the run's first task imported (the app, its framework), from where it did."""
+    try:
+        learned = json.loads(report)
+    except ValueError:
+        return False  # the task crashed before it could say: the next one is asked again
+    for path in reversed(learned["path"]):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    failed = 0
+    for name in learned["modules"]:
+        if name.startswith(_SKIPPED_PREFIXES) or name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: B036  # an import with side effects that fails here fails in each task too
+            failed += 1
+    print(f"fedops warm apps: template {os.getpid()} imported {len(learned['modules']) - failed} modules "
+          f"of the app's first task ({failed} not importable); threads: {threading.active_count()}",
+          file=sys.stderr, flush=True)
+    return True
+
+
+if __name__ == "__main__":  # a template rebuilt as a new process: COMMAND FD
+    serve(socket.socket(fileno=int(sys.argv[2])), sys.argv[1])

@@ -1,0 +1,1 @@
+"""warm-probe-app: FedAvg with Flower's Message API and list-valued metrics."""

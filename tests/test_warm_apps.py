@@ -1,0 +1,219 @@
+"""Warm app processes (fedops_flower/warmapps): real runs whose ClientApps are forks of a per-run
+template, with agents started with ``--warm-apps``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedops_control.devstack import LocalStack
+from tests.test_e2e import flower_processes, get_run, stray_processes, wait_finished, wait_for
+
+pytestmark = pytest.mark.e2e
+APPS = Path(__file__).parent / "apps"
+STYLES = ("legacy_workflow", "legacy_serverfn", "legacy_analytics", "message_lists", "no_message")
+CLIENTS = 3
+FORKED = re.compile(r"fedops warm apps: task \d+ forked as pid (\d+)")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Control service and 3 agents with warm apps, enrolled in one task per case."""
+    root = tmp_path_factory.mktemp("warm")
+    stack = LocalStack(root / "stack")
+    probe = APPS / "warm_probe"
+    cases: dict[str, tuple[Path, list[str]]] = {
+        **{style: (APPS / style, []) for style in STYLES},
+        "probe": (probe, []),
+        # Flower's SuperNode waits for a crashed task's reply until the task's heartbeat lapses (up to
+        # 2 x 30 s): the round waits that long for the crashed client's error reply.
+        "crash": (probe, ["--hp", "crash-round=1", "--round-timeout", "120"]),
+        "opt_out": (probe, ["--client-config", "fedops-warm-apps=false"]),
+    }
+    try:
+        stack.start_control()
+        tasks = {}
+        for name, (app, extra) in cases.items():
+            args = ["task", "create", "--title", name, "--app", str(app), "--rounds", "2", "--min-clients", "2",
+                    "--round-timeout", "60", "--client-config", "partition-id=${client.index}",
+                    "--client-max-restarts", "0", *extra]
+            tasks[name] = stack.ctl_json(*args)["id"]
+        for i in range(CLIENTS):
+            data = root / f"data{i}"
+            data.mkdir()
+            stack.start_agent(f"warm{i}", list(tasks.values()), data, extra_args=["--warm-apps"])
+        clients = [stack.client_id(f"warm{i}") for i in range(CLIENTS)]
+        wait_for(lambda: all(c["state"] == "CLIENT_STATE_ONLINE" for c in stack.ctl_json("clients", "list")["clients"]),
+                 30)
+        for task_id in tasks.values():
+            stack.ctl("task", "select", task_id, *clients)
+        yield {"stack": stack, "tasks": tasks, "clients": clients}
+    finally:
+        stack.stop()
+
+
+def run_to_end(fleet: dict[str, Any], case: str) -> dict[str, Any]:
+    run = fleet["stack"].ctl_json("run", "start", fleet["tasks"][case])
+    return wait_finished(fleet["stack"], run["id"], 240)
+
+
+def supernode_logs(fleet: dict[str, Any], run_id: str) -> list[str]:
+    """Each agent's SuperNode log of the run (its SuperExec and the template write there too)."""
+    stack: LocalStack = fleet["stack"]
+    paths = [stack.root / "agents" / f"warm{i}" / "runs" / run_id / "supernode.log" for i in range(CLIENTS)]
+    return [path.read_text(errors="replace") if path.exists() else "" for path in paths]
+
+
+def app_processes(root: Path) -> list[str]:
+    """Command lines of the templates and ClientApp tasks under ``root``, read from /proc (a ``ps``
+    listing may cut long lines at the terminal width)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in line and ("fedops-warm-template" in line or "flwr-clientapp" in line):
+            found.append(line)
+    return found
+
+
+def results(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for r in run.get("rounds", []) for c in r.get("client_results", [])]
+
+
+def by_number(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {int(r.get("number", 0)): r for r in run.get("rounds", [])}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], style: str) -> None:
+    run = run_to_end(fleet, style)
+    assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
+    for text in supernode_logs(fleet, run["id"]):
+        assert "fedops warm apps: template ready" in text
+        # Every ClientApp task was a fork of the template (a ServerApp that sends nothing starts none).
+        assert bool(FORKED.search(text)) == (style != "no_message")
+        assert "falling back" not in text
+        assert "Traceback" not in text, text[-3000:]
+
+
+def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, Any]) -> None:
+    """Module-level state never reaches the next message; every task is its own process, forked
+    (not started) by the template, which imported the app after the first task; prints are captured."""
+    run = run_to_end(fleet, "probe")
+    assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
+    done = [c for c in results(run) if c["phase"] in ("train", "evaluate")]
+    assert len(done) == 2 * 2 * CLIENTS and not any(c.get("error") for c in done)
+    assert all(c["metrics"]["handled-in-process"] == 1 for c in done)
+    pids = [int(c["metrics"]["pid"]) for c in done]
+    assert len(set(pids)) == len(pids)
+    logs = supernode_logs(fleet, run["id"])
+    forked = {int(p) for text in logs for p in FORKED.findall(text)}
+    assert set(pids) <= forked
+    assert all("modules of the app's first task" in text for text in logs)
+    # The app's own print() of each forked task is in the agent's logs (logger "app", stream stdout).
+    stack: LocalStack = fleet["stack"]
+    found = subprocess.run(["grep", "-rlE", "--include=*.jsonl", "warm-probe client [0-9]: training round 2",
+                            str(stack.root / "agents")], capture_output=True, text=True).stdout.split()
+    assert len(found) == CLIENTS and all("/telemetry/logs/fedops-clientapp-" in path for path in found), found
+
+
+def test_hard_crash_fails_only_its_own_reply(fleet: dict[str, Any]) -> None:
+    """Client 0 calls os._exit in round 1's train: that reply is missing, the round goes on with the
+    others (quorum 2), the template survives, and client 0 trains again in round 2."""
+    run = run_to_end(fleet, "crash")
+    assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
+    rounds = by_number(run)
+    ok = {n: {c["client_id"] for c in rounds[n]["client_results"] if c["phase"] == "train" and not c.get("error")}
+          for n in (1, 2)}
+    logs = supernode_logs(fleet, run["id"])
+    crashed = [i for i, text in enumerate(logs) if "exited with code 7" in text]
+    assert len(crashed) == 1, "the template saw its task's exit code"
+    first = fleet["clients"][crashed[0]]  # agents warm0..2 are clients[0..2]
+    assert first not in ok[1] and len(ok[1]) == CLIENTS - 1
+    assert ok[2] == set(fleet["clients"])
+    text = logs[crashed[0]]
+    assert "template ready" in text and text.count("template ready") == 1  # not rebuilt: it survived
+
+
+def test_hard_stop_leaves_no_template_or_task(fleet: dict[str, Any]) -> None:
+    stack: LocalStack = fleet["stack"]
+    run = stack.ctl_json("run", "start", fleet["tasks"]["probe"])
+    wait_for(lambda: any(FORKED.search(text) for text in supernode_logs(fleet, run["id"])), 120)
+    try:
+        assert any("fedops-warm-template" in line for line in app_processes(stack.root))
+    finally:
+        stack.ctl("run", "stop", run["id"], "--hard")
+    final = get_run(stack, run["id"])
+    assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
+    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(stack) == [], 30)
+    wait_for(lambda: app_processes(stack.root) == [], 30)
+    wait_for(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 30)
+
+
+def test_task_opt_out_runs_flowers_own_executor(fleet: dict[str, Any]) -> None:
+    run = run_to_end(fleet, "opt_out")
+    assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
+    assert all(c["metrics"]["handled-in-process"] == 1 for c in results(run) if c["phase"] == "train")
+    for text in supernode_logs(fleet, run["id"]):
+        assert "fedops warm apps" not in text
+
+
+def test_killed_template_is_rebuilt(fleet: dict[str, Any]) -> None:
+    """A template killed mid-run (out of memory, an operator) is rebuilt as a new process before the
+    next task, and the run completes."""
+    stack: LocalStack = fleet["stack"]
+    run = stack.ctl_json("run", "start", fleet["tasks"]["probe"])
+    ready = re.compile(r"template ready: flwr-clientapp pid (\d+)")
+    text = wait_for(lambda: (t := supernode_logs(fleet, run["id"])[0]) and FORKED.search(t) and t, 120, 0.2)
+    match = ready.search(text)
+    assert match
+    subprocess.run(["kill", "-9", match.group(1)], check=True)
+    final = wait_finished(stack, run["id"], 240)
+    assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+    text = supernode_logs(fleet, run["id"])[0]
+    assert "rebuilding it" in text and len(ready.findall(text)) == 2
+
+
+def test_template_starts_with_the_superexec_and_stops_with_its_group(tmp_path: Path) -> None:
+    """The template is ready while the SuperNode is still joining (no SuperLink here at all), is the
+    SuperExec's child in the run's process group, and a stop leaves none of them."""
+    from fedops_agent import forkserver
+    from fedops_agent.supernode import start_supernode, stop_supernode
+    from fedops_common.net import free_port
+    from fedops_common.proc import pid_alive
+
+    forkserver.warm(warm_apps=True)
+    workdir = tmp_path / "run-9"
+    node = start_supernode("run-9", f"127.0.0.1:{free_port()}", {}, workdir, forked=True, warm_apps=True)
+    log_path = workdir / "supernode.log"
+    try:
+        text = wait_for(lambda: log_path.exists() and "template ready" in (t := log_path.read_text()) and t, 60, 0.1)
+        pid = int(re.findall(r"template ready: flwr-clientapp pid (\d+)", text)[0])
+        assert os.getpgid(pid) == node.process.pid
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(f"FLWR_HOME={workdir / 'flwr'} ".encode())
+    finally:
+        stop_supernode(node, hard=False)
+    wait_for(lambda: not pid_alive(pid) and app_processes(workdir) == [], 10, 0.1)
+
+
+def test_template_that_cannot_be_built_falls_back_to_flowers_executor(capfd: pytest.CaptureFixture[str]) -> None:
+    """A task type the template cannot run (here: one it has no entry point for) is logged as a
+    fallback and launched by Flower's SubprocessExecutor."""
+    from flwr.supercore.constant import TaskType
+
+    from fedops_flower.warmapps.executor import FALLBACK_MARK, WarmExecutor
+
+    executor = WarmExecutor(frozenset({TaskType.SIMULATION}))
+    try:
+        assert executor._templates == {TaskType.SIMULATION: None}
+    finally:
+        executor.close()
+    assert FALLBACK_MARK in capfd.readouterr().err
