@@ -198,7 +198,7 @@ class RunManager(RunLaunch):
                     client = db.get(ClientRow, cid)
                     if client is not None and client.current_run_id == run_id:
                         client.current_run_id = ""
-                        if client.state != S.CLIENT_STATE_FAILED:
+                        if client.state not in (S.CLIENT_STATE_FAILED, S.CLIENT_STATE_OFFLINE):  # they left
                             client.state = (
                                 S.CLIENT_STATE_FINISHED if outcome == S.RUN_OUTCOME_COMPLETED else S.CLIENT_STATE_ONLINE
                             )
