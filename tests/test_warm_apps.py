@@ -17,7 +17,9 @@ from tests.test_e2e import flower_processes, get_run, stray_processes, wait_fini
 
 pytestmark = pytest.mark.e2e
 APPS = Path(__file__).parent / "apps"
-STYLES = ("legacy_workflow", "legacy_serverfn", "legacy_analytics", "message_lists", "no_message")
+# The app styles of tests/test_app_styles.py, and a scikit-learn app (NumPyClient, as Flower's
+# sklearn quickstart writes it).
+STYLES = ("legacy_workflow", "legacy_serverfn", "legacy_analytics", "message_lists", "no_message", "sklearn_logreg")
 CLIENTS = 3
 FORKED = re.compile(r"fedops warm apps: task \d+ forked as pid (\d+)")
 
@@ -109,6 +111,11 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
         assert bool(FORKED.search(text)) == (style != "no_message")
         assert "falling back" not in text
         assert "Traceback" not in text, text[-3000:]
+    if style == "sklearn_logreg":  # its declared frameworks were in every template before the first message
+        logs = supernode_logs(fleet, run["id"])
+        assert all("imported the app's frameworks ['sklearn', 'numpy']" in text for text in logs)
+        accuracy = [c["metrics"]["accuracy"] for c in results(run) if c["phase"] == "evaluate"]
+        assert len(accuracy) == 2 * CLIENTS and min(accuracy) > 0.2, accuracy  # chance is 0.1
     # The ServerApp was a fork of the run's ServerApp template too.
     text = superlink_log(fleet, run["id"])
     assert "template ready: flwr-serverapp" in text and FORKED.search(text), text[-3000:]

@@ -1,0 +1,1 @@
+"""sklearn-logreg-app: federated logistic regression with scikit-learn."""
