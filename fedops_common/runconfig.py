@@ -36,3 +36,5 @@ NODE_WARM_APPS = "fedops-warm-apps"
 # Environment of a run's SuperNode with warm apps: the import names of the app's declared
 # dependencies (comma-separated), which the ClientApp template imports before it says it is ready.
 WARM_IMPORTS_ENV = "FEDOPS_WARM_IMPORTS"
+# Set in each task a warm template forks: the task says so in its reports (a new process has none).
+WARM_FORK_ENV = "FEDOPS_WARM_FORK"

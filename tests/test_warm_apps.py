@@ -3,6 +3,7 @@ template, with agents started with ``--warm-apps``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -73,6 +74,11 @@ def supernode_logs(fleet: dict[str, Any], run_id: str) -> list[str]:
     return [path.read_text(errors="replace") if path.exists() else "" for path in paths]
 
 
+def run_events(fleet: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    watched = fleet["stack"].ctl("--output", "json", "run", "watch", run_id).stdout
+    return [json.loads(line) for line in watched.splitlines()]
+
+
 def superlink_log(fleet: dict[str, Any], run_id: str) -> str:
     """The run's SuperLink log (its SuperExec, ServerApp template and ServerApp write there too)."""
     stack: LocalStack = fleet["stack"]
@@ -116,10 +122,12 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
         assert all("imported the app's frameworks ['sklearn', 'numpy']" in text for text in logs)
         accuracy = [c["metrics"]["accuracy"] for c in results(run) if c["phase"] == "evaluate"]
         assert len(accuracy) == 2 * CLIENTS and min(accuracy) > 0.2, accuracy  # chance is 0.1
-    # The ServerApp was a fork of the run's ServerApp template too.
+    # The ServerApp was a fork of the run's ServerApp template too, and its start event says so.
     text = superlink_log(fleet, run["id"])
     assert "template ready: flwr-serverapp" in text and FORKED.search(text), text[-3000:]
     assert "falling back" not in text
+    started = [e for e in run_events(fleet, run["id"]) if e["kind"] == "app_started"]
+    assert [e["message"] for e in started] == ["ServerApp started (a fork of the warm template)"]
 
 
 def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, Any]) -> None:
@@ -255,8 +263,6 @@ def test_template_not_ready_in_time_falls_back_and_the_run_says_so(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A device whose template is not ready within FEDOPS_WARM_TEMPLATE_TIMEOUT_S runs its ClientApps
     with Flower's own executor: the run completes, and its events name the client that fell back."""
-    import json
-
     stack = LocalStack(tmp_path / "stack")
     try:
         stack.start_control()
@@ -276,8 +282,8 @@ def test_template_not_ready_in_time_falls_back_and_the_run_says_so(tmp_path: Pat
         run = stack.ctl_json("run", "start", task)
         final = wait_finished(stack, run["id"], 240)
         assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
-        watched = stack.ctl("--output", "json", "run", "watch", run["id"]).stdout
-        events = [json.loads(line) for line in watched.splitlines()]
+        events = run_events({"stack": stack}, run["id"])
+        assert [e["message"] for e in events if e["kind"] == "app_started"] == ["ServerApp started"]  # not warm here
         fell_back = [e for e in events if e["kind"] == "warm_apps_fallback"]
         assert [e["client_id"] for e in fell_back] == [slow], fell_back
         assert "not ready within 0.001 s (FEDOPS_WARM_TEMPLATE_TIMEOUT_S)" in fell_back[0]["message"]

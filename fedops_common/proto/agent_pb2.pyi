@@ -608,15 +608,19 @@ class AppStarted(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOWER_RUN_ID_FIELD_NUMBER: _builtins.int
+    WARM_FORK_FIELD_NUMBER: _builtins.int
     flower_run_id: _builtins.str
+    warm_fork: _builtins.bool
+    """a fork of a warm template (fedops_flower.warmapps), not a new process"""
     def __init__(
         self,
         *,
         flower_run_id: _builtins.str = ...,
+        warm_fork: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flower_run_id", b"flower_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flower_run_id", b"flower_run_id", "warm_fork", b"warm_fork"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

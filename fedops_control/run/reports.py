@@ -194,7 +194,9 @@ class ServerReports:
 
     # ------------------------------------------------------------ one handler per kind
     def _app_started(self, applied: Applied) -> None:
-        applied.say("app_started", "ServerApp started")
+        warm = applied.event.app_started.warm_fork
+        applied.say("app_started", "ServerApp started" + (" (a fork of the warm template)" if warm else ""),
+                    data={"warm_fork": warm})
 
     def _strategy_started(self, applied: Applied) -> None:
         started, run = applied.event.strategy_started, applied.run

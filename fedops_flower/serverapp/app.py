@@ -9,6 +9,8 @@ message. The app's own ``print()`` output goes to the run's logs.
 
 from __future__ import annotations
 
+import os
+
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.object_ref import load_app
@@ -52,7 +54,8 @@ def main(grid: Grid, context: Context) -> None:
     undo = [message_strategy.observe(reporter, ArrayRecord({k: Array(v) for k, v in resume.items()})
                                      if resume is not None else None),
             legacy.observe(reporter, resume)]
-    reporter.send(0, app_started=A.AppStarted(flower_run_id=str(context.run_id)))
+    reporter.send(0, app_started=A.AppStarted(flower_run_id=str(context.run_id),
+                                              warm_fork=os.environ.get(keys.WARM_FORK_ENV) == "1"))
     observed = ObservedGrid(grid, reporter)
     try:
         inner = load_app(str(cfg[keys.INNER_SERVERAPP]), RuntimeError)

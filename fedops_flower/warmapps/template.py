@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 
 from setproctitle import setproctitle
 
-from fedops_common.runconfig import WARM_IMPORTS_ENV
+from fedops_common.runconfig import WARM_FORK_ENV, WARM_IMPORTS_ENV
 
 # What the template imports before it says it is ready, by task type: Flower's entry point for the
 # task and our wrapper (with grpc, structlog and the generated stubs it imports).
@@ -169,6 +169,7 @@ def _task(command: str, entry: Callable[[], None], argv: list[str], quiet: bool,
             os.dup2(devnull, 2)
             os.close(devnull)
         sys.argv = [command, *argv]
+        os.environ[WARM_FORK_ENV] = "1"
         setproctitle(_home() + " ".join(sys.argv))
         entry()
     except SystemExit as done:
