@@ -95,3 +95,14 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the Kubernetes harness (``tests/kube.py``) run last: on a fresh machine
+    ``make test`` builds its binaries in the background meanwhile (``install_k8s.sh --background``)."""
+    def uses_kube(item: pytest.Item) -> bool:
+        module = getattr(item, "module", None)
+        return any(getattr(value, "__module__", None) == "tests.kube" for value in vars(module).values()) \
+            if module is not None else False
+
+    items.sort(key=uses_kube)  # stable: the order within each group is kept

@@ -34,12 +34,42 @@ KWOK_STAGES = Path(__file__).parent / "kwok" / "stages.yaml"  # node and pod pha
 KUBELET_ANNOTATION = "fedops.test/kubelet"  # on a pod: how kwok plays its kubelet (crash, nopull)
 
 
+BUILD_STATUS = BIN.parent / "build.status"  # written by scripts/install_k8s.sh --background
+BUILD_WAIT_S = 90 * 60.0
+
+
 def _missing(what: str) -> AssertionError:
     return AssertionError(f"{what} is not built: run scripts/install_k8s.sh (make test does)")
 
 
+def wait_for_build(timeout_s: float = BUILD_WAIT_S) -> None:
+    """Wait while ``make test``'s background build of the binaries runs (a fresh machine: 20-30 min
+    on 2 cores); AssertionError with its log's end if it failed or is still running at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while BUILD_STATUS.exists():
+        state, _, value = BUILD_STATUS.read_text().strip().partition(" ")
+        if state == "running" and value.isdigit() and _alive(int(value)) and time.monotonic() < deadline:
+            time.sleep(5)
+            continue
+        if state == "exit" and value == "0":
+            return
+        log = BUILD_STATUS.with_name("build.log")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise AssertionError(f"the background Kubernetes build ({BUILD_STATUS}: {state} {value}) did not "
+                             f"finish; the end of {log}:\n{tail}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def binaries() -> dict[str, Path]:
     """The control-plane binaries; AssertionError naming the missing ones."""
+    wait_for_build()
     found = {name: BIN / name for name in COMPONENTS}
     missing = [name for name, path in found.items() if not os.access(path, os.X_OK)]
     if missing:
@@ -49,6 +79,7 @@ def binaries() -> dict[str, Path]:
 
 def helm() -> Path:
     """The helm binary the chart tests run."""
+    wait_for_build()
     path = BIN / "helm"
     if not os.access(path, os.X_OK):
         raise _missing(f"helm ({path})")
