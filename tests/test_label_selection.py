@@ -139,6 +139,22 @@ def test_dashboard_start_form_refuses_a_selection_too_large(fleet: dict[str, Any
         "labelled gpu=true,site=eu: 2 enrolled clients match, 2 of them online and in no other run")
 
 
+def test_a_tasks_default_selection_by_label(fleet: dict[str, Any]) -> None:
+    stack: LocalStack = fleet["stack"]
+    task_id = fleet["task_id"]
+    task = stack.ctl_json("task", "update", task_id, "--select", "site=eu", "--count", "5")
+    assert task["label_selection"] == {"match_labels": {"site": "eu"}, "count": 5}
+    shown = stack.ctl("task", "show", task_id).stdout
+    assert "runs take" in shown and "5 clients labelled site=eu" in shown, shown
+    refused = stack.ctl("run", "start", task_id, check=False)  # no clients given: the task's default
+    assert refused.returncode == 2 and "wants 5 clients labelled site=eu: 3 enrolled clients match" in refused.stderr
+    bad = stack.ctl("task", "update", task_id, "--select", "site=eu", "--count", "-1", check=False)
+    assert bad.returncode == 2, bad.stderr
+    assert "label_selection" not in stack.ctl_json("task", "update", task_id, "--no-select")
+    unknown = stack.ctl("run", "start", task_id, "--client", "client-unknown", check=False)
+    assert unknown.returncode == 2 and "INVALID_ARGUMENT: client_ids: unknown client 'client-unknown'" in unknown.stderr
+
+
 def test_a_run_by_label_and_count_runs_on_exactly_the_matching_clients(fleet: dict[str, Any]) -> None:
     stack: LocalStack = fleet["stack"]
     ids, task_id = fleet["ids"], fleet["task_id"]

@@ -16,7 +16,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Query, Session
 
 from fedops_common.proto import common_pb2, control_pb2
@@ -67,9 +67,8 @@ def list_page(db: Session, agents: AgentSessions, task_id: str, labels: Mapping[
     while len(page) <= size:  # the state filter is applied per chunk: read on until the page is full
         chunk_query = query
         if after is not None:
-            at, cid = after
-            chunk_query = chunk_query.filter(or_(ClientRow.registered_at < at,
-                                                 and_(ClientRow.registered_at == at, ClientRow.id < cid)))
+            # A row-value comparison: SQLite and PostgreSQL walk ix_clients_registered_at_id from the cursor.
+            chunk_query = chunk_query.filter(tuple_(ClientRow.registered_at, ClientRow.id) < tuple_(*after))
         chunk = chunk_query.order_by(ClientRow.registered_at.desc(), ClientRow.id.desc()).limit(size + 1).all()
         page.extend(r for r in chunk if not state or agents.effective_state(r.id, r.state) == state)
         if len(chunk) <= size:

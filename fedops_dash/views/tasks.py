@@ -127,9 +127,12 @@ chosen = st.multiselect("Clients taking part", list(labels), default=selected, f
 # label selection for this run only: that many clients with the labels, online and in no other run,
 # least recently selected first (the service chooses, see fedops_control/clients/selection.py).
 default = task.get("label_selection")
-default_words = (f"the task's default: {default.get('count') or 'every free'} clients labelled "
-                 f"{format_selector(default.get('match_labels', {})) or 'anything'}" if default is not None
-                 else "the clients taking part")
+if default is not None:
+    how_many = f"{default['count']} clients" if default.get("count") else "every free client"
+    labelled = format_selector(default.get("match_labels", {}))
+    default_words = f"the task's default: {how_many}" + (f" labelled {labelled}" if labelled else "")
+else:
+    default_words = "the clients taking part"
 how = st.radio("A run takes", [default_words, "clients chosen by label"], horizontal=True, key="start-how")
 match_labels: dict[str, str] | None = None
 count, unreadable = 0, False
