@@ -124,7 +124,8 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
     every_cpu = os.sched_getaffinity(0)
     stack = LocalStack(root, control_args=["--superlink-bind", superlink_bind,
                                            "--superlink-tls" if superlink_tls else "--no-superlink-tls",
-                                           "--spare-superlink" if spare_superlink else "--no-spare-superlink"])
+                                           "--spare-superlink" if spare_superlink else "--no-spare-superlink",
+                                           "--warm-apps" if warm_apps else "--no-warm-apps"])
     try:
         if server_cpus:
             os.sched_setaffinity(0, server_cpus)
@@ -258,7 +259,8 @@ def main() -> None:
                         help="the Flower app both sides run (it needs a local-epochs key), e.g. "
                              "tests/apps/message_lists for a numpy-only model; default: the digits app (torch)")
     parser.add_argument("--warm-apps", choices=("off", "on", "both"), default="both",
-                        help="agents fork ClientApps from a warm template (fedops_flower/warmapps); both: run "
+                        help="agents fork ClientApps, the control service ServerApps, from warm templates "
+                             "(fedops_flower/warmapps); both: run "
                              "FedOps without and with them in each repeat, side by side with plain Flower")
     parser.add_argument("--server-cpus", default="",
                         help="e.g. 0: the control service and its SuperLinks/ServerApps on these CPUs, the agents "

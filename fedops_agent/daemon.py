@@ -36,6 +36,7 @@ from fedops_agent.supernode import (
 )
 from fedops_agent.warmapps import warm_apps_wanted, watch_fallback
 from fedops_common import runconfig as keys
+from fedops_common.frameworks import framework_imports
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
@@ -96,6 +97,8 @@ class Agent:
         self.heartbeat_s = 2.0
         self.nodes: dict[str, SuperNodeProcess] = {}
         self._starts: dict[str, agent_pb2.StartTraining] = {}
+        # The app's declared dependencies by run, from its preflight: what a warm template imports.
+        self._requirements: dict[str, list[str]] = {}
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
 
     def _send(self, **body: Any) -> None:
@@ -234,6 +237,7 @@ class Agent:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
+            self._requirements[request.run_id] = list(request.requirements)
             problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
                                                request.check_data_path)
             self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))
@@ -264,7 +268,8 @@ class Agent:
         node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
                                root_certificates=root_certificates, auth_key=self.supernode_key,
                                forked=self.preload_flower,
-                               warm_apps=self.warm_apps and warm_apps_wanted(start.node_config))
+                               warm_apps=self.warm_apps and warm_apps_wanted(start.node_config),
+                               warm_imports=framework_imports(self._requirements.get(start.run_id, [])))
         node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))
@@ -272,7 +277,8 @@ class Agent:
             self.sampler.retag(TrainingTags(run_id=start.run_id))
         asyncio.create_task(self._supervise(node))
         asyncio.create_task(self._report_node_id(node))
-        asyncio.create_task(watch_fallback(node, lambda: self._node_log(node), self._status))
+        asyncio.create_task(watch_fallback(node, lambda: self._node_log(node), self._status,
+                                           lambda notice: self._send(notice=notice)))
         return node
 
     async def _report_node_id(self, node: SuperNodeProcess, timeout_s: float = 120) -> None:

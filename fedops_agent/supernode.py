@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedops_agent import forkserver
+from fedops_common import runconfig as keys
 from fedops_common.logging import get_logger
 from fedops_common.net import free_port
 from fedops_common.proc import (
@@ -36,18 +37,22 @@ class SuperNodeProcess:
 
 def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
                     root_certificates: Path | None = None, auth_key: Path | None = None,
-                    forked: bool = False, warm_apps: bool = False) -> SuperNodeProcess:
+                    forked: bool = False, warm_apps: bool = False,
+                    warm_imports: list[str] | None = None) -> SuperNodeProcess:
     """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
 
     With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
     (Flower's SuperNode authentication); without, plaintext. With ``forked``, the SuperNode and its
     SuperExec are forks of the agent's fork server (:func:`fedops_agent.forkserver.warm` first),
     else new processes (``flower-supernode`` starts ``flower-superexec`` itself). ``warm_apps`` (forked
-    only) makes the SuperExec fork each ClientApp from a warm template (``fedops_flower.warmapps``).
+    only) makes the SuperExec fork each ClientApp from a warm template (``fedops_flower.warmapps``),
+    which imports ``warm_imports`` (the app's frameworks) before the run's first message.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
     env = flower_env(workdir / "flwr")
+    if warm_apps and warm_imports:
+        env[keys.WARM_IMPORTS_ENV] = ",".join(warm_imports)
     security = ["--insecure"]
     if root_certificates is not None:
         security = ["--root-certificates", str(root_certificates)]

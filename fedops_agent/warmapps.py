@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from fedops_agent.supernode import SuperNodeProcess
 from fedops_common import runconfig as keys
 from fedops_common.logging import get_logger
-from fedops_common.proto import common_pb2
+from fedops_common.proto import agent_pb2, common_pb2
 
 log = get_logger(__name__)
 # What fedops_flower.warmapps.executor logs when it cannot build a template (kept here as text: the
@@ -26,15 +26,18 @@ def warm_apps_wanted(node_config: Mapping[str, str]) -> bool:
 
 async def watch_fallback(node: SuperNodeProcess, read_log: Callable[[], str],
                          status: Callable[[common_pb2.ClientState.ValueType, str, str], None],
-                         interval_s: float = 1.0) -> None:
+                         notice: Callable[[agent_pb2.RunNotice], None], interval_s: float = 1.0) -> None:
     """While the SuperNode runs, look for the executor's fallback line in its log; report it once
-    (the client's state reason, and a warning in the agent's log with the run id)."""
+    (a notice among the run's events, the client's state reason, and a warning in the agent's log
+    with the run id)."""
     while node.process.poll() is None:
         text = read_log()
         at = text.find(FALLBACK_MARK)
         if at >= 0:
             line = text[at:].split("\n", 1)[0]
             log.warning("warm apps fell back to Flower's executor", run_id=node.run_id, detail=line)
+            notice(agent_pb2.RunNotice(run_id=node.run_id, kind=agent_pb2.RunNotice.KIND_WARM_APPS_FALLBACK,
+                                       detail=line))
             status(common_pb2.CLIENT_STATE_TRAINING, line, node.run_id)
             return
         await asyncio.sleep(interval_s)

@@ -181,8 +181,8 @@ def run_watch(run_id: str) -> None:
                 print(json.dumps(as_json(event), sort_keys=True), flush=True)
                 continue
             stamp = event.time.ToDatetime().strftime("%H:%M:%S")
-            style = {"client_failed": "red", "round_finished": "bold green", "run_finished": "bold",
-                     "model_stored": "cyan"}.get(event.kind, "")
+            style = {"client_failed": "red", "warm_apps_fallback": "yellow", "round_finished": "bold green",
+                     "run_finished": "bold", "model_stored": "cyan"}.get(event.kind, "")
             text = event.message
             if event.kind == "round_finished":
                 data = json_format.MessageToDict(event.data)

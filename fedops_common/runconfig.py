@@ -33,3 +33,6 @@ NODE_CLIENT_ID = "fedops-client-id"
 # A task's client config may set this to false: its ClientApps are new processes, not warm forks
 # (fedops_flower/warmapps). The agent's --no-warm-apps turns them off for every task.
 NODE_WARM_APPS = "fedops-warm-apps"
+# Environment of a run's SuperNode with warm apps: the import names of the app's declared
+# dependencies (comma-separated), which the ClientApp template imports before it says it is ready.
+WARM_IMPORTS_ENV = "FEDOPS_WARM_IMPORTS"

@@ -24,9 +24,10 @@ FORKED = re.compile(r"fedops warm apps: task \d+ forked as pid (\d+)")
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Control service and 3 agents with warm apps, enrolled in one task per case."""
+    """Control service and 3 agents with warm apps (ServerApps and ClientApps), enrolled in one task
+    per case."""
     root = tmp_path_factory.mktemp("warm")
-    stack = LocalStack(root / "stack")
+    stack = LocalStack(root / "stack", control_args=["--warm-apps"])
     probe = APPS / "warm_probe"
     cases: dict[str, tuple[Path, list[str]]] = {
         **{style: (APPS / style, []) for style in STYLES},
@@ -70,6 +71,12 @@ def supernode_logs(fleet: dict[str, Any], run_id: str) -> list[str]:
     return [path.read_text(errors="replace") if path.exists() else "" for path in paths]
 
 
+def superlink_log(fleet: dict[str, Any], run_id: str) -> str:
+    """The run's SuperLink log (its SuperExec, ServerApp template and ServerApp write there too)."""
+    stack: LocalStack = fleet["stack"]
+    return (stack.root / "control" / "runs" / run_id / "superlink.log").read_text(errors="replace")
+
+
 def app_processes(root: Path) -> list[str]:
     """Command lines of the templates and ClientApp tasks under ``root``, read from /proc (a ``ps``
     listing may cut long lines at the terminal width)."""
@@ -102,6 +109,10 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
         assert bool(FORKED.search(text)) == (style != "no_message")
         assert "falling back" not in text
         assert "Traceback" not in text, text[-3000:]
+    # The ServerApp was a fork of the run's ServerApp template too.
+    text = superlink_log(fleet, run["id"])
+    assert "template ready: flwr-serverapp" in text and FORKED.search(text), text[-3000:]
+    assert "falling back" not in text
 
 
 def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, Any]) -> None:
@@ -118,6 +129,10 @@ def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, An
     forked = {int(p) for text in logs for p in FORKED.findall(text)}
     assert set(pids) <= forked
     assert all("modules of the app's first task" in text for text in logs)
+    # The probe declares numpy: the template imported it before the first message. So did the run's
+    # ServerApp template, which was started (as the spare) after the previous run declared numpy too.
+    assert all("imported the app's frameworks ['numpy']" in text for text in logs)
+    assert "imported the app's frameworks ['numpy']" in superlink_log(fleet, run["id"])
     # The app's own print() of each forked task is in the agent's logs (logger "app", stream stdout).
     stack: LocalStack = fleet["stack"]
     found = subprocess.run(["grep", "-rlE", "--include=*.jsonl", "warm-probe client [0-9]: training round 2",
@@ -192,10 +207,15 @@ def test_template_starts_with_the_superexec_and_stops_with_its_group(tmp_path: P
 
     forkserver.warm(warm_apps=True)
     workdir = tmp_path / "run-9"
-    node = start_supernode("run-9", f"127.0.0.1:{free_port()}", {}, workdir, forked=True, warm_apps=True)
+    node = start_supernode("run-9", f"127.0.0.1:{free_port()}", {}, workdir, forked=True, warm_apps=True,
+                           warm_imports=["numpy", "no_such_framework"])
     log_path = workdir / "supernode.log"
     try:
         text = wait_for(lambda: log_path.exists() and "template ready" in (t := log_path.read_text()) and t, 60, 0.1)
+        # The app's frameworks are imported before the template says it is ready (one that is not
+        # installed is named, and the template is ready all the same); the SuperNode's pulls are fast.
+        assert "imported the app's frameworks ['numpy'], not ['no_such_framework']" in text
+        assert "SuperNode pull interval shortened: 0.1 s for 30 s after a message" in text
         pid = int(re.findall(r"template ready: flwr-clientapp pid (\d+)", text)[0])
         assert os.getpgid(pid) == node.process.pid
         assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(f"FLWR_HOME={workdir / 'flwr'} ".encode())
@@ -222,3 +242,43 @@ def test_template_that_cannot_be_built_falls_back_to_flowers_executor(caplog: py
     finally:
         executor.close()
     assert FALLBACK_MARK in caplog.text
+
+
+def test_template_not_ready_in_time_falls_back_and_the_run_says_so(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device whose template is not ready within FEDOPS_WARM_TEMPLATE_TIMEOUT_S runs its ClientApps
+    with Flower's own executor: the run completes, and its events name the client that fell back."""
+    import json
+
+    stack = LocalStack(tmp_path / "stack")
+    try:
+        stack.start_control()
+        task = stack.ctl_json("task", "create", "--title", "slow", "--app", str(APPS / "warm_probe"), "--rounds", "1",
+                              "--min-clients", "2", "--round-timeout", "60",
+                              "--client-config", "partition-id=${client.index}")["id"]
+        for name in ("fast", "slow"):
+            (tmp_path / name).mkdir()
+            if name == "slow":
+                monkeypatch.setenv("FEDOPS_WARM_TEMPLATE_TIMEOUT_S", "0.001")
+            stack.start_agent(name, [task], tmp_path / name, extra_args=["--warm-apps"])
+        monkeypatch.delenv("FEDOPS_WARM_TEMPLATE_TIMEOUT_S")
+        fast, slow = stack.client_id("fast"), stack.client_id("slow")
+        wait_for(lambda: sum(c["state"] == "CLIENT_STATE_ONLINE" for c in stack.ctl_json("clients", "list")["clients"])
+                 == 2, 30)
+        stack.ctl("task", "select", task, fast, slow)
+        run = stack.ctl_json("run", "start", task)
+        final = wait_finished(stack, run["id"], 240)
+        assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
+        watched = stack.ctl("--output", "json", "run", "watch", run["id"]).stdout
+        events = [json.loads(line) for line in watched.splitlines()]
+        fell_back = [e for e in events if e["kind"] == "warm_apps_fallback"]
+        assert [e["client_id"] for e in fell_back] == [slow], fell_back
+        assert "not ready within 0.001 s (FEDOPS_WARM_TEMPLATE_TIMEOUT_S)" in fell_back[0]["message"]
+        # Both clients trained; the slow one's ClientApps were new processes, the fast one's forks.
+        trained = {c["client_id"] for c in results(final) if c["phase"] == "train" and not c.get("error")}
+        assert trained == {fast, slow}
+        logs = {name: (stack.root / "agents" / name / "runs" / run["id"] / "supernode.log").read_text()
+                for name in ("fast", "slow")}
+        assert FORKED.search(logs["fast"]) and not FORKED.search(logs["slow"])
+    finally:
+        stack.stop()

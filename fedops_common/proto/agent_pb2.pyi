@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -272,6 +273,7 @@ class AgentMessage(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     DATA_STATUS_FIELD_NUMBER: _builtins.int
     PREFLIGHT_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
@@ -283,6 +285,8 @@ class AgentMessage(_message.Message):
     def data_status(self) -> Global___DataStatusReport: ...
     @_builtins.property
     def preflight(self) -> Global___PreflightResult: ...
+    @_builtins.property
+    def notice(self) -> Global___RunNotice: ...
     def __init__(
         self,
         *,
@@ -292,16 +296,60 @@ class AgentMessage(_message.Message):
         training: Global___TrainingReport | None = ...,
         data_status: Global___DataStatusReport | None = ...,
         preflight: Global___PreflightResult | None = ...,
+        notice: Global___RunNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data_status", b"data_status", "heartbeat", b"heartbeat", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data_status", b"data_status", "heartbeat", b"heartbeat", "notice", b"notice", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "data_status", b"data_status", "heartbeat", b"heartbeat", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "data_status", b"data_status", "heartbeat", b"heartbeat", "notice", b"notice", "preflight", b"preflight", "status", b"status", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training", "data_status", "preflight"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["heartbeat", "status", "training", "data_status", "preflight", "notice"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class RunNotice(_message.Message):
+    """Something about a run that the operator should see among its events, without a state change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RunNotice._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: RunNotice._Kind.ValueType  # 0
+        KIND_WARM_APPS_FALLBACK: RunNotice._Kind.ValueType  # 1
+        """The run's ClientApps on this client are new processes (Flower's own executor): no warm template."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: RunNotice.Kind.ValueType  # 0
+    KIND_WARM_APPS_FALLBACK: RunNotice.Kind.ValueType  # 1
+    """The run's ClientApps on this client are new processes (Flower's own executor): no warm template."""
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    kind: Global___RunNotice.Kind.ValueType
+    detail: _builtins.str
+    """the agent's words (from the SuperExec's log line)"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        kind: Global___RunNotice.Kind.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunNotice: _TypeAlias = RunNotice  # noqa: Y015
 
 @_typing.final
 class StartTraining(_message.Message):

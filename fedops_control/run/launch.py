@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedops_common import runconfig as keys
 from fedops_common.convert import utcnow
+from fedops_common.frameworks import framework_imports
 from fedops_common.logging import get_logger
 from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.security import write_secret
@@ -19,6 +20,7 @@ from fedops_control.run import bundle, flower_control
 from fedops_control.run.continuation import RELAUNCHED, Continuation, plan_continuation
 from fedops_control.run.launcher import SuperLinkHandle
 from fedops_control.run.lifecycle import ActiveRun, check_transition
+from fedops_control.run.preflight import app_requirements
 from fedops_control.state.models import ClientResultRow, ClientRow, EventRow, ModelRow, RoundRow, RunRow, TaskRow
 from fedops_control.task.spec import check_keys
 from fedops_control.task.strategy import StrategySpec
@@ -113,6 +115,8 @@ class RunLaunch:
                 await asyncio.wait([link])  # registered in self._active: finish() stops it
                 raise
             handle = await link
+            # The next SuperLink (the spare, started once this run's stops) is warm for this app too.
+            self._launcher.expect_frameworks(framework_imports(app_requirements(app_dir)))
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).superlink_address = handle.address
                 public_keys = {cid: db.get_one(ClientRow, cid).supernode_public_key for cid in client_ids}

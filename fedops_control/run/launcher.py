@@ -28,9 +28,11 @@ from fedops_common.proc import (
     stop_group_by_pid,
     stop_process_group,
 )
+from fedops_control.run.superexec import warm_superexec_env
 
 LOOPBACK = "127.0.0.1"
 GATEWAY_MODULE = "fedops_control.run.fleet_gateway"
+MAX_FRAMEWORKS = 8  # imported by warm ServerApp templates: torch alone is about 0.8 GB resident
 
 
 @dataclass
@@ -80,6 +82,11 @@ class SuperLinkLauncher(Protocol):
         """Find the SuperLink of a run started before this control service restarted (None if gone)."""
         ...
 
+    def expect_frameworks(self, frameworks: list[str]) -> None:
+        """The import names of the frameworks of the app a run is starting (a hint: a launcher that
+        keeps processes warm may import them ahead of the next run)."""
+        ...
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is reachable from this machine only."""
@@ -109,11 +116,14 @@ class LocalProcessLauncher:
     """
 
     def __init__(self, bind_host: str = LOOPBACK, advertised_host: str | None = None,
-                 ca: CertificateAuthority | None = None, spare_dir: Path | None = None) -> None:
+                 ca: CertificateAuthority | None = None, spare_dir: Path | None = None,
+                 warm_apps: bool = False) -> None:
         self.bind_host = bind_host
         self.advertised_host = advertised_host or bind_host
         self.ca = ca
         self.spare_dir = spare_dir
+        self.warm_apps = warm_apps  # ServerApps forked from a warm template (run/superexec.py)
+        self.frameworks: list[str] = []  # what the next SuperLink's ServerApp template imports
         self._spare: asyncio.Task[SuperLinkHandle] | None = None
         self._closed = False
 
@@ -151,6 +161,25 @@ class LocalProcessLauncher:
             with contextlib.suppress(Exception):  # one that failed to start has nothing left to stop
                 handle = await spare
                 await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
+
+    def expect_frameworks(self, frameworks: list[str]) -> None:
+        """With warm ServerApps: SuperLinks started from now on have ``frameworks`` imported in their
+        ServerApp template, besides those of the apps expected before (the last
+        ``MAX_FRAMEWORKS``). A spare waiting without them is replaced by one that has them: the
+        run that takes it would otherwise import them itself, on its critical path."""
+        new = [name for name in frameworks if name not in self.frameworks]
+        if not self.warm_apps or not new:
+            return
+        self.frameworks = (self.frameworks + new)[-MAX_FRAMEWORKS:]
+        if self._spare is not None:  # none while a run holds the last one: its successor starts later
+            old, self._spare = self._spare, None
+            self._warm_up()
+            asyncio.get_running_loop().create_task(self._stop_replaced(old))
+
+    async def _stop_replaced(self, spare: asyncio.Task[SuperLinkHandle]) -> None:
+        with contextlib.suppress(Exception):  # one that failed to start has nothing left to stop
+            handle = await spare
+            await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
 
     def _warm_up(self) -> None:
         if self.spare_dir is not None and self._spare is None and not self._closed:
@@ -191,7 +220,10 @@ class LocalProcessLauncher:
             command = [sys.executable, "-m", GATEWAY_MODULE, "--host", self.bind_host, "--port", str(port),
                        "--upstream-port", str(internal_port), *gateway_tls, "--", *command]
         log = open(workdir / "superlink.log", "ab")
-        process = subprocess.Popen(command, env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+        env = flower_env(flwr_home)
+        if self.warm_apps:
+            env = warm_superexec_env(env, workdir, self.frameworks)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         log.close()
         try:

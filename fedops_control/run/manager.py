@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common import runconfig as keys
 from fedops_common.convert import utcnow
+from fedops_common.frameworks import framework_imports
 from fedops_common.logging import get_logger
 from fedops_common.proto import access_pb2, agent_pb2, common_pb2
 from fedops_common.telemetry import TelemetryWriter
@@ -51,6 +53,7 @@ log = get_logger(__name__)
 S = common_pb2  # enum namespace
 SILENCE_BEFORE_STATUS_CHECK_S = 20.0
 FLOWER_FINISH_WAIT_S = 10.0  # the longest a ServerApp gets to hand over its result after reporting its end
+WARM_APPS_FALLBACK = "warm_apps_fallback"  # run event: a client's ClientApps are not warm forks
 
 
 class RunManager(RunLaunch):
@@ -146,6 +149,14 @@ class RunManager(RunLaunch):
             await self._announce_app_decides(run_id, plan.app_decides)
         self._spawn(self._launch(run_id))
         return run
+
+    def expect_app(self, app: dict[str, Any]) -> None:
+        """A task's app, created or changed: its runs are coming, so a launcher that keeps processes
+        warm may import its frameworks now (a git app's are known once it is fetched, at its run)."""
+        if "local_path" in app:
+            with contextlib.suppress(InvalidArgument):  # a broken app is reported at StartRun
+                self._launcher.expect_frameworks(
+                    framework_imports(app_requirements(Path(app["local_path"]).expanduser().resolve())))
 
     def _admit_clients(self, db: Session, task_id: str, selection: Selection) -> list[str]:
         """The run's clients (default: the task's selection); each enrolled, connected and free. A label
@@ -338,6 +349,16 @@ class RunManager(RunLaunch):
             metrics.client_failed(client_id)
             await self._bus.publish(report.run_id, "client_failed", f"{client_id}: {report.reason}",
                                     client_id=client_id)
+
+    async def on_run_notice(self, client_id: str, notice: agent_pb2.RunNotice) -> None:
+        """Something about a run the agent saw, shown among the run's events (if it is the client's run)."""
+        with self._sessions() as db:
+            run = db.get(RunRow, notice.run_id)
+            if run is None or client_id not in run.client_ids:
+                return
+        if notice.kind == agent_pb2.RunNotice.KIND_WARM_APPS_FALLBACK:
+            await self._bus.publish(notice.run_id, WARM_APPS_FALLBACK, f"{client_id}: ClientApps run as new "
+                                    f"processes (Flower's own executor): {notice.detail}", client_id=client_id)
 
     # ---------------------------------------------------------------- watchdog
     async def watchdog(self, interval_s: float = 2.0) -> None:

@@ -252,6 +252,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._write(self._store, client_id, message)
         elif body == "training":
             await self._runs.on_training_report(client_id, message.training)
+        elif body == "notice":
+            await self._runs.on_run_notice(client_id, message.notice)
 
     def _store(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
         """A status change or a data status report (on the database thread)."""

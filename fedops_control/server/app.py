@@ -148,7 +148,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                 writer: TelemetryWriter | None = None, metrics_listen: str = "", superlink_bind: str = "127.0.0.1",
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
                 security: Security | None = None, spare_superlink: bool = True,
-                kubernetes: KubernetesOptions | None = None, liveness: LivenessSettings | None = None) -> None:
+                kubernetes: KubernetesOptions | None = None, liveness: LivenessSettings | None = None,
+                warm_apps: bool = False) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                                   on_status=lambda run_id, words: bus.publish(run_id, SUPERLINK_STATUS, words))
     else:
         launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
-                                        spare_dir=data_dir / "superlinks" if spare_superlink else None)
+                                        spare_dir=data_dir / "superlinks" if spare_superlink else None,
+                                        warm_apps=warm_apps)
     preflight = Preflight()  # StartRun sends the checks (RunManager), agents' answers arrive (AgentServicer)
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
@@ -270,6 +272,14 @@ def run(
             help="keep one SuperLink started ahead of the next run (about 2 s off StartRun; one idle process pair)"
         ),
     ] = True,
+    warm_apps: Annotated[
+        bool,
+        typer.Option(
+            envvar="FEDOPS_WARM_APPS",
+            help="fork each run's ServerApp from a template that has Flower and the app's framework imported "
+                 "(local launcher; the spare SuperLink's template holds them, about 0.8 GB with torch)"
+        ),
+    ] = False,
     launcher: Annotated[
         str, typer.Option(help="where runs' SuperLinks run: 'local' (here) or 'kubernetes' (a namespace each)")
     ] = "local",
@@ -338,7 +348,7 @@ def run(
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
                           superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink,
-                          kubernetes=kubernetes, liveness=liveness))
+                          kubernetes=kubernetes, liveness=liveness, warm_apps=warm_apps))
     finally:
         telemetry.close()
 

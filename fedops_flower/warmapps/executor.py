@@ -34,6 +34,16 @@ FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
 READY_MARK = "fedops warm apps: template ready"
 MAX_REBUILDS = 3  # a template that keeps dying (out of memory) is not rebuilt forever
 READY_TIMEOUT_S = 60.0
+TIMEOUT_ENV = "FEDOPS_WARM_TEMPLATE_TIMEOUT_S"  # the agent's (or control service's) environment
+
+
+def ready_timeout_s() -> float:
+    """Seconds a template gets to import Flower, our wrapper and the app's frameworks: a device that
+    imports torch slowly sets ``FEDOPS_WARM_TEMPLATE_TIMEOUT_S`` higher than the default 60."""
+    try:
+        return max(float(os.environ.get(TIMEOUT_ENV, READY_TIMEOUT_S)), 0.001)
+    except ValueError:
+        return READY_TIMEOUT_S
 
 
 class TemplateError(RuntimeError):
@@ -69,10 +79,18 @@ class _Template:
         self.command = command
         self._sock = ours
         self._reader = ours.makefile("rb")
-        self._sock.settimeout(READY_TIMEOUT_S)
+        timeout = ready_timeout_s()
+        self._sock.settimeout(timeout)
         started = time.monotonic()
-        ready = self._answer()
+        try:
+            ready = self._answer()
+        except TemplateError as err:
+            self.close()
+            if isinstance(err.__cause__, TimeoutError):  # importing a large framework on a slow device
+                raise TemplateError(f"template {pid} not ready within {timeout:g} s ({TIMEOUT_ENV})") from err
+            raise
         if not ready.get("ready"):
+            self.close()
             raise TemplateError(f"template {pid} did not start: {ready}")
         self.ready_s = time.monotonic() - started
         # A fork request waits while the template imports what the run's first task used (torch:

@@ -2,9 +2,11 @@
 
 A new ``flwr-clientapp`` process imports Flower's ClientApp runtime, our wrapper and its gRPC
 stack, then the app and its framework (torch alone is about 2 CPU-seconds), for every message.
-The template pays the first part when the run's SuperExec starts (while the SuperNode joins), and
-the app's part once: the first task of a run reports back what it imported and from where, and the
-template imports the same modules, so every later task starts with them in memory.
+The template pays the first part when the run's SuperExec starts (while the SuperNode joins), with
+the app's frameworks (the import names of its declared dependencies, which the agent passes in
+``FEDOPS_WARM_IMPORTS``); the app's own modules come with its FAB in the first message, so the first
+task of a run reports back what it imported and from where, and the template imports the same
+modules, so every later task starts with them in memory.
 
 Each task is still its own process, forked from a template that never ran the app's code, so no
 module-level state of one message reaches the next, and a task that crashes (``os._exit``, a
@@ -33,6 +35,8 @@ from typing import Any, NoReturn
 
 from setproctitle import setproctitle
 
+from fedops_common.runconfig import WARM_IMPORTS_ENV
+
 # What the template imports before it says it is ready, by task type: Flower's entry point for the
 # task and our wrapper (with grpc, structlog and the generated stubs it imports).
 ENTRY_POINTS = {
@@ -51,6 +55,7 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
         module, function, wrapper = ENTRY_POINTS[command]
         entry = getattr(importlib.import_module(module), function)
         importlib.import_module(wrapper)
+        _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
         _send(sock, {"ready": True, "pid": os.getpid()})
         _loop(sock, command, entry)
     except BaseException:  # noqa: B036  # the template must end here, never in the SuperExec's code
@@ -60,6 +65,22 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _import_frameworks(names: str) -> None:
+    """Import the app's frameworks (the agent's list, from the app's declared dependencies) before
+    the run's first message: without them the first round's tasks import torch each, and the
+    template learns it only when the first task has ended."""
+    imported, failed = [], []
+    for name in filter(None, names.split(",")):
+        try:
+            importlib.import_module(name)
+            imported.append(name)
+        except BaseException:  # noqa: B036  # a framework that cannot be imported here is imported (and fails) in the task
+            failed.append(name)
+    if imported or failed:
+        print(f"fedops warm apps: template {os.getpid()} imported the app's frameworks {imported}"
+              + (f", not {failed}" if failed else ""), file=sys.stderr, flush=True)
 
 
 def _reset_inherited_handlers() -> None:

@@ -228,3 +228,6 @@ class KubernetesLauncher:
             return SuperLinkHandle(run_id=run_id, address=address, control_address=f"{link_host(name)}:{LINK_PORT}",
                                    ca_file=ca_file if ca_file.exists() else None, where=name)
         return None
+
+    def expect_frameworks(self, frameworks: list[str]) -> None:
+        """Nothing to warm: ServerApps are pods of Flower's Kubernetes executor."""

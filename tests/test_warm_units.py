@@ -1,0 +1,72 @@
+"""Units of warm apps' fast pulls and framework imports (no Flower processes)."""
+
+from __future__ import annotations
+
+import time
+
+from fedops_common.frameworks import framework_imports
+from fedops_flower.warmapps import pull
+
+
+class FakeTime:
+    """A ``time`` module whose clock the test moves and whose sleeps are recorded."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+
+def test_pull_sleep_is_short_while_active_and_flowers_when_idle() -> None:
+    fake = FakeTime()
+    clock = pull.PollClock(fake, active_pull_s=0.1, active_window_s=30.0, reply_check_s=0.02)  # type: ignore[arg-type]
+    clock.sleep(3)                      # just started: active
+    clock.sleep(0.5)                    # the reply check
+    clock.sleep(1.25)                   # any other sleep: as asked
+    fake.now += 31
+    clock.sleep(3)                      # 31 s without a message: Flower's 3 s
+    clock.message_pulled()
+    clock.sleep(3)
+    assert fake.slept == [0.1, 0.02, 1.25, 3.0, 0.1]
+    assert clock.time() == 1_700_000_000.0  # every other time function is the real module's
+
+
+def test_install_patches_this_flowers_supernode_loop() -> None:
+    """Fails when a Flower upgrade changes the loop: the patch would then be skipped in agents."""
+    from flwr.supernode import start_client_internal as module
+
+    saved = module.time, module._pull_and_store_message
+    fake = FakeTime()
+    answers = iter([None, 7])
+    try:
+        module._pull_and_store_message = lambda **_: next(answers)  # stands in for a pull from the SuperLink
+        clock = pull.install(pull.PollClock(fake, active_window_s=30.0))  # type: ignore[arg-type]
+        assert clock is not None and module.time is clock
+        fake.now += 60
+        assert module._pull_and_store_message() is None and clock.pull_wait() == 3.0  # idle: Flower's
+        assert module._pull_and_store_message() == 7 and clock.pull_wait() == pull.ACTIVE_PULL_S
+    finally:
+        module.time, module._pull_and_store_message = saved
+    assert module.time is time
+
+
+def test_install_leaves_an_unexpected_loop_alone() -> None:
+    from flwr.supernode import start_client_internal as module
+
+    assert pull._expects_flowers_sleeps(module)
+    assert not pull._expects_flowers_sleeps(time)  # no such functions: not patched
+
+
+def test_framework_imports_are_the_installed_dependencies_import_names() -> None:
+    names = framework_imports(["numpy>=1.26", "scikit-learn", "flwr[simulation]>=1.42", "PyYAML",
+                               "not-installed-anywhere", "!!not a requirement"])
+    assert names == ["numpy", "sklearn", "yaml"]
