@@ -15,6 +15,7 @@ import typer
 from fedops_agent import forkserver
 from fedops_agent.daemon import Agent
 from fedops_agent.resources import ResourceSampler
+from fedops_common.labels import LabelError, check_labels, parse_pairs
 from fedops_common.security import ChannelSecurity
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, start_telemetry
 from fedops_common.telemetry.metrics_http import serve_metrics
@@ -29,12 +30,31 @@ def _load_config(path: Path | None) -> dict[str, Any]:
         raise typer.BadParameter(f"cannot read config {path}: {err}", param_hint="--config") from None
 
 
+def configured_labels(from_file: Any, flags: list[str]) -> dict[str, str]:
+    """The device's labels: the config file's ``labels`` table, then each ``--label key=value`` (a flag wins
+    over the file for its key). Checked here, so a typo stops the agent (exit 2) instead of every registration."""
+    if not isinstance(from_file, dict) or not all(isinstance(v, str | int | float | bool) for v in from_file.values()):
+        raise typer.BadParameter("labels must be a table of key = \"value\"", param_hint="--config")
+    values = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in from_file.items()}
+    try:
+        check_labels(values)
+        values.update(parse_pairs(flags))
+        check_labels(values)
+    except LabelError as err:
+        raise typer.BadParameter(err.message, param_hint="--label") from None
+    return values
+
+
 def run(
     config: Annotated[
-        Path | None, typer.Option(help="TOML file with control, tasks, data_path, state_dir, device_id")
+        Path | None, typer.Option(help="TOML file with control, tasks, labels, data_path, state_dir, device_id")
     ] = None,
     control: Annotated[str | None, typer.Option(help="control service host:port")] = None,
     task: Annotated[list[str] | None, typer.Option(help="task id to enrol in (repeatable)")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="label key=value of this device, e.g. site=eu (repeatable; merged over the config's)"),
+    ] = None,
     data_path: Annotated[str | None, typer.Option(help="private local data path (never leaves the device)")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="agent state and SuperNode work dirs")] = None,
     device_id: Annotated[str | None, typer.Option(help="override the stable device id")] = None,
@@ -88,6 +108,7 @@ def run(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--tls-ca/--tls-cert/--tls-key") from None
     tokens = [t for t in (enrolment_token or file_cfg.get("enrolment_tokens", [])) if t.strip()]
+    labels = configured_labels(file_cfg.get("labels", {}), label or [])
     state = state_dir or Path(file_cfg.get("state_dir", ".fedops/agent"))
     interval = sample_interval if sample_interval is not None else float(file_cfg.get("sample_interval", 1.0))
     if interval <= 0:
@@ -104,7 +125,7 @@ def run(
     sampler = ResourceSampler(telemetry.writer, state, interval).start()
     agent = Agent(
         control=control or file_cfg.get("control", "127.0.0.1:50051"),
-        task_ids=list(task or file_cfg.get("tasks", [])),
+        task_ids=list(task or file_cfg.get("tasks", [])), labels=labels,
         data_path=data_path if data_path is not None else str(file_cfg.get("data_path", "")),
         state_dir=state, device_id=device_id or file_cfg.get("device_id", ""),
         telemetry=telemetry, sampler=sampler, metrics_address=metrics_address, enrolment_tokens=tokens,

@@ -78,8 +78,9 @@ class Agent:
                  telemetry: Telemetry | None = None, sampler: ResourceSampler | None = None,
                  metrics_address: str = "", enrolment_tokens: list[str] | None = None,
                  security: ChannelSecurity | None = None, preload_flower: bool = False,
-                 warm_apps: bool = False) -> None:
+                 warm_apps: bool = False, labels: dict[str, str] | None = None) -> None:
         self.control = control
+        self.labels = dict(labels or {})  # sent at every registration; the service applies changes only
         self.preload_flower = preload_flower  # SuperNodes are forks of the fork server (forkserver.warm())
         self.warm_apps = warm_apps and preload_flower  # ClientApps forked from a template (fedops_flower.warmapps)
         self.enrolment_tokens = list(enrolment_tokens or [])
@@ -134,7 +135,7 @@ class Agent:
             response = await agent_pb2_grpc.AgentServiceStub(channel).Register(agent_pb2.RegisterRequest(
                 device=device_info(self.device_id), task_ids=self.task_ids, data_path=self.data_path,
                 metrics_address=self.metrics_address, enrolment_tokens=tokens,
-                supernode_public_key=self.supernode_public_key), timeout=10)
+                supernode_public_key=self.supernode_public_key, labels=self.labels), timeout=10)
         if response.credential:
             save_credential(self.state_dir, response.credential)
             log.info("enrolled: credential stored", tasks=list(response.task_ids))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fedops_cli.context import Ctx, Output, Table, call, console, emit, fail, say
+from fedops_cli.context import Ctx, Output, Table, call, console, emit, fail, parse_label_pairs, say
 from fedops_cli.tasks import task_app
 from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.convert import enum_label
@@ -95,13 +95,16 @@ def token_revoke(token_id: str) -> None:
 @task_app.command("enrol-token")
 def task_enrol_token(
     task_id: str,
-    name: Annotated[str, typer.Option(help="the device it is meant for")] = "",
+    name: Annotated[str, typer.Option(help="the device it is meant for: the client's name once enrolled")] = "",
     ttl: Annotated[int, typer.Option(help="seconds until it expires; 0 = 24 hours")] = 0,
+    label: Annotated[
+        list[str] | None, typer.Option(help="label key=value the enrolled client gets (repeatable)")
+    ] = None,
 ) -> None:
     """A one-time token that enrols one device in this task (give it to `fedops-agent --enrolment-token`)."""
-    emit(call("CreateEnrolmentToken", A.CreateEnrolmentTokenRequest(task_id=task_id, ttl_s=ttl, name=name),
-              service="access"),
-         _render_issued)
+    request = A.CreateEnrolmentTokenRequest(task_id=task_id, ttl_s=ttl, name=name,
+                                            labels=parse_label_pairs(label, "--label"))
+    emit(call("CreateEnrolmentToken", request, service="access"), _render_issued)
 
 
 @ca_app.command("init")

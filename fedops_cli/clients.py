@@ -2,31 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 from google.protobuf import json_format
 
-from fedops_cli.columns import ID, TEXT, Column, print_table
-from fedops_cli.context import S, Table, call, console, emit, fail, say
+from fedops_cli.columns import ID, NUMBER, TEXT, Column, print_table
+from fedops_cli.context import (
+    S,
+    Table,
+    call,
+    console,
+    emit,
+    fail,
+    parse_label_pairs,
+    parse_selector_option,
+    say,
+)
 from fedops_cli.telemetry import ElasticsearchUrl, print_rows, require_elasticsearch
 from fedops_common import words
-from fedops_common.proto import control_pb2
+from fedops_common.proto import common_pb2, control_pb2
 
 clients_app = typer.Typer(help="Enrolled client devices.", no_args_is_help=True)
 
 
+def client_name(client: common_pb2.Client) -> str:
+    """The name given at enrolment; without one (no enrolment token, --no-auth) the device id, which
+    tells devices on one host apart where the host name does not."""
+    return client.name or client.device.device_id
+
+
+def label_lines(labels: Mapping[str, str]) -> str:
+    """One ``key=value`` per line: a wrapped cell then never splits a label in two."""
+    return "\n".join(f"{key}={labels[key]}" for key in sorted(labels))
+
+
 def render_clients(resp: control_pb2.ListClientsResponse) -> None:
-    """The page (the service pages by client id, so pages stay stable while clients join), newest
-    registration first; ids in full; the reason wraps."""
-    clients = sorted(resp.clients, key=lambda c: c.registered_at.ToDatetime(), reverse=True)
-    print_table("Clients", [Column("id", ID), Column("state", TEXT), Column("heartbeat", TEXT, 3),
-                            Column("device", TEXT, 4), Column("run", ID, 2), Column("tasks", TEXT, 5),
-                            Column("why", TEXT, 1)],
-                [[c.id, words.client_state(S.ClientState.Name(c.state)),
-                  f"{words.duration(c.heartbeat_age_s)} ago" if c.heartbeat_age_s >= 0 else "-", c.device.hostname,
-                  c.current_run_id, ", ".join(c.enrolled_task_ids), c.state_reason] for c in clients])
+    """The page as the service orders it (newest registration first, across pages); ids in full; the
+    name, labels and reason wrap."""
+    print_table("Clients (newest first)", [
+        Column("id", ID), Column("name", TEXT, 2), Column("state", TEXT), Column("labels", TEXT, 1),
+        Column("heartbeat", TEXT, 5), Column("host", TEXT, 6), Column("run", ID, 4), Column("tasks", TEXT, 7),
+        Column("why", TEXT, 3)],
+        [[c.id, client_name(c), words.client_state(S.ClientState.Name(c.state)), label_lines(c.labels),
+          f"{words.duration(c.heartbeat_age_s)} ago" if c.heartbeat_age_s >= 0 else "-", c.device.hostname,
+          c.current_run_id, ", ".join(c.enrolled_task_ids), c.state_reason] for c in resp.clients])
 
 
 class StateName(StrEnum):
@@ -39,16 +61,20 @@ class StateName(StrEnum):
     offline = "offline"
 
 
+SelectOption = Annotated[str, typer.Option("--select", help="only clients with these labels: key=value,key=value")]
+
+
 @clients_app.command("list")
 def clients_list(
     task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "",
     state: Annotated[StateName | None, typer.Option(help="only clients in this state")] = None,
+    select: SelectOption = "",
     page_size: Annotated[int, typer.Option(help="clients per page, 1-1000 (0: the service's default, 100)")] = 0,
     page_token: Annotated[str, typer.Option(help="the page after this one (printed under the previous page)")] = "",
 ) -> None:
-    """List clients with state and heartbeat age, one page at a time (by client id)."""
+    """List clients with name, state, labels and heartbeat age, newest first, one page at a time."""
     request = control_pb2.ListClientsRequest(
-        task_id=task, page_size=page_size, page_token=page_token,
+        task_id=task, page_size=page_size, page_token=page_token, labels=parse_selector_option(select),
         state=S.ClientState.Value(f"CLIENT_STATE_{state.value.upper()}") if state else S.CLIENT_STATE_UNSPECIFIED)
     response = call("ListClients", request)
     emit(response, render_clients)
@@ -62,6 +88,43 @@ def clients_show(client_id: str) -> None:
     """Show one client."""
     emit(call("GetClient", control_pb2.GetClientRequest(client_id=client_id)),
          lambda c: render_clients(control_pb2.ListClientsResponse(clients=[c])))
+
+
+@clients_app.command("label")
+def clients_label(
+    client_id: str,
+    labels: Annotated[list[str] | None, typer.Argument(help="key=value to set (overwrites the key's value)")] = None,
+    remove: Annotated[list[str] | None, typer.Option(help="label key to remove (repeatable)")] = None,
+) -> None:
+    """Set or remove labels of a client. An operator's label stays until someone sets it again: an agent
+    that reconnects does not undo it (a changed agent config does)."""
+    request = control_pb2.SetClientLabelsRequest(client_id=client_id, labels=parse_label_pairs(labels, "LABELS"),
+                                                 remove_keys=remove or [])
+    emit(call("SetClientLabels", request), lambda c: render_clients(control_pb2.ListClientsResponse(clients=[c])))
+
+
+def render_groups(by: str, response: control_pb2.CountClientsResponse) -> None:
+    """One row per label value: clients by state (as the dashboard's group sizes)."""
+    rows = []
+    for group in response.groups:
+        counts = {words.client_state(S.ClientState.Name(c.state)): c.count for c in group.states}
+        name = "(no label)" if group.unlabelled else group.value or '""'
+        rows.append([name, *(str(counts.get(state, 0)) for state in words.CLIENT_STATES), str(group.total)])
+    print_table(f"Clients by {by or 'state'}", [Column(by or "clients", TEXT), *(Column(state, NUMBER)
+                                                for state in words.CLIENT_STATES), Column("total", NUMBER)], rows)
+    if response.groups_left_out:
+        say(f"{response.groups_left_out} smaller groups left out", stderr=True)
+
+
+@clients_app.command("groups")
+def clients_groups(
+    by: Annotated[str, typer.Option(help="label key: one row per value")] = "",
+    task: Annotated[str, typer.Option(help="only clients enrolled in this task")] = "",
+    select: SelectOption = "",
+) -> None:
+    """How many clients are online, training, finished, failed or offline, per value of a label."""
+    request = control_pb2.CountClientsRequest(task_id=task, labels=parse_selector_option(select), group_by=by)
+    emit(call("CountClients", request), lambda r: render_groups(by, r))
 
 
 def render_data_status(response: control_pb2.ListDataStatusResponse) -> None:

@@ -19,6 +19,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from fedops_client import ControlClient, ControlError
+from fedops_common import labels
 from fedops_common.proto import common_pb2
 from fedops_common.security import ChannelSecurity
 
@@ -108,3 +109,20 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = raw
     return out
+
+
+def parse_selector_option(text: str, option: str = "--select") -> dict[str, str]:
+    """A label selector ``site=eu,gpu=true`` as a map. Only its shape is checked here: the service
+    checks the label syntax, and its message (naming the field) is printed verbatim."""
+    try:
+        return labels.parse_selector(text, check=False)
+    except labels.LabelError as err:
+        raise typer.BadParameter(err.message, param_hint=option) from None
+
+
+def parse_label_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
+    """``key=value`` labels (repeatable option or arguments); the service checks their syntax."""
+    try:
+        return labels.parse_pairs(pairs or [], check=False)
+    except labels.LabelError as err:
+        raise typer.BadParameter(err.message, param_hint=option) from None

@@ -27,11 +27,13 @@ from fedops_cli.context import (
     exit_code,
     fail,
     parse_pairs,
+    parse_selector_option,
     say,
 )
-from fedops_client import ControlError
+from fedops_client import ControlError, start_run_request
 from fedops_common import words
-from fedops_common.convert import dict_to_struct, enum_label
+from fedops_common.convert import enum_label
+from fedops_common.labels import format_selector
 from fedops_common.proto import common_pb2, control_pb2
 
 run_app = typer.Typer(help="Start, stop, watch and diagnose runs.", no_args_is_help=True)
@@ -56,6 +58,10 @@ def render_run(run: common_pb2.Run) -> None:
         f", ended {ended:%H:%M:%S} (took {words.duration(took)})" if ended else "")
     if run.reason:
         say(run.reason)
+    if run.selection.WhichOneof("by") == "labels":
+        chosen = run.selection.labels
+        say(f"clients chosen by label: {format_selector(chosen.match_labels) or 'any label'}, "
+            f"{chosen.count or 'every free one'} -> {', '.join(run.client_ids)}")
     if run.api_style:
         say(f"observed as: {enum_label(S.ApiStyle, run.api_style).replace('_', ' ')}")
     if run.app_decides:
@@ -91,14 +97,24 @@ def render_run(run: common_pb2.Run) -> None:
 def run_start(
     task_id: str,
     client: Annotated[list[str] | None, typer.Option(help="client id (default: the task's selection)")] = None,
+    select: Annotated[str | None, typer.Option(
+        "--select", help="take clients with these labels instead: key=value,key=value ('' = any label)")] = None,
+    count: Annotated[int, typer.Option(
+        min=0, help="with --select: how many clients (0 = every matching free one); least recently used first")] = 0,
     resume_from: Annotated[str, typer.Option(help="model id, or 'latest'/'best' of the task")] = "",
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter override key=value")] = None,
     watch: Annotated[bool, typer.Option(help="follow the run until it finishes")] = False,
 ) -> None:
-    """Start a run of a task."""
-    run = call("StartRun", control_pb2.StartRunRequest(
-        task_id=task_id, client_ids=client or [], resume_from_model_id=resume_from,
-        hyperparameter_overrides=dict_to_struct(parse_pairs(hp, "--hp"))))
+    """Start a run of a task: on the task's clients, on --client ids, or on --count clients chosen by label
+    (--select site=eu,gpu=true): online, in no other run, least recently selected first."""
+    if client and select is not None:
+        raise typer.BadParameter("give --client ids or --select labels, not both", param_hint="--client/--select")
+    if count and select is None:
+        raise typer.BadParameter("--count goes with --select", param_hint="--count")
+    request = start_run_request(task_id, client_ids=client or [],
+                                match_labels=parse_selector_option(select) if select is not None else None, count=count,
+                                resume_from=resume_from, overrides=parse_pairs(hp, "--hp"))
+    run = call("StartRun", request)
     if watch:
         run_watch(run.id)  # exits with the run's outcome
         return

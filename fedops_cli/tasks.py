@@ -10,9 +10,10 @@ import typer
 from google.protobuf import json_format
 
 from fedops_cli.columns import ID, NUMBER, TEXT, Column, print_table
-from fedops_cli.context import Table, call, console, emit, parse_pairs, say
-from fedops_client import task_update_request
+from fedops_cli.context import Table, call, console, emit, parse_pairs, parse_selector_option, say
+from fedops_client import label_selection, task_update_request
 from fedops_common.convert import dict_to_struct
+from fedops_common.labels import format_selector
 from fedops_common.proto import common_pb2, control_pb2
 from fedops_common.strategy_settings import (
     DEFAULT_RUN_CONFIG_KEYS,
@@ -48,6 +49,13 @@ def describe_run_config_keys(keys: Any) -> str:
                      f"{name}: hard-coded by the app (not passed)" for name in settings if name in keys)
 
 
+def describe_label_selection(task: common_pb2.Task) -> str:
+    """How the task's runs choose clients by label, in words."""
+    chosen = task.label_selection
+    count = f"{chosen.count} clients" if chosen.count else "every free client"
+    return f"{count} labelled {format_selector(chosen.match_labels)}" if chosen.match_labels else count
+
+
 def render_task(task: common_pb2.Task) -> None:
     table = Table(title=f"Task {task.id}", show_header=False)
     app_ref = task.app.local_path or f"{task.app.git.url}@{task.app.git.ref}"
@@ -71,6 +79,8 @@ def render_task(task: common_pb2.Task) -> None:
         ("client config", json.dumps(json_format.MessageToDict(task.client_config))),
         ("enrolled", ", ".join(task.enrolled_client_ids)),
         ("selected", ", ".join(task.selected_client_ids)),
+        ("runs take", describe_label_selection(task) if task.HasField("label_selection")
+         else "the selected clients"),
     ]:
         table.add_row(key, value)
     console.print(table)
@@ -97,6 +107,19 @@ ClientMaxRestarts = Annotated[int | None, typer.Option(
 ClientRestartBackoff = Annotated[float | None, typer.Option(
     min=0.01, max=MAX_RESTART_BACKOFF_S, help="seconds before the first restart; doubles up to 30 s")]
 BestMetric = Annotated[str | None, typer.Option(help=BEST_METRIC_HELP)]
+Select = Annotated[str | None, typer.Option(
+    "--select", help="runs take clients with these labels (key=value,key=value; '' = any label) instead of the "
+    "selected ones")]
+Count = Annotated[int, typer.Option(min=0, help="with --select: clients per run (0 = every matching free one)")]
+
+
+def task_label_selection(select: str | None, count: int) -> common_pb2.LabelSelection | None:
+    """The task's label selection from --select/--count (None when --select is not given)."""
+    if select is None:
+        if count:
+            raise typer.BadParameter("--count goes with --select", param_hint="--count")
+        return None
+    return label_selection(parse_selector_option(select), count)
 
 
 def app_reference(app_path: str | None, git_url: str | None, git_ref: str, git_subdir: str) -> common_pb2.AppReference:
@@ -142,6 +165,8 @@ def task_create(
     run_config_key: Annotated[list[str] | None, typer.Option(help=RUN_CONFIG_KEY_HELP)] = None,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value; ${...} templating allowed")] = None,
     client_config: Annotated[list[str] | None, typer.Option(help="per-client node config key=value")] = None,
+    select: Select = None,
+    count: Count = 0,
 ) -> None:
     """Create an FL task. Strategy settings not given are not sent: the service applies its defaults."""
     if bool(app_path) == bool(git_url):
@@ -157,7 +182,8 @@ def task_create(
         title=title, description=description, tags=tag or [], app=app_reference(app_path, git_url, git_ref, git_subdir),
         strategy=settings,
         hyperparameters=dict_to_struct(parse_pairs(hp, "--hp")),
-        client_config=dict_to_struct(parse_pairs(client_config, "--client-config")))
+        client_config=dict_to_struct(parse_pairs(client_config, "--client-config")),
+        label_selection=task_label_selection(select, count))
     emit(call("CreateTask", control_pb2.CreateTaskRequest(task=task)), render_task)
 
 
@@ -186,6 +212,10 @@ def task_update(
         help=RUN_CONFIG_KEY_HELP + " (merged into the task's)")] = None,
     hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key=value (merged into the task's)")] = None,
     unset_hp: Annotated[list[str] | None, typer.Option(help="hyperparameter key to remove")] = None,
+    select: Select = None,
+    count: Count = 0,
+    no_select: Annotated[bool, typer.Option(
+        "--no-select", help="drop the label selection: runs take the selected clients again")] = False,
 ) -> None:
     """Edit a task: only the given settings change."""
     if app_path and git_url:
@@ -199,7 +229,8 @@ def task_update(
             current, title=title, description=description, tags=tag, app=app_ref,
             strategy=changes,
             run_config_keys=parse_run_config_keys(run_config_key),
-            hyperparameters=parse_pairs(hp, "--hp") if hp else None, unset_hyperparameters=unset_hp)
+            hyperparameters=parse_pairs(hp, "--hp") if hp else None, unset_hyperparameters=unset_hp,
+            label_selection=task_label_selection(select, count), clear_label_selection=no_select)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="OPTIONS") from None
     emit(call("UpdateTask", request), render_task)

@@ -86,10 +86,14 @@ def task_update_request(current: common_pb2.Task, *, title: str | None = None, d
                         tags: list[str] | None = None, app: common_pb2.AppReference | None = None,
                         strategy: dict[str, Any] | None = None, run_config_keys: dict[str, str] | None = None,
                         hyperparameters: dict[str, Any] | None = None,
-                        unset_hyperparameters: list[str] | None = None) -> control_pb2.UpdateTaskRequest:
+                        unset_hyperparameters: list[str] | None = None,
+                        label_selection: common_pb2.LabelSelection | None = None,
+                        clear_label_selection: bool = False) -> control_pb2.UpdateTaskRequest:
     """The UpdateTask request that changes only what is given. ``strategy`` (StrategySettings fields)
     and ``run_config_keys`` are merged into the task's; a new ``best_metric`` without a direction lets
-    the service choose the direction; ``hyperparameters`` are merged, ``unset_hyperparameters`` removed."""
+    the service choose the direction; ``hyperparameters`` are merged, ``unset_hyperparameters`` removed;
+    ``label_selection`` replaces the task's, ``clear_label_selection`` removes it (runs then take the
+    task's selected clients)."""
     task = common_pb2.Task(id=current.id)
     paths = []
     if title is not None:
@@ -117,6 +121,33 @@ def task_update_request(current: common_pb2.Task, *, title: str | None = None, d
             values.pop(key, None)
         task.hyperparameters.CopyFrom(dict_to_struct(values))
         paths.append("hyperparameters")
+    if label_selection is not None and clear_label_selection:
+        raise ValueError("give a label selection or clear it, not both")
+    if label_selection is not None:
+        task.label_selection.CopyFrom(label_selection)
+    if label_selection is not None or clear_label_selection:
+        paths.append("label_selection")
     if not paths:
         raise ValueError("nothing to change: give at least one setting")
     return control_pb2.UpdateTaskRequest(task=task, update_paths=paths)
+
+
+def label_selection(match_labels: dict[str, str], count: int) -> common_pb2.LabelSelection:
+    """``count`` clients (0: every free one) with every label of ``match_labels``."""
+    return common_pb2.LabelSelection(match_labels=match_labels, count=count)
+
+
+def start_run_request(task_id: str, *, client_ids: list[str] | None = None,
+                      match_labels: dict[str, str] | None = None, count: int = 0, resume_from: str = "",
+                      overrides: dict[str, Any] | None = None) -> control_pb2.StartRunRequest:
+    """StartRun by explicit ids, or by labels and count (``match_labels`` given, ``{}`` = any label), or,
+    with neither, by the task's default (its label selection, else its selected clients)."""
+    if client_ids and match_labels is not None:
+        raise ValueError("select clients by id or by label, not both")
+    request = control_pb2.StartRunRequest(task_id=task_id, resume_from_model_id=resume_from,
+                                          hyperparameter_overrides=dict_to_struct(overrides or {}))
+    if match_labels is not None:
+        request.selection.labels.CopyFrom(label_selection(match_labels, count))
+    elif client_ids:
+        request.selection.ids.client_ids.extend(client_ids)
+    return request

@@ -25,6 +25,10 @@ def client_state(state: str) -> str:
     return short_name(state) or "unknown"
 
 
+# Client states in the order tools show them side by side (group sizes, counters).
+CLIENT_STATES = ("online", "training", "finished", "failed", "offline")
+
+
 def role(name: str) -> str:
     """``ROLE_OPERATOR`` -> ``operator``."""
     return short_name(name) or "none"

@@ -55,11 +55,12 @@ class LocalStack:
         """How tests and tools reach this stack (the admin token unless another is given)."""
         return dataclasses.replace(self.client_tls, token=self.admin_token if token is None else token)
 
-    def enrolment_token(self, task_id: str, name: str = "") -> str:
-        """A one-time enrolment token for ``task_id`` (as an operator would create it)."""
+    def enrolment_token(self, task_id: str, name: str = "", labels: dict[str, str] | None = None) -> str:
+        """A one-time enrolment token for ``task_id`` (as an operator would create it), naming the device
+        and the labels it gets."""
         with control_channel(self.control_address, self.security()) as channel:
             issued = access_pb2_grpc.AccessServiceStub(channel).CreateEnrolmentToken(
-                access_pb2.CreateEnrolmentTokenRequest(task_id=task_id, name=name), timeout=30)
+                access_pb2.CreateEnrolmentTokenRequest(task_id=task_id, name=name, labels=labels or {}), timeout=30)
         return issued.token
 
     def start_control(self, port: int | None = None) -> str:
@@ -101,9 +102,11 @@ class LocalStack:
         return self.control_address
 
     def start_agent(self, name: str, task_ids: list[str], data_path: Path,
-                    extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+                    extra_args: list[str] | None = None,
+                    enrolment_labels: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start one agent with its own state dir and data path, and an enrolment token per task
-        (it enrols with them once, then acts with the credential it keeps)."""
+        (it enrols with them once, then acts with the credential it keeps); the tokens are named after
+        the agent and give the client ``enrolment_labels``."""
         state = self.root / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
         out = open(state / "agent.out", "ab")
@@ -113,7 +116,7 @@ class LocalStack:
         for task_id in task_ids:
             args += ["--task", task_id]
             if self.auth:
-                args += ["--enrolment-token", self.enrolment_token(task_id, name)]
+                args += ["--enrolment-token", self.enrolment_token(task_id, name, enrolment_labels)]
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         self.agents[name] = process

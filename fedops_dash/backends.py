@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from fedops_client import ControlClient, ControlError
+from fedops_client import ControlClient, ControlError, start_run_request
 from fedops_common.convert import dict_to_struct
 from fedops_common.proto import access_pb2, common_pb2, control_pb2
 from fedops_common.security import ENV_TOKEN, ChannelSecurity
@@ -102,7 +102,7 @@ class Control:
                                   control_pb2.SetTaskMembershipRequest(task_id=task_id, client_ids=client_ids)))
 
     def clients(self, task_id: str = "") -> list[dict[str, Any]]:
-        """Every client (all pages)."""
+        """Every client (all pages), newest first."""
         found, token = [], ""
         while True:
             page = self.client_page(task_id=task_id, page_size=1000, page_token=token)
@@ -111,14 +111,23 @@ class Control:
             if not token:
                 return found
 
-    def client_page(self, task_id: str = "", state: int = 0, page_size: int = 0,
-                    page_token: str = "") -> dict[str, Any]:
-        """One page of clients (``clients``, ``next_page_token``, ``total_size``)."""
+    def client_page(self, task_id: str = "", state: int = 0, page_size: int = 0, page_token: str = "",
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """One page of clients, newest first (``clients``, ``next_page_token``, ``total_size``); ``labels``:
+        only clients with every one of them."""
         request = control_pb2.ListClientsRequest(task_id=task_id, state=common_pb2.ClientState.ValueType(state),
-                                                 page_size=page_size, page_token=page_token)
+                                                 page_size=page_size, page_token=page_token, labels=labels or {})
         page = to_dict(self._call("ListClients", request))
         page.setdefault("clients", [])
         return page
+
+    def client_groups(self, group_by: str, labels: dict[str, str] | None = None,
+                      task_id: str = "") -> dict[str, Any]:
+        """Clients by state per value of the ``group_by`` label (``groups``, ``total``, ``groups_left_out``)."""
+        request = control_pb2.CountClientsRequest(task_id=task_id, labels=labels or {}, group_by=group_by)
+        counted = to_dict(self._call("CountClients", request))
+        counted.setdefault("groups", [])
+        return counted
 
     def client(self, client_id: str) -> dict[str, Any]:
         return to_dict(self._call("GetClient", control_pb2.GetClientRequest(client_id=client_id)))
@@ -143,8 +152,10 @@ class Control:
     def run(self, run_id: str) -> dict[str, Any]:
         return to_dict(self._call("GetRun", control_pb2.GetRunRequest(run_id=run_id)))
 
-    def start_run(self, task_id: str, resume_from: str = "") -> dict[str, Any]:
-        request = control_pb2.StartRunRequest(task_id=task_id, resume_from_model_id=resume_from)
+    def start_run(self, task_id: str, resume_from: str = "", match_labels: dict[str, str] | None = None,
+                  count: int = 0) -> dict[str, Any]:
+        """Start a run on the task's clients, or (``match_labels`` given) on ``count`` clients with those labels."""
+        request = start_run_request(task_id, match_labels=match_labels, count=count, resume_from=resume_from)
         return to_dict(self._call("StartRun", request, timeout=60))
 
     def stop_run(self, run_id: str, hard: bool) -> dict[str, Any]:

@@ -56,3 +56,75 @@ def test_run_on_postgresql_survives_a_restart(postgres: Postgres, tmp_path: Path
         assert conn.execute(sqlalchemy.text("select version_num from alembic_version")).scalar() == head
         assert conn.execute(sqlalchemy.text("select count(*) from data_status")).scalar() >= 2
     engine.dispose()
+
+
+def test_labels_selection_and_newest_first_paging_on_postgresql(postgres: Postgres) -> None:
+    """Migration 0006 (the name backfill, the indexes, its downgrade) and the label queries on PostgreSQL:
+    row-value keyset paging, the label filter, group sizes, a label selection."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy.orm import sessionmaker
+
+    from fedops_common.proto import common_pb2
+    from fedops_control.agents.sessions import AgentSessions
+    from fedops_control.clients.labels import LabelSource, set_labels
+    from fedops_control.clients.listing import count_groups, list_page
+    from fedops_control.clients.selection import LabelSelection, candidates, choose
+    from fedops_control.state.db import make_engine
+    from tests.test_client_labels import T0, add_clients
+
+    admin = sqlalchemy.create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text("create database labels"))
+    admin.dispose()
+    engine = make_engine(postgres.url("labels"))
+    cfg = alembic_config(postgres.url("labels"))
+
+    def migrate(to: str, down: bool = False) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, to)
+
+    migrate("0005")
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "insert into clients (id, device, data_path, state, state_reason, current_run_id, registered_at, "
+            "metrics_address, supernode_public_key) values ('old', '{}', '', 1, '', '', now(), '', '')"))
+        conn.execute(sqlalchemy.text(
+            "insert into credentials (id, kind, secret_sha256, name, role, subject, created_by, created_at, used_at, "
+            "used_by) values ('t1', 2, 's1', 'lab-pc-7', 10, 'task-1', '', now(), now(), 'old')"))
+    migrate("head")
+    migrate("0005", down=True)
+    migrate("head")
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions() as db:
+        assert db.execute(sqlalchemy.text("select name from clients where id = 'old'")).scalar() == "lab-pc-7"
+    ids = [f"client-{i:02d}" for i in range(9)]
+    add_clients(sessions, ids)
+    with sessions.begin() as db:
+        db.execute(sqlalchemy.text("update clients set registered_at = :at where id in ('client-04', 'client-05')"),
+                   {"at": T0 + dt.timedelta(seconds=4, microseconds=7)})  # a tie: the id decides
+        for i, cid in enumerate(ids):
+            set_labels(db, cid, {"site": "eu" if i % 3 else "us", "gpu": "true" if i % 2 else "false"},
+                       LabelSource.AGENT)
+    agents = AgentSessions()
+    for cid in ids[:6]:
+        agents.open(cid)
+    listed, token = [], ""
+    while True:
+        with sessions() as db:
+            rows, token, total = list_page(db, agents, "task-1", {"site": "eu"}, 0, 2, token)
+        listed += [r.id for r in rows]
+        if not token:
+            break
+    assert total == 6 and listed == ["client-08", "client-07", "client-05", "client-04", "client-02", "client-01"]
+    with sessions() as db:
+        groups = count_groups(db, agents, "task-1", {"site": "eu"}, "gpu")
+        assert [(g.value, g.total) for g in groups.groups] == [("false", 3), ("true", 3)]
+        assert {c.state for g in groups.groups for c in g.states} == {common_pb2.CLIENT_STATE_ONLINE,
+                                                                     common_pb2.CLIENT_STATE_OFFLINE}
+        wanted = LabelSelection({"site": "eu", "gpu": "true"}, 2)
+        assert choose(candidates(db, agents, "task-1", wanted, busy=set()), wanted, "task-1") == ["client-01",
+                                                                                                   "client-05"]
+    engine.dispose()

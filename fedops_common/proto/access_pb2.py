@@ -25,35 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedops_common/proto/access.proto\x12\tfedops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"Z\n\x08Identity\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x04 \x01(\t\"S\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\r\n\x05ttl_s\x18\x03 \x01(\x03\"K\n\x1b\x43reateEnrolmentTokenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\"@\n\x0bIssuedToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.fedops.v1.TokenInfo\"\xd0\x02\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1d\n\x04role\x18\x04 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\"P\n\x11ListTokensRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.fedops.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t*n\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x0e\n\nROLE_AGENT\x10\n\x12\x0c\n\x08ROLE_RUN\x10\x0b*\x7f\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOKEN_KIND_API\x10\x01\x12\x18\n\x14TOKEN_KIND_ENROLMENT\x10\x02\x12\x14\n\x10TOKEN_KIND_AGENT\x10\x03\x12\x12\n\x0eTOKEN_KIND_RUN\x10\x04\x32\xfb\x02\n\rAccessService\x12\x37\n\x06WhoAmI\x12\x18.fedops.v1.WhoAmIRequest\x1a\x13.fedops.v1.Identity\x12J\n\x0e\x43reateApiToken\x12 .fedops.v1.CreateApiTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12V\n\x14\x43reateEnrolmentToken\x12&.fedops.v1.CreateEnrolmentTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12I\n\nListTokens\x12\x1c.fedops.v1.ListTokensRequest\x1a\x1d.fedops.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.fedops.v1.RevokeTokenRequest\x1a\x14.fedops.v1.TokenInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedops_common/proto/access.proto\x12\tfedops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"Z\n\x08Identity\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x04 \x01(\t\"S\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\r\n\x05ttl_s\x18\x03 \x01(\x03\"\xbe\x01\n\x1b\x43reateEnrolmentTokenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x42\n\x06labels\x18\x04 \x03(\x0b\x32\x32.fedops.v1.CreateEnrolmentTokenRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0bIssuedToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.fedops.v1.TokenInfo\"\xb1\x03\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1d\n\x04role\x18\x04 \x01(\x0e\x32\x0f.fedops.v1.Role\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\x12\x30\n\x06labels\x18\x0b \x03(\x0b\x32 .fedops.v1.TokenInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x11ListTokensRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedops.v1.TokenKind\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.fedops.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t*n\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x0e\n\nROLE_AGENT\x10\n\x12\x0c\n\x08ROLE_RUN\x10\x0b*\x7f\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOKEN_KIND_API\x10\x01\x12\x18\n\x14TOKEN_KIND_ENROLMENT\x10\x02\x12\x14\n\x10TOKEN_KIND_AGENT\x10\x03\x12\x12\n\x0eTOKEN_KIND_RUN\x10\x04\x32\xfb\x02\n\rAccessService\x12\x37\n\x06WhoAmI\x12\x18.fedops.v1.WhoAmIRequest\x1a\x13.fedops.v1.Identity\x12J\n\x0e\x43reateApiToken\x12 .fedops.v1.CreateApiTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12V\n\x14\x43reateEnrolmentToken\x12&.fedops.v1.CreateEnrolmentTokenRequest\x1a\x16.fedops.v1.IssuedToken\x12I\n\nListTokens\x12\x1c.fedops.v1.ListTokensRequest\x1a\x1d.fedops.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.fedops.v1.RevokeTokenRequest\x1a\x14.fedops.v1.TokenInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedops_common.proto.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=938
-  _globals['_ROLE']._serialized_end=1048
-  _globals['_TOKENKIND']._serialized_start=1050
-  _globals['_TOKENKIND']._serialized_end=1177
+  _globals['_CREATEENROLMENTTOKENREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_CREATEENROLMENTTOKENREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_TOKENINFO_LABELSENTRY']._loaded_options = None
+  _globals['_TOKENINFO_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=1151
+  _globals['_ROLE']._serialized_end=1261
+  _globals['_TOKENKIND']._serialized_start=1263
+  _globals['_TOKENKIND']._serialized_end=1390
   _globals['_WHOAMIREQUEST']._serialized_start=80
   _globals['_WHOAMIREQUEST']._serialized_end=95
   _globals['_IDENTITY']._serialized_start=97
   _globals['_IDENTITY']._serialized_end=187
   _globals['_CREATEAPITOKENREQUEST']._serialized_start=189
   _globals['_CREATEAPITOKENREQUEST']._serialized_end=272
-  _globals['_CREATEENROLMENTTOKENREQUEST']._serialized_start=274
-  _globals['_CREATEENROLMENTTOKENREQUEST']._serialized_end=349
-  _globals['_ISSUEDTOKEN']._serialized_start=351
-  _globals['_ISSUEDTOKEN']._serialized_end=415
-  _globals['_TOKENINFO']._serialized_start=418
-  _globals['_TOKENINFO']._serialized_end=754
-  _globals['_LISTTOKENSREQUEST']._serialized_start=756
-  _globals['_LISTTOKENSREQUEST']._serialized_end=836
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=838
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=896
-  _globals['_REVOKETOKENREQUEST']._serialized_start=898
-  _globals['_REVOKETOKENREQUEST']._serialized_end=936
-  _globals['_ACCESSSERVICE']._serialized_start=1180
-  _globals['_ACCESSSERVICE']._serialized_end=1559
+  _globals['_CREATEENROLMENTTOKENREQUEST']._serialized_start=275
+  _globals['_CREATEENROLMENTTOKENREQUEST']._serialized_end=465
+  _globals['_CREATEENROLMENTTOKENREQUEST_LABELSENTRY']._serialized_start=420
+  _globals['_CREATEENROLMENTTOKENREQUEST_LABELSENTRY']._serialized_end=465
+  _globals['_ISSUEDTOKEN']._serialized_start=467
+  _globals['_ISSUEDTOKEN']._serialized_end=531
+  _globals['_TOKENINFO']._serialized_start=534
+  _globals['_TOKENINFO']._serialized_end=967
+  _globals['_TOKENINFO_LABELSENTRY']._serialized_start=420
+  _globals['_TOKENINFO_LABELSENTRY']._serialized_end=465
+  _globals['_LISTTOKENSREQUEST']._serialized_start=969
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1049
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1051
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1109
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1111
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1149
+  _globals['_ACCESSSERVICE']._serialized_start=1393
+  _globals['_ACCESSSERVICE']._serialized_end=1772
 # @@protoc_insertion_point(module_scope)

@@ -25,12 +25,33 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEVICE_FIELD_NUMBER: _builtins.int
     TASK_IDS_FIELD_NUMBER: _builtins.int
     DATA_PATH_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     ENROLMENT_TOKENS_FIELD_NUMBER: _builtins.int
     SUPERNODE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     data_path: _builtins.str
     """private local data path (stays on device)"""
     metrics_address: _builtins.str
@@ -47,6 +68,12 @@ class RegisterRequest(_message.Message):
     def enrolment_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One-time tokens, each enrolling this device in one task (needed while it holds no credential)."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The agent's configured labels (--label, config "labels"). Applied when they differ from the set
+        it registered with last time, so a reconnect does not undo an operator's change.
+        """
+
     def __init__(
         self,
         *,
@@ -56,10 +83,11 @@ class RegisterRequest(_message.Message):
         metrics_address: _builtins.str = ...,
         enrolment_tokens: _abc.Iterable[_builtins.str] | None = ...,
         supernode_public_key: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "enrolment_tokens", b"enrolment_tokens", "metrics_address", b"metrics_address", "supernode_public_key", b"supernode_public_key", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "device", b"device", "enrolment_tokens", b"enrolment_tokens", "labels", b"labels", "metrics_address", b"metrics_address", "supernode_public_key", b"supernode_public_key", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

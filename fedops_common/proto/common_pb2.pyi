@@ -287,6 +287,7 @@ class Task(_message.Message):
     ENROLLED_CLIENT_IDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    LABEL_SELECTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
     description: _builtins.str
@@ -312,6 +313,12 @@ class Task(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def label_selection(self) -> Global___LabelSelection:
+        """When set, a run started without clients selects them by label and count (instead of
+        selected_client_ids). UpdateTask path "label_selection"; an update that leaves it unset clears it.
+        """
+
     def __init__(
         self,
         *,
@@ -327,14 +334,114 @@ class Task(_message.Message):
         enrolled_client_ids: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        label_selection: Global___LabelSelection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_config", b"client_config", "created_at", b"created_at", "hyperparameters", b"hyperparameters", "strategy", b"strategy", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_config", b"client_config", "created_at", b"created_at", "hyperparameters", b"hyperparameters", "label_selection", b"label_selection", "strategy", b"strategy", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_config", b"client_config", "created_at", b"created_at", "description", b"description", "enrolled_client_ids", b"enrolled_client_ids", "hyperparameters", b"hyperparameters", "id", b"id", "selected_client_ids", b"selected_client_ids", "strategy", b"strategy", "tags", b"tags", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_config", b"client_config", "created_at", b"created_at", "description", b"description", "enrolled_client_ids", b"enrolled_client_ids", "hyperparameters", b"hyperparameters", "id", b"id", "label_selection", b"label_selection", "selected_client_ids", b"selected_client_ids", "strategy", b"strategy", "tags", b"tags", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class LabelSelection(_message.Message):
+    """Clients chosen by their labels: each of match_labels must match (key = value, all of them).
+    At StartRun it resolves to `count` clients of the task that are online and in no other run,
+    least recently selected first (then by id); fewer than `count` is FAILED_PRECONDITION.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MatchLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MATCH_LABELS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """how many clients; 0 = every matching one that is free"""
+    @_builtins.property
+    def match_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """e.g. site=eu, gpu=true; empty = every enrolled client"""
+
+    def __init__(
+        self,
+        *,
+        match_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "match_labels", b"match_labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelSelection: _TypeAlias = LabelSelection  # noqa: Y015
+
+@_typing.final
+class ClientIds(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        client_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientIds: _TypeAlias = ClientIds  # noqa: Y015
+
+@_typing.final
+class ClientSelection(_message.Message):
+    """Which clients a run takes: explicit ids, or a label selection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> Global___ClientIds: ...
+    @_builtins.property
+    def labels(self) -> Global___LabelSelection: ...
+    def __init__(
+        self,
+        *,
+        ids: Global___ClientIds | None = ...,
+        labels: Global___LabelSelection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "ids", b"ids", "labels", b"labels"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "ids", b"ids", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["ids", "labels"]  # noqa: Y015
+    _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
+
+Global___ClientSelection: _TypeAlias = ClientSelection  # noqa: Y015
 
 @_typing.final
 class DeviceInfo(_message.Message):
@@ -382,6 +489,26 @@ Global___DeviceInfo: _TypeAlias = DeviceInfo  # noqa: Y015
 class Client(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -393,6 +520,8 @@ class Client(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     DATA_STATUS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___ClientState.ValueType
     state_reason: _builtins.str
@@ -400,6 +529,8 @@ class Client(_message.Message):
     current_run_id: _builtins.str
     metrics_address: _builtins.str
     """the agent's Prometheus endpoint"""
+    name: _builtins.str
+    """the name given at enrolment (the enrolment token's name)"""
     @_builtins.property
     def device(self) -> Global___DeviceInfo: ...
     @_builtins.property
@@ -411,6 +542,12 @@ class Client(_message.Message):
     @_builtins.property
     def data_status(self) -> Global___DataStatus:
         """latest data status report"""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels (Kubernetes-like keys and values), set at enrolment (the token's), by the agent's config
+        or by an operator (SetClientLabels): a label keeps the value set last.
+        """
 
     def __init__(
         self,
@@ -426,10 +563,12 @@ class Client(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         metrics_address: _builtins.str = ...,
         data_status: Global___DataStatus | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_status", b"data_status", "device", b"device", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_run_id", b"current_run_id", "data_status", b"data_status", "device", b"device", "enrolled_task_ids", b"enrolled_task_ids", "heartbeat_age_s", b"heartbeat_age_s", "id", b"id", "last_heartbeat", b"last_heartbeat", "metrics_address", b"metrics_address", "registered_at", b"registered_at", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_run_id", b"current_run_id", "data_status", b"data_status", "device", b"device", "enrolled_task_ids", b"enrolled_task_ids", "heartbeat_age_s", b"heartbeat_age_s", "id", b"id", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -900,6 +1039,7 @@ class Run(_message.Message):
     MODEL_NOTE_FIELD_NUMBER: _builtins.int
     API_STYLE_FIELD_NUMBER: _builtins.int
     APP_DECIDES_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_id: _builtins.str
     state: Global___RunState.ValueType
@@ -937,6 +1077,10 @@ class Run(_message.Message):
     def app_decides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """strategy settings the app hard-codes (FedOps passes them no value)"""
 
+    @_builtins.property
+    def selection(self) -> Global___ClientSelection:
+        """how client_ids were chosen (ids, or the label selection they resolved)"""
+
     def __init__(
         self,
         *,
@@ -962,10 +1106,11 @@ class Run(_message.Message):
         model_note: _builtins.str = ...,
         api_style: Global___ApiStyle.ValueType = ...,
         app_decides: _abc.Iterable[_builtins.str] | None = ...,
+        selection: Global___ClientSelection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "run_config", b"run_config", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "run_config", b"run_config", "selection", b"selection", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_style", b"api_style", "app_decides", b"app_decides", "client_ids", b"client_ids", "completed_rounds", b"completed_rounds", "config_hash", b"config_hash", "created_at", b"created_at", "current_round", b"current_round", "finished_at", b"finished_at", "flower_run_id", b"flower_run_id", "id", b"id", "initial_central_metrics", b"initial_central_metrics", "model_note", b"model_note", "outcome", b"outcome", "reason", b"reason", "resumed_from_model_id", b"resumed_from_model_id", "rounds", b"rounds", "run_config", b"run_config", "started_at", b"started_at", "state", b"state", "superlink_address", b"superlink_address", "task_id", b"task_id", "total_rounds", b"total_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_style", b"api_style", "app_decides", b"app_decides", "client_ids", b"client_ids", "completed_rounds", b"completed_rounds", "config_hash", b"config_hash", "created_at", b"created_at", "current_round", b"current_round", "finished_at", b"finished_at", "flower_run_id", b"flower_run_id", "id", b"id", "initial_central_metrics", b"initial_central_metrics", "model_note", b"model_note", "outcome", b"outcome", "reason", b"reason", "resumed_from_model_id", b"resumed_from_model_id", "rounds", b"rounds", "run_config", b"run_config", "selection", b"selection", "started_at", b"started_at", "state", b"state", "superlink_address", b"superlink_address", "task_id", b"task_id", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,15 +26,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from fedops_common.proto import common_pb2 as fedops__common_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedops_common/proto/control.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"2\n\x11\x43reateTaskRequest\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.fedops.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x1f\n\x10ListTasksRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.fedops.v1.Task\"H\n\x11UpdateTaskRequest\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.fedops.v1.Task\x12\x14\n\x0cupdate_paths\x18\x02 \x03(\t\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteTaskResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"s\n\x12ListClientsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"f\n\x13ListClientsResponse\x12\"\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x11.fedops.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"%\n\x10GetClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"?\n\x18SetTaskMembershipRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nclient_ids\x18\x02 \x03(\t\"\x8f\x01\n\x0fStartRunRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nclient_ids\x18\x02 \x03(\t\x12\x1c\n\x14resume_from_model_id\x18\x03 \x01(\t\x12\x39\n\x18hyperparameter_overrides\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"C\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.fedops.v1.StopMode\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.fedops.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"$\n\x12\x44iagnoseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x11ListModelsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.fedops.v1.ModelVersion\"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"^\n\x15ListDataStatusRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0blatest_only\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\"@\n\x16ListDataStatusResponse\x12&\n\x07reports\x18\x01 \x03(\x0b\x32\x15.fedops.v1.DataStatus*T\n\x08StopMode\x12\x19\n\x15STOP_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_MODE_COOPERATIVE\x10\x01\x12\x12\n\x0eSTOP_MODE_HARD\x10\x02\x32\xbd\t\n\x0e\x43ontrolService\x12;\n\nCreateTask\x12\x1c.fedops.v1.CreateTaskRequest\x1a\x0f.fedops.v1.Task\x12\x35\n\x07GetTask\x12\x19.fedops.v1.GetTaskRequest\x1a\x0f.fedops.v1.Task\x12\x46\n\tListTasks\x12\x1b.fedops.v1.ListTasksRequest\x1a\x1c.fedops.v1.ListTasksResponse\x12;\n\nUpdateTask\x12\x1c.fedops.v1.UpdateTaskRequest\x1a\x0f.fedops.v1.Task\x12I\n\nDeleteTask\x12\x1c.fedops.v1.DeleteTaskRequest\x1a\x1d.fedops.v1.DeleteTaskResponse\x12L\n\x0bListClients\x12\x1d.fedops.v1.ListClientsRequest\x1a\x1e.fedops.v1.ListClientsResponse\x12;\n\tGetClient\x12\x1b.fedops.v1.GetClientRequest\x1a\x11.fedops.v1.Client\x12I\n\x11SetTaskMembership\x12#.fedops.v1.SetTaskMembershipRequest\x1a\x0f.fedops.v1.Task\x12U\n\x0eListDataStatus\x12 .fedops.v1.ListDataStatusRequest\x1a!.fedops.v1.ListDataStatusResponse\x12\x36\n\x08StartRun\x12\x1a.fedops.v1.StartRunRequest\x1a\x0e.fedops.v1.Run\x12\x34\n\x07StopRun\x12\x19.fedops.v1.StopRunRequest\x1a\x0e.fedops.v1.Run\x12\x32\n\x06GetRun\x12\x18.fedops.v1.GetRunRequest\x1a\x0e.fedops.v1.Run\x12\x43\n\x08ListRuns\x12\x1a.fedops.v1.ListRunsRequest\x1a\x1b.fedops.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.fedops.v1.WatchRunRequest\x1a\x13.fedops.v1.RunEvent0\x01\x12\x42\n\x0b\x44iagnoseRun\x12\x1d.fedops.v1.DiagnoseRunRequest\x1a\x14.fedops.v1.Diagnosis\x12I\n\nListModels\x12\x1c.fedops.v1.ListModelsRequest\x1a\x1d.fedops.v1.ListModelsResponse\x12?\n\x08GetModel\x12\x1a.fedops.v1.GetModelRequest\x1a\x17.fedops.v1.ModelVersion\x12\x44\n\rDownloadModel\x12\x1a.fedops.v1.GetModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedops_common/proto/control.proto\x12\tfedops.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a fedops_common/proto/common.proto\"2\n\x11\x43reateTaskRequest\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.fedops.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x1f\n\x10ListTasksRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.fedops.v1.Task\"H\n\x11UpdateTaskRequest\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.fedops.v1.Task\x12\x14\n\x0cupdate_paths\x18\x02 \x03(\t\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteTaskResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xdd\x01\n\x12ListClientsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).fedops.v1.ListClientsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x13ListClientsResponse\x12\"\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x11.fedops.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"%\n\x10GetClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xae\x01\n\x16SetClientLabelsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12=\n\x06labels\x18\x02 \x03(\x0b\x32-.fedops.v1.SetClientLabelsRequest.LabelsEntry\x12\x13\n\x0bremove_keys\x18\x03 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x13\x43ountClientsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.fedops.v1.CountClientsRequest.LabelsEntry\x12\x10\n\x08group_by\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x10\x43lientStateCount\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedops.v1.ClientState\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"l\n\x0b\x43lientGroup\x12\r\n\x05value\x18\x01 \x01(\t\x12\x12\n\nunlabelled\x18\x02 \x01(\x08\x12+\n\x06states\x18\x03 \x03(\x0b\x32\x1b.fedops.v1.ClientStateCount\x12\r\n\x05total\x18\x04 \x01(\x05\"f\n\x14\x43ountClientsResponse\x12&\n\x06groups\x18\x01 \x03(\x0b\x32\x16.fedops.v1.ClientGroup\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x17\n\x0fgroups_left_out\x18\x03 \x01(\x05\"?\n\x18SetTaskMembershipRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nclient_ids\x18\x02 \x03(\t\"\xbe\x01\n\x0fStartRunRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nclient_ids\x18\x02 \x03(\t\x12\x1c\n\x14resume_from_model_id\x18\x03 \x01(\t\x12\x39\n\x18hyperparameter_overrides\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\tselection\x18\x05 \x01(\x0b\x32\x1a.fedops.v1.ClientSelection\"C\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.fedops.v1.StopMode\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.fedops.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"$\n\x12\x44iagnoseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x11ListModelsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.fedops.v1.ModelVersion\"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"^\n\x15ListDataStatusRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0blatest_only\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\"@\n\x16ListDataStatusResponse\x12&\n\x07reports\x18\x01 \x03(\x0b\x32\x15.fedops.v1.DataStatus*T\n\x08StopMode\x12\x19\n\x15STOP_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_MODE_COOPERATIVE\x10\x01\x12\x12\n\x0eSTOP_MODE_HARD\x10\x02\x32\xd7\n\n\x0e\x43ontrolService\x12;\n\nCreateTask\x12\x1c.fedops.v1.CreateTaskRequest\x1a\x0f.fedops.v1.Task\x12\x35\n\x07GetTask\x12\x19.fedops.v1.GetTaskRequest\x1a\x0f.fedops.v1.Task\x12\x46\n\tListTasks\x12\x1b.fedops.v1.ListTasksRequest\x1a\x1c.fedops.v1.ListTasksResponse\x12;\n\nUpdateTask\x12\x1c.fedops.v1.UpdateTaskRequest\x1a\x0f.fedops.v1.Task\x12I\n\nDeleteTask\x12\x1c.fedops.v1.DeleteTaskRequest\x1a\x1d.fedops.v1.DeleteTaskResponse\x12L\n\x0bListClients\x12\x1d.fedops.v1.ListClientsRequest\x1a\x1e.fedops.v1.ListClientsResponse\x12;\n\tGetClient\x12\x1b.fedops.v1.GetClientRequest\x1a\x11.fedops.v1.Client\x12G\n\x0fSetClientLabels\x12!.fedops.v1.SetClientLabelsRequest\x1a\x11.fedops.v1.Client\x12O\n\x0c\x43ountClients\x12\x1e.fedops.v1.CountClientsRequest\x1a\x1f.fedops.v1.CountClientsResponse\x12I\n\x11SetTaskMembership\x12#.fedops.v1.SetTaskMembershipRequest\x1a\x0f.fedops.v1.Task\x12U\n\x0eListDataStatus\x12 .fedops.v1.ListDataStatusRequest\x1a!.fedops.v1.ListDataStatusResponse\x12\x36\n\x08StartRun\x12\x1a.fedops.v1.StartRunRequest\x1a\x0e.fedops.v1.Run\x12\x34\n\x07StopRun\x12\x19.fedops.v1.StopRunRequest\x1a\x0e.fedops.v1.Run\x12\x32\n\x06GetRun\x12\x18.fedops.v1.GetRunRequest\x1a\x0e.fedops.v1.Run\x12\x43\n\x08ListRuns\x12\x1a.fedops.v1.ListRunsRequest\x1a\x1b.fedops.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.fedops.v1.WatchRunRequest\x1a\x13.fedops.v1.RunEvent0\x01\x12\x42\n\x0b\x44iagnoseRun\x12\x1d.fedops.v1.DiagnoseRunRequest\x1a\x14.fedops.v1.Diagnosis\x12I\n\nListModels\x12\x1c.fedops.v1.ListModelsRequest\x1a\x1d.fedops.v1.ListModelsResponse\x12?\n\x08GetModel\x12\x1a.fedops.v1.GetModelRequest\x1a\x17.fedops.v1.ModelVersion\x12\x44\n\rDownloadModel\x12\x1a.fedops.v1.GetModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedops_common.proto.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPMODE']._serialized_start=1584
-  _globals['_STOPMODE']._serialized_end=1668
+  _globals['_LISTCLIENTSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_LISTCLIENTSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SETCLIENTLABELSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_SETCLIENTLABELSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_COUNTCLIENTSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_COUNTCLIENTSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_STOPMODE']._serialized_start=2369
+  _globals['_STOPMODE']._serialized_end=2453
   _globals['_CREATETASKREQUEST']._serialized_start=112
   _globals['_CREATETASKREQUEST']._serialized_end=162
   _globals['_GETTASKREQUEST']._serialized_start=164
@@ -49,38 +55,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETETASKREQUEST']._serialized_end=395
   _globals['_DELETETASKRESPONSE']._serialized_start=397
   _globals['_DELETETASKRESPONSE']._serialized_end=434
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=436
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=551
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=553
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=655
-  _globals['_GETCLIENTREQUEST']._serialized_start=657
-  _globals['_GETCLIENTREQUEST']._serialized_end=694
-  _globals['_SETTASKMEMBERSHIPREQUEST']._serialized_start=696
-  _globals['_SETTASKMEMBERSHIPREQUEST']._serialized_end=759
-  _globals['_STARTRUNREQUEST']._serialized_start=762
-  _globals['_STARTRUNREQUEST']._serialized_end=905
-  _globals['_STOPRUNREQUEST']._serialized_start=907
-  _globals['_STOPRUNREQUEST']._serialized_end=974
-  _globals['_GETRUNREQUEST']._serialized_start=976
-  _globals['_GETRUNREQUEST']._serialized_end=1007
-  _globals['_LISTRUNSREQUEST']._serialized_start=1009
-  _globals['_LISTRUNSREQUEST']._serialized_end=1082
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1084
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1157
-  _globals['_WATCHRUNREQUEST']._serialized_start=1159
-  _globals['_WATCHRUNREQUEST']._serialized_end=1211
-  _globals['_DIAGNOSERUNREQUEST']._serialized_start=1213
-  _globals['_DIAGNOSERUNREQUEST']._serialized_end=1249
-  _globals['_LISTMODELSREQUEST']._serialized_start=1251
-  _globals['_LISTMODELSREQUEST']._serialized_end=1303
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1305
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1366
-  _globals['_GETMODELREQUEST']._serialized_start=1368
-  _globals['_GETMODELREQUEST']._serialized_end=1420
-  _globals['_LISTDATASTATUSREQUEST']._serialized_start=1422
-  _globals['_LISTDATASTATUSREQUEST']._serialized_end=1516
-  _globals['_LISTDATASTATUSRESPONSE']._serialized_start=1518
-  _globals['_LISTDATASTATUSRESPONSE']._serialized_end=1582
-  _globals['_CONTROLSERVICE']._serialized_start=1671
-  _globals['_CONTROLSERVICE']._serialized_end=2884
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=437
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=658
+  _globals['_LISTCLIENTSREQUEST_LABELSENTRY']._serialized_start=613
+  _globals['_LISTCLIENTSREQUEST_LABELSENTRY']._serialized_end=658
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=660
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=762
+  _globals['_GETCLIENTREQUEST']._serialized_start=764
+  _globals['_GETCLIENTREQUEST']._serialized_end=801
+  _globals['_SETCLIENTLABELSREQUEST']._serialized_start=804
+  _globals['_SETCLIENTLABELSREQUEST']._serialized_end=978
+  _globals['_SETCLIENTLABELSREQUEST_LABELSENTRY']._serialized_start=613
+  _globals['_SETCLIENTLABELSREQUEST_LABELSENTRY']._serialized_end=658
+  _globals['_COUNTCLIENTSREQUEST']._serialized_start=981
+  _globals['_COUNTCLIENTSREQUEST']._serialized_end=1144
+  _globals['_COUNTCLIENTSREQUEST_LABELSENTRY']._serialized_start=613
+  _globals['_COUNTCLIENTSREQUEST_LABELSENTRY']._serialized_end=658
+  _globals['_CLIENTSTATECOUNT']._serialized_start=1146
+  _globals['_CLIENTSTATECOUNT']._serialized_end=1218
+  _globals['_CLIENTGROUP']._serialized_start=1220
+  _globals['_CLIENTGROUP']._serialized_end=1328
+  _globals['_COUNTCLIENTSRESPONSE']._serialized_start=1330
+  _globals['_COUNTCLIENTSRESPONSE']._serialized_end=1432
+  _globals['_SETTASKMEMBERSHIPREQUEST']._serialized_start=1434
+  _globals['_SETTASKMEMBERSHIPREQUEST']._serialized_end=1497
+  _globals['_STARTRUNREQUEST']._serialized_start=1500
+  _globals['_STARTRUNREQUEST']._serialized_end=1690
+  _globals['_STOPRUNREQUEST']._serialized_start=1692
+  _globals['_STOPRUNREQUEST']._serialized_end=1759
+  _globals['_GETRUNREQUEST']._serialized_start=1761
+  _globals['_GETRUNREQUEST']._serialized_end=1792
+  _globals['_LISTRUNSREQUEST']._serialized_start=1794
+  _globals['_LISTRUNSREQUEST']._serialized_end=1867
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1869
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1942
+  _globals['_WATCHRUNREQUEST']._serialized_start=1944
+  _globals['_WATCHRUNREQUEST']._serialized_end=1996
+  _globals['_DIAGNOSERUNREQUEST']._serialized_start=1998
+  _globals['_DIAGNOSERUNREQUEST']._serialized_end=2034
+  _globals['_LISTMODELSREQUEST']._serialized_start=2036
+  _globals['_LISTMODELSREQUEST']._serialized_end=2088
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2090
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2151
+  _globals['_GETMODELREQUEST']._serialized_start=2153
+  _globals['_GETMODELREQUEST']._serialized_end=2205
+  _globals['_LISTDATASTATUSREQUEST']._serialized_start=2207
+  _globals['_LISTDATASTATUSREQUEST']._serialized_end=2301
+  _globals['_LISTDATASTATUSRESPONSE']._serialized_start=2303
+  _globals['_LISTDATASTATUSRESPONSE']._serialized_end=2367
+  _globals['_CONTROLSERVICE']._serialized_start=2456
+  _globals['_CONTROLSERVICE']._serialized_end=3823
 # @@protoc_insertion_point(module_scope)

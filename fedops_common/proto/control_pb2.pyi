@@ -188,22 +188,48 @@ Global___DeleteTaskResponse: _TypeAlias = DeleteTaskResponse  # noqa: Y015
 
 @_typing.final
 class ListClientsRequest(_message.Message):
-    """Paged by client id: a page token is the last id of the previous page, so every client that
-    existed when paging began is listed exactly once, however many join meanwhile.
+    """Newest registration first, across pages: a page token holds the registration time and id of the
+    last client of the previous page, so every client that existed when paging began is listed
+    exactly once, however many join meanwhile (newer ones belong before the first page).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: _common_pb2.ClientState.ValueType
     page_size: _builtins.int
     """1-1000; 0 = 100"""
     page_token: _builtins.str
     """next_page_token of the previous page; "" = the first page"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """only clients with every one of these labels (site=eu, gpu=true)"""
+
     def __init__(
         self,
         *,
@@ -211,10 +237,11 @@ class ListClientsRequest(_message.Message):
         state: _common_pb2.ClientState.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,7 +257,7 @@ class ListClientsResponse(_message.Message):
     next_page_token: _builtins.str
     """"" on the last page"""
     total_size: _builtins.int
-    """clients matching the task filter (the state filter is applied per page)"""
+    """clients matching the task and label filters (the state filter is applied per page)"""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Client]: ...
     def __init__(
@@ -268,6 +295,191 @@ class GetClientRequest(_message.Message):
 Global___GetClientRequest: _TypeAlias = GetClientRequest  # noqa: Y015
 
 @_typing.final
+class SetClientLabelsRequest(_message.Message):
+    """Labels to set (overwriting a key's value) and keys to remove; the answer is the client as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    REMOVE_KEYS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def remove_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "labels", b"labels", "remove_keys", b"remove_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetClientLabelsRequest: _TypeAlias = SetClientLabelsRequest  # noqa: Y015
+
+@_typing.final
+class CountClientsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """"" = every client"""
+    group_by: _builtins.str
+    """a label key: one group per value; "" = one group of every match"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """only clients with every one of these labels"""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        group_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_by", b"group_by", "labels", b"labels", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountClientsRequest: _TypeAlias = CountClientsRequest  # noqa: Y015
+
+@_typing.final
+class ClientStateCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    state: _common_pb2.ClientState.ValueType
+    """as ListClients shows it (offline: holding no session now)"""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        state: _common_pb2.ClientState.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientStateCount: _TypeAlias = ClientStateCount  # noqa: Y015
+
+@_typing.final
+class ClientGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    UNLABELLED_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """the group_by label's value"""
+    unlabelled: _builtins.bool
+    """the clients without the group_by label"""
+    total: _builtins.int
+    @_builtins.property
+    def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientStateCount]:
+        """states with at least one client"""
+
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        unlabelled: _builtins.bool = ...,
+        states: _abc.Iterable[Global___ClientStateCount] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["states", b"states", "total", b"total", "unlabelled", b"unlabelled", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientGroup: _TypeAlias = ClientGroup  # noqa: Y015
+
+@_typing.final
+class CountClientsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    GROUPS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """clients matching the filters"""
+    groups_left_out: _builtins.int
+    """groups past the first 200"""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientGroup]:
+        """largest first (then by value), at most 200"""
+
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___ClientGroup] | None = ...,
+        total: _builtins.int = ...,
+        groups_left_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "groups_left_out", b"groups_left_out", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountClientsResponse: _TypeAlias = CountClientsResponse  # noqa: Y015
+
+@_typing.final
 class SetTaskMembershipRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -298,15 +510,22 @@ class StartRunRequest(_message.Message):
     CLIENT_IDS_FIELD_NUMBER: _builtins.int
     RESUME_FROM_MODEL_ID_FIELD_NUMBER: _builtins.int
     HYPERPARAMETER_OVERRIDES_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     resume_from_model_id: _builtins.str
     """start from a stored global model"""
     @_builtins.property
     def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """default: the task's selected clients"""
+        """Explicit clients (the same as selection.ids; give one or the other). Neither: the task's
+        label_selection when it has one, else its selected clients.
+        """
 
     @_builtins.property
     def hyperparameter_overrides(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def selection(self) -> _common_pb2.ClientSelection:
+        """by ids, or by labels and count"""
+
     def __init__(
         self,
         *,
@@ -314,10 +533,11 @@ class StartRunRequest(_message.Message):
         client_ids: _abc.Iterable[_builtins.str] | None = ...,
         resume_from_model_id: _builtins.str = ...,
         hyperparameter_overrides: _struct_pb2.Struct | None = ...,
+        selection: _common_pb2.ClientSelection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameter_overrides", b"hyperparameter_overrides"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameter_overrides", b"hyperparameter_overrides", "selection", b"selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "hyperparameter_overrides", b"hyperparameter_overrides", "resume_from_model_id", b"resume_from_model_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "hyperparameter_overrides", b"hyperparameter_overrides", "resume_from_model_id", b"resume_from_model_id", "selection", b"selection", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,6 +70,16 @@ class ControlServiceStub:
                 request_serializer=fedops__common_dot_proto_dot_control__pb2.GetClientRequest.SerializeToString,
                 response_deserializer=fedops__common_dot_proto_dot_common__pb2.Client.FromString,
                 _registered_method=True)
+        self.SetClientLabels = channel.unary_unary(
+                '/fedops.v1.ControlService/SetClientLabels',
+                request_serializer=fedops__common_dot_proto_dot_control__pb2.SetClientLabelsRequest.SerializeToString,
+                response_deserializer=fedops__common_dot_proto_dot_common__pb2.Client.FromString,
+                _registered_method=True)
+        self.CountClients = channel.unary_unary(
+                '/fedops.v1.ControlService/CountClients',
+                request_serializer=fedops__common_dot_proto_dot_control__pb2.CountClientsRequest.SerializeToString,
+                response_deserializer=fedops__common_dot_proto_dot_control__pb2.CountClientsResponse.FromString,
+                _registered_method=True)
         self.SetTaskMembership = channel.unary_unary(
                 '/fedops.v1.ControlService/SetTaskMembership',
                 request_serializer=fedops__common_dot_proto_dot_control__pb2.SetTaskMembershipRequest.SerializeToString,
@@ -168,6 +178,20 @@ class ControlServiceServicer:
 
     def GetClient(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetClientLabels(self, request, context):
+        """An operator sets or removes labels of one client.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountClients(self, request, context):
+        """How many clients are in each state, per value of one label (group sizes).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -276,6 +300,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetClient,
                     request_deserializer=fedops__common_dot_proto_dot_control__pb2.GetClientRequest.FromString,
                     response_serializer=fedops__common_dot_proto_dot_common__pb2.Client.SerializeToString,
+            ),
+            'SetClientLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClientLabels,
+                    request_deserializer=fedops__common_dot_proto_dot_control__pb2.SetClientLabelsRequest.FromString,
+                    response_serializer=fedops__common_dot_proto_dot_common__pb2.Client.SerializeToString,
+            ),
+            'CountClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountClients,
+                    request_deserializer=fedops__common_dot_proto_dot_control__pb2.CountClientsRequest.FromString,
+                    response_serializer=fedops__common_dot_proto_dot_control__pb2.CountClientsResponse.SerializeToString,
             ),
             'SetTaskMembership': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTaskMembership,
@@ -522,6 +556,60 @@ class ControlService:
             '/fedops.v1.ControlService/GetClient',
             fedops__common_dot_proto_dot_control__pb2.GetClientRequest.SerializeToString,
             fedops__common_dot_proto_dot_common__pb2.Client.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClientLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.ControlService/SetClientLabels',
+            fedops__common_dot_proto_dot_control__pb2.SetClientLabelsRequest.SerializeToString,
+            fedops__common_dot_proto_dot_common__pb2.Client.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.ControlService/CountClients',
+            fedops__common_dot_proto_dot_control__pb2.CountClientsRequest.SerializeToString,
+            fedops__common_dot_proto_dot_control__pb2.CountClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

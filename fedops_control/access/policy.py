@@ -14,10 +14,10 @@ _OBSERVER = "/fedops.v1.ObserverService/"
 
 METHOD_ROLES: dict[str, int] = {
     **{_CONTROL + m: A.ROLE_VIEWER for m in (
-        "GetTask", "ListTasks", "ListClients", "GetClient", "ListDataStatus", "GetRun", "ListRuns", "WatchRun",
-        "DiagnoseRun", "ListModels", "GetModel", "DownloadModel")},
+        "GetTask", "ListTasks", "ListClients", "GetClient", "CountClients", "ListDataStatus", "GetRun", "ListRuns",
+        "WatchRun", "DiagnoseRun", "ListModels", "GetModel", "DownloadModel")},
     **{_CONTROL + m: A.ROLE_OPERATOR for m in (
-        "CreateTask", "UpdateTask", "DeleteTask", "SetTaskMembership", "StartRun", "StopRun")},
+        "CreateTask", "UpdateTask", "DeleteTask", "SetTaskMembership", "SetClientLabels", "StartRun", "StopRun")},
     _ACCESS + "WhoAmI": A.ROLE_UNSPECIFIED,   # any valid token
     _ACCESS + "CreateEnrolmentToken": A.ROLE_OPERATOR,
     **{_ACCESS + m: A.ROLE_ADMIN for m in ("CreateApiToken", "ListTokens", "RevokeToken")},
@@ -29,7 +29,8 @@ METHOD_ROLES: dict[str, int] = {
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Calls that change state: each is written to the audit log with who made it and its outcome.
 AUDITED = frozenset({
-    *(_CONTROL + m for m in ("CreateTask", "UpdateTask", "DeleteTask", "SetTaskMembership", "StartRun", "StopRun")),
+    *(_CONTROL + m for m in ("CreateTask", "UpdateTask", "DeleteTask", "SetTaskMembership", "SetClientLabels",
+                             "StartRun", "StopRun")),
     *(_ACCESS + m for m in ("CreateApiToken", "CreateEnrolmentToken", "RevokeToken")),
     _AGENT + "Register",
 })

@@ -12,6 +12,7 @@ from fedops_control.access.tokens import (
     MAX_TTL_S,
     OPERATOR_ROLES,
 )
+from fedops_control.clients.labels import validated
 from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.server.errors import grpc_errors
 from fedops_control.state.models import CredentialRow, TaskRow
@@ -23,7 +24,7 @@ def token_to_proto(row: CredentialRow) -> access_pb2.TokenInfo:
     """Token metadata; never the secret."""
     info = A.TokenInfo(token_id=row.id, kind=A.TokenKind.ValueType(row.kind), name=row.name,
                        role=A.Role.ValueType(row.role), subject=row.subject,
-                       created_at=to_timestamp(row.created_at), created_by=row.created_by)
+                       created_at=to_timestamp(row.created_at), created_by=row.created_by, labels=row.labels or {})
     for field in ("expires_at", "used_at", "revoked_at"):
         if getattr(row, field) is not None:
             getattr(info, field).CopyFrom(to_timestamp(getattr(row, field)))
@@ -77,8 +78,10 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
             if db.get(TaskRow, request.task_id) is None:
                 raise NotFound(f"task {request.task_id} not found")
         ttl = _ttl("ttl_s", request.ttl_s) or DEFAULT_ENROLMENT_TTL_S
+        labels = validated("labels", request.labels)
         secret, row = self._access.tokens.issue(A.TOKEN_KIND_ENROLMENT, A.ROLE_AGENT, _name(request.name),
-                                                subject=request.task_id, ttl_s=ttl, created_by=self._caller(context))
+                                                subject=request.task_id, ttl_s=ttl, created_by=self._caller(context),
+                                                labels=labels)
         return A.IssuedToken(token=secret, info=token_to_proto(row))
 
     @grpc_errors

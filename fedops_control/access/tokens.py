@@ -73,13 +73,16 @@ class TokenStore:
             self._resolved.clear()
 
     def issue(self, kind: int, role: int, name: str, subject: str = "", ttl_s: int = 0, created_by: str = "",
-              secret: str | None = None, db: Session | None = None) -> tuple[str, CredentialRow]:
-        """Create a token (inside ``db``'s transaction when given); returns the secret (shown once) and its row."""
+              secret: str | None = None, db: Session | None = None,
+              labels: dict[str, str] | None = None) -> tuple[str, CredentialRow]:
+        """Create a token (inside ``db``'s transaction when given); returns the secret (shown once) and its row.
+        ``labels``: an enrolment token's, given to the client it enrols."""
         token_id = secrets.token_hex(8)
         secret = secret or f"{PREFIX[kind]}_{secrets.token_urlsafe(32)}"
         expires = utcnow() + dt.timedelta(seconds=ttl_s) if ttl_s > 0 else None
         row = CredentialRow(id=token_id, kind=kind, secret_sha256=token_digest(secret), name=name[:200], role=role,
-                            subject=subject, created_by=created_by[:200], created_at=utcnow(), expires_at=expires)
+                            subject=subject, created_by=created_by[:200], created_at=utcnow(), expires_at=expires,
+                            labels=dict(labels or {}))
         if db is not None:
             db.add(row)
             return secret, row

@@ -20,6 +20,13 @@ from fedops_common.telemetry import TelemetryWriter
 from fedops_control import metrics
 from fedops_control.access.tokens import TokenStore
 from fedops_control.agents.sessions import AgentSessions
+from fedops_control.clients.selection import (
+    LabelSelection,
+    Selection,
+    candidates,
+    choose,
+    selection_to_dict,
+)
 from fedops_control.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore
 from fedops_control.run import flower_control
@@ -82,14 +89,17 @@ class RunManager(RunLaunch):
         self._client_reports = ClientReports(sessions, bus, writer)
 
     # ---------------------------------------------------------------- start
-    async def start_run(self, task_id: str, client_ids: list[str], resume_from: str,
+    async def start_run(self, task_id: str, selection: Selection, resume_from: str,
                         overrides: dict[str, Any]) -> RunRow:
-        """Validate, preflight the agents, create the run row and launch it in the background."""
+        """Validate, resolve the clients (``selection``: ids, a label selection, or None for the task's
+        default), preflight the agents, create the run row and launch it in the background."""
         with self._sessions() as db:
             task = db.get(TaskRow, task_id)
             if task is None:
                 raise NotFound(f"task {task_id} not found")
-            client_ids = self._admit_clients(db, task_id, client_ids)
+            if selection is None and task.label_selection is not None:
+                selection = LabelSelection.from_dict(task.label_selection)
+            client_ids = self._admit_clients(db, task_id, selection)
             strategy = StrategySpec.from_dict(task.strategy)
             if len(client_ids) < strategy.min_clients:
                 raise FailedPrecondition(f"{len(client_ids)} clients selected but the quorum (strategy.min_clients) "
@@ -119,15 +129,22 @@ class RunManager(RunLaunch):
             raise FailedPrecondition("preflight failed: " + summary(problems))
 
         plan = plan_run(run_id, inputs, client_ids, data_paths, overrides)
+        chosen = selection if isinstance(selection, LabelSelection) else client_ids
         with self._sessions.begin() as db:
             self._admit_clients(db, task_id, client_ids)  # again: another run may have taken one meanwhile
             run = RunRow(id=run_id, task_id=task_id, state=S.RUN_STATE_PENDING, client_ids=plan.client_ids,
                          total_rounds=plan.total_rounds, run_config=plan.run_config, node_configs=plan.node_configs,
                          strategy=strategy.to_dict(), config_hash=plan.config_hash, resumed_from_model_id=resume_from,
-                         app_decides=plan.app_decides)
+                         app_decides=plan.app_decides, selection=selection_to_dict(chosen))
             db.add(run)
+            now = utcnow()
+            for cid in client_ids:  # a later label selection takes the least recently selected first
+                db.get_one(ClientRow, cid).last_selected_at = now
         metrics.run_started(task_id)
-        await self._bus.publish(run_id, "run_created", f"run created for task {task_id} with {len(client_ids)} clients")
+        how = f" ({chosen.describe()})" if isinstance(chosen, LabelSelection) else ""
+        await self._bus.publish(run_id, "run_created",
+                                f"run created for task {task_id} with {len(client_ids)} clients{how}",
+                                data={"selection": selection_to_dict(chosen)})
         if plan.app_decides:
             await self._announce_app_decides(run_id, plan.app_decides)
         self._spawn(self._launch(run_id))
@@ -141,16 +158,21 @@ class RunManager(RunLaunch):
                 self._launcher.expect_frameworks(
                     framework_imports(app_requirements(Path(app["local_path"]).expanduser().resolve())))
 
-    def _admit_clients(self, db: Session, task_id: str, client_ids: list[str]) -> list[str]:
-        """The run's clients (default: the task's selection); each enrolled, connected and free."""
+    def _admit_clients(self, db: Session, task_id: str, selection: Selection) -> list[str]:
+        """The run's clients (default: the task's selection); each enrolled, connected and free. A label
+        selection resolves to free clients with its labels (clients/selection.py)."""
         members = {m.client_id: m for m in db.query(MembershipRow).filter(MembershipRow.task_id == task_id)}
+        busy_runs = db.query(RunRow.client_ids).filter(RunRow.state.in_(ACTIVE_STATES)).all()
+        busy = {cid for (ids,) in busy_runs for cid in ids}
+        if isinstance(selection, LabelSelection):
+            return choose(candidates(db, self._agents, task_id, selection, busy), selection, task_id)
+        client_ids = list(selection or [])
         if not client_ids:
             client_ids = sorted(cid for cid, m in members.items() if m.selected)
         if not client_ids:
             raise FailedPrecondition(f"task {task_id} has no selected clients: select clients or pass client_ids")
         if len(set(client_ids)) != len(client_ids):
             raise InvalidArgument("client_ids", "duplicate client id")
-        busy = db.query(RunRow).filter(RunRow.state.in_(ACTIVE_STATES)).all()
         for cid in client_ids:
             if db.get(ClientRow, cid) is None:
                 raise InvalidArgument("client_ids", f"unknown client {cid!r}")
@@ -158,7 +180,7 @@ class RunManager(RunLaunch):
                 raise InvalidArgument("client_ids", f"client {cid!r} is not enrolled in task {task_id}")
             if not self._agents.is_connected(cid):
                 raise FailedPrecondition(f"client {cid} is offline")
-            if any(cid in r.client_ids for r in busy):
+            if cid in busy:
                 raise FailedPrecondition(f"client {cid} is already in an active run")
         return client_ids
 

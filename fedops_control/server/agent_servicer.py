@@ -19,6 +19,7 @@ from fedops_control import metrics
 from fedops_control.access.interceptor import AccessControl
 from fedops_control.access.tokens import Identity
 from fedops_control.agents.sessions import AgentSessions
+from fedops_control.clients.labels import LabelSource, apply_agent_labels, set_labels, validated
 from fedops_control.errors import (
     InvalidArgument,
     Overloaded,
@@ -85,6 +86,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("supernode_public_key", "an OpenSSH ecdsa-sha2-nistp* public key")
         if len(request.enrolment_tokens) > 64:
             raise InvalidArgument("enrolment_tokens", "at most 64")
+        validated("labels", request.labels)
         client_id = client_id_for(device.device_id)
         facts = {f.name: getattr(device, f.name) for f in device.DESCRIPTOR.fields}
         identity = self._access.identity(context)
@@ -114,7 +116,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         credential = ""
         device = request.device
         with self._sessions.begin() as db:
-            token_tasks, retries = [], []
+            token_tasks, retries, token_names = [], [], []
+            token_labels: dict[str, str] = {}
             for secret in request.enrolment_tokens:
                 token, retry = self._access.tokens.redeem_enrolment(db, secret, client_id)
                 if token is None:
@@ -123,6 +126,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     raise InvalidArgument("enrolment_tokens", f"the task {token.subject} of a token no longer exists")
                 token_tasks.append(token.subject)
                 retries.append(retry)
+                token_labels.update(token.labels or {})
+                token_names += [token.name] if token.name else []
             for task_id in request.task_ids:
                 if db.get(TaskRow, task_id) is None:
                     raise InvalidArgument("task_ids", f"unknown task {task_id!r}")
@@ -140,8 +145,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     # credential never arrived: the credential it may not hold is replaced.
                     self._access.tokens.revoke_agent_credentials(db, client_id)
                 credential, _ = self._access.tokens.issue(
-                    access_pb2.TOKEN_KIND_AGENT, access_pb2.ROLE_AGENT, device.hostname or device.device_id,
-                    subject=client_id, created_by="enrolment token", db=db)
+                    access_pb2.TOKEN_KIND_AGENT, access_pb2.ROLE_AGENT,
+                    (row.name if row is not None else "") or next(iter(token_names), "") or device.hostname
+                    or device.device_id, subject=client_id, created_by="enrolment token", db=db)
             enrolled = {m.task_id for m in db.query(MembershipRow).filter(
                 MembershipRow.client_id == client_id, MembershipRow.enrolled.is_(True))} if row is not None else set()
             if secure:
@@ -162,9 +168,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     setattr(row, name, value)
             if new:
                 row.last_heartbeat = utcnow()
+            if not row.name and token_names:  # the name given at enrolment: the first named token's
+                row.name = token_names[0]
             if row.state in (S.CLIENT_STATE_OFFLINE, S.CLIENT_STATE_UNSPECIFIED):
                 row.state, row.state_reason = S.CLIENT_STATE_ONLINE, "registered"
             db.flush()
+            # Labels: the agent's config (when it changed), then the enrolment tokens' (the operator who
+            # made the token has the last word at enrolment). See fedops_control/clients/labels.py.
+            apply_agent_labels(db, row, dict(request.labels))
+            if token_labels and not all(retries):
+                set_labels(db, client_id, token_labels, LabelSource.ENROLMENT)
             for task_id in {*request.task_ids, *token_tasks}:
                 member = None if new else db.get(MembershipRow, (task_id, client_id))
                 if member is None:

@@ -6,13 +6,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
-from sqlalchemy import select
-
 from fedops_common.convert import dict_to_struct, struct_to_dict, to_timestamp, utcnow
 from fedops_common.observer import CHUNK_BYTES
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 from fedops_control.access.interceptor import AccessControl
 from fedops_control.agents.sessions import AgentSessions
+from fedops_control.clients.labels import LabelSource, set_labels, validated, validated_keys
+from fedops_control.clients.listing import count_groups, list_page, parse_page_token
+from fedops_control.clients.selection import selection_from_request
 from fedops_control.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.diagnosis import diagnose
@@ -38,7 +39,7 @@ from fedops_control.task.spec import task_from_proto
 from fedops_control.task.strategy import StrategySpec
 
 S = common_pb2
-UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters", "client_config"}
+UPDATABLE = {"title", "description", "tags", "app", "strategy", "hyperparameters", "client_config", "label_selection"}
 
 
 RUN_FINISHED_GRACE_S = 30.0
@@ -106,6 +107,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 merged.tags.extend(request.task.tags)
             elif path in ("app", "strategy", "hyperparameters", "client_config"):
                 getattr(merged, path).CopyFrom(getattr(request.task, path))
+            elif path == "label_selection":  # unset in the request: the task goes back to its selected ids
+                merged.ClearField("label_selection")
+                if request.task.HasField("label_selection"):
+                    merged.label_selection.CopyFrom(request.task.label_selection)
             else:
                 setattr(merged, path, getattr(request.task, path))
         spec = task_from_proto(merged, previous)
@@ -134,37 +139,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ListClients(self, request, context):
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"between 1 and {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
-        if len(request.page_token) > 64:
-            raise InvalidArgument("page_token", "not a page token of ListClients")
+        if request.page_token:
+            parse_page_token(request.page_token)
         if request.state and request.state not in S.ClientState.values():
             raise InvalidArgument("state", f"unknown client state {request.state}")
+        validated("labels", request.labels)
         return await asyncio.to_thread(self._list_clients, request)
 
     def _list_clients(self, request: control_pb2.ListClientsRequest) -> control_pb2.ListClientsResponse:
-        """One page by client id (keyset paging: stable while clients join), off the event loop."""
-        size = request.page_size or DEFAULT_PAGE_SIZE
+        """One page, newest first (keyset paging: stable while clients join), off the event loop."""
         with self._sessions() as db:
-            query = db.query(ClientRow)
             if request.task_id:
                 self._task(db, request.task_id)
-                query = query.filter(ClientRow.id.in_(
-                    select(MembershipRow.client_id).where(MembershipRow.task_id == request.task_id)))
-            total = query.count()
-            page: list[ClientRow] = []
-            after, more = request.page_token, False
-            while len(page) <= size:  # the state filter is applied per chunk: read on until the page is full
-                chunk = query.filter(ClientRow.id > after).order_by(ClientRow.id).limit(size + 1).all()
-                if request.state:
-                    page.extend(r for r in chunk if self._agents.effective_state(r.id, r.state) == request.state)
-                else:
-                    page.extend(chunk)
-                if len(chunk) <= size:
-                    break
-                after = chunk[-1].id
-            more = len(page) > size
-            page = page[:size]
+            page, token, total = list_page(db, self._agents, request.task_id, request.labels, request.state,
+                                           request.page_size or DEFAULT_PAGE_SIZE, request.page_token)
             return control_pb2.ListClientsResponse(clients=clients_to_proto(db, page, self._agents),
-                                                   next_page_token=page[-1].id if more else "", total_size=total)
+                                                   next_page_token=token, total_size=total)
 
     @grpc_errors
     async def GetClient(self, request, context):
@@ -176,6 +166,40 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             if row is None:
                 raise NotFound(f"client {client_id} not found")
             return client_to_proto(db, row, self._agents)
+
+    @grpc_errors
+    async def SetClientLabels(self, request, context):
+        """An operator's labels: they win over the agent's config until that config changes."""
+        if not request.client_id:
+            raise InvalidArgument("client_id", "required")
+        labels = validated("labels", request.labels)
+        remove = validated_keys("remove_keys", list(request.remove_keys))
+        if not labels and not remove:
+            raise InvalidArgument("labels", "give labels to set or keys to remove")
+        both = sorted(set(labels) & set(remove))
+        if both:
+            raise InvalidArgument("remove_keys", f"{both[0]!r} is both set and removed")
+        return await asyncio.to_thread(self._set_client_labels, request.client_id, labels, remove)
+
+    def _set_client_labels(self, client_id: str, labels: dict[str, str], remove: list[str]) -> common_pb2.Client:
+        with self._sessions.begin() as db:
+            if db.get(ClientRow, client_id) is None:
+                raise NotFound(f"client {client_id} not found")
+            set_labels(db, client_id, labels, LabelSource.OPERATOR, remove)
+        return self._get_client(client_id)
+
+    @grpc_errors
+    async def CountClients(self, request, context):
+        labels = validated("labels", request.labels)
+        if request.group_by:
+            validated_keys("group_by", [request.group_by])
+        return await asyncio.to_thread(self._count_clients, request.task_id, labels, request.group_by)
+
+    def _count_clients(self, task_id: str, labels: dict[str, str], group_by: str) -> control_pb2.CountClientsResponse:
+        with self._sessions() as db:
+            if task_id:
+                self._task(db, task_id)
+            return count_groups(db, self._agents, task_id, labels, group_by)
 
     @grpc_errors
     async def ListDataStatus(self, request, context):
@@ -223,7 +247,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def StartRun(self, request, context):
         if not request.task_id:
             raise InvalidArgument("task_id", "required")
-        run = await self._runs.start_run(request.task_id, list(request.client_ids), request.resume_from_model_id,
+        selection = selection_from_request(request.client_ids,
+                                           request.selection if request.HasField("selection") else None)
+        run = await self._runs.start_run(request.task_id, selection, request.resume_from_model_id,
                                          struct_to_dict(request.hyperparameter_overrides))
         with self._sessions() as db:
             return run_to_proto(db, db.get(RunRow, run.id))

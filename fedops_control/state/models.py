@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -35,12 +36,17 @@ class TaskRow(Base):
     strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     client_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"match_labels": {...}, "count": N}: runs started without clients select by it (None: the selected ids)
+    label_selection: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True,
+                                                                 default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ClientRow(Base):
     __tablename__ = "clients"
+    # Lists are newest registration first, paged by (registered_at, id): see fedops_control/clients/listing.py.
+    __table_args__ = (Index("ix_clients_registered_at_id", "registered_at", "id"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     device: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_path: Mapped[str] = mapped_column(Text, default="")
@@ -51,6 +57,21 @@ class ClientRow(Base):
     registered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     metrics_address: Mapped[str] = mapped_column(String(128), default="")
     supernode_public_key: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str] = mapped_column(String(200), default="")  # the enrolment token's name
+    # The labels the agent's config gave at its last registration: applied again only when they change.
+    agent_labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    last_selected_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # by a run
+
+
+class ClientLabelRow(Base):
+    """One label of a client. Indexed by (key, value): a selection finds its clients without a scan."""
+
+    __tablename__ = "client_labels"
+    __table_args__ = (Index("ix_client_labels_key_value", "key", "value"),)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(317), primary_key=True)   # fedops_common.labels.MAX_KEY_CHARS
+    value: Mapped[str] = mapped_column(String(63), default="")
+    source: Mapped[str] = mapped_column(String(16))   # fedops_control.clients.labels.LabelSource
 
 
 class MembershipRow(Base):
@@ -86,6 +107,8 @@ class RunRow(Base):
     completed_rounds: Mapped[int] = mapped_column(Integer, default=0)   # round 0 (initialisation) not counted
     model_note: Mapped[str] = mapped_column(Text, default="")           # why the registry holds no model
     app_decides: Mapped[list[str]] = mapped_column(JSON, default=list)  # strategy settings the app hard-codes
+    # How client_ids were chosen: {"ids": [...]} or {"labels": {"match_labels": {...}, "count": N}}
+    selection: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -182,4 +205,5 @@ class CredentialRow(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     used_by: Mapped[str] = mapped_column(String(64), default="")  # the client that redeemed an enrolment token
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # enrolment: the labels the client gets
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

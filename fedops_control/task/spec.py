@@ -19,6 +19,7 @@ from fedops_common.strategy_settings import (
     MAX_ROUND_TIMEOUT_S,
     MAX_ROUNDS,
 )
+from fedops_control.clients.selection import LabelSelection
 from fedops_control.errors import InvalidArgument
 from fedops_control.task.strategy import StrategySpec
 from fedops_control.task.templating import check_template
@@ -181,4 +182,6 @@ def task_from_proto(msg: common_pb2.Task, previous: StrategySpec | None = None) 
         "strategy": strategy.to_dict(),
         "hyperparameters": hyperparameters,
         "client_config": client_config,
+        "label_selection": (LabelSelection.from_proto("label_selection", msg.label_selection).to_dict()
+                            if msg.HasField("label_selection") else None),
     }

@@ -1,6 +1,7 @@
-"""Clients: state in plain words, device, data status, and labelled resource charts (the agent's own
-process CPU and memory beside the host's, network, disk) over a time range, with run/round bands,
-coloured by the global model version trained, for one client or several side by side."""
+"""Clients: newest first, filtered by state and labels, with group sizes by state per label value; then
+one client's name, labels, state in plain words, device, data status, and labelled resource charts (the
+agent's own process CPU and memory beside the host's, network, disk) over a time range, with run/round
+bands, coloured by the global model version trained, for one client or several side by side."""
 
 import datetime as dt
 import functools
@@ -9,8 +10,9 @@ from typing import Any
 
 import streamlit as st
 
+from fedops_common.labels import LabelError, format_selector, parse_selector
 from fedops_common.proto import common_pb2
-from fedops_common.words import client_state, duration
+from fedops_common.words import CLIENT_STATES, client_state, duration
 from fedops_dash import charts
 from fedops_dash.backends import resource_timeline
 from fedops_dash.ui import (
@@ -37,35 +39,76 @@ def rate(sample: dict[str, Any], before: dict[str, Any] | None, field: str, seco
 
 page("Clients")
 ctl = control()
-# A fleet is listed a page of 100 at a time (the service pages by client id: stable while devices join).
-f1, f2 = st.columns(2)
-state_name = f1.selectbox("State", ["any", "online", "training", "finished", "failed", "offline"], key="client-state")
+# A fleet is listed a page of 100 at a time, newest first (the service pages by registration time and
+# id: stable while devices join), filtered by state and labels.
+f1, f2, f3 = st.columns([1, 2, 2])
+state_name = f1.selectbox("State", ["any", *CLIENT_STATES], key="client-state")
 state = 0 if state_name == "any" else common_pb2.ClientState.Value(f"CLIENT_STATE_{state_name.upper()}")
-tokens = st.session_state.setdefault(f"client-pages-{state_name}", [""])  # page tokens seen, for going back
+label_text = f2.text_input("Labels", key="client-labels", placeholder="site=eu,gpu=true",
+                           help="only clients with every one of these labels (key=value, comma separated)")
+try:
+    selector = parse_selector(label_text, check=False)  # the service checks the syntax and names what is wrong
+except LabelError as err:
+    st.error(f"Labels: {err.message}")
+    st.stop()
+tokens = st.session_state.setdefault(f"client-pages-{state_name}-{format_selector(selector)}", [""])
 listing: dict[str, Any] = attempt(
-    "Listing clients", lambda: ctl.client_page(state=state, page_size=100, page_token=tokens[-1]), {"clients": []})
-f2.caption(f"{len(listing['clients'])} of {listing.get('total_size', len(listing['clients']))} clients"
+    "Listing clients", lambda: ctl.client_page(state=state, page_size=100, page_token=tokens[-1], labels=selector),
+    {"clients": []})
+f3.caption(f"{len(listing['clients'])} of {listing.get('total_size', len(listing['clients']))} clients"
+           + (f" labelled {format_selector(selector)}" if selector else "")
            + (f", page {len(tokens)}" if len(tokens) > 1 or listing.get("next_page_token") else ""))
-b1, b2 = f2.columns(2)
+b1, b2 = f3.columns(2)
 if b1.button("Previous page", disabled=len(tokens) == 1):
     tokens.pop()
     st.rerun()
 if b2.button("Next page", disabled=not listing.get("next_page_token")):
     tokens.append(listing["next_page_token"])
     st.rerun()
-clients = sorted(listing["clients"], key=lambda c: c.get("registered_at", ""), reverse=True)
-metrics_table([{"client": url("client", c["id"]), "device": c["device"].get("hostname", ""),
-                "state": client_state(c.get("state", "")), "why": c.get("state_reason", ""),
+clients = listing["clients"]  # newest first, as the service orders them
+
+
+def name_of(client: dict[str, Any]) -> str:
+    """The name given at enrolment, else the device id (the host name is the same for every device on a host)."""
+    return str(client.get("name") or client["device"].get("device_id", ""))
+
+
+def label_text_of(client: dict[str, Any]) -> str:
+    return format_selector(client.get("labels", {})).replace(",", ", ")
+
+
+metrics_table([{"client": url("client", c["id"]), "name": name_of(c), "state": client_state(c.get("state", "")),
+                "labels": label_text_of(c), "why": c.get("state_reason", ""),
                 "last heartbeat": duration(c.get("heartbeat_age_s", -1)) + " ago",
                 "run": url("run", c["current_run_id"]) if c.get("current_run_id") else "",
-                "tasks": ", ".join(c.get("enrolled_task_ids", []))} for c in clients],
-              links={"client": "client", "run": "run"})
-labels = {c["id"]: f"{c['id']} · {c['device'].get('hostname', '')} · {client_state(c.get('state', ''))}"
-          for c in clients}
-client_id = pick("Client", list(labels), "client", labels=labels)
+                "host": c["device"].get("hostname", ""), "tasks": ", ".join(c.get("enrolled_task_ids", []))}
+               for c in clients], links={"client": "client", "run": "run"})
+
+# Group sizes: how many clients of each label value are online, training... (the whole fleet, not this page).
+keys = sorted({key for c in clients for key in c.get("labels", {})})
+if keys:
+    others = [key for key in keys if key not in selector]
+    g1, g2 = st.columns([1, 3])
+    group_by = g1.selectbox("Group sizes by label", keys, index=keys.index(others[0]) if others else 0,
+                            key="client-group-by")
+    counted: dict[str, Any] = attempt("Counting clients", lambda: ctl.client_groups(group_by, selector),
+                                      {"groups": []})
+    group_rows = []
+    for group in counted["groups"]:
+        by_state = {client_state(c.get("state", "")): int(c.get("count", 0)) for c in group.get("states", [])}
+        group_rows.append({group_by: "(no label)" if group.get("unlabelled") else group.get("value", ""),
+                     **{name: by_state.get(name, 0) for name in CLIENT_STATES}, "total": int(group.get("total", 0))})
+    with g2:
+        st.caption(f"Clients by {group_by}" + (f" among those labelled {format_selector(selector)}" if selector else "")
+                   + (f"; {counted['groups_left_out']} smaller groups left out" if counted.get("groups_left_out")
+                      else ""))
+        metrics_table(group_rows)
+
+names = {c["id"]: f"{c['id']} · {name_of(c)} · {client_state(c.get('state', ''))}" for c in clients}
+client_id = pick("Client", list(names), "client", labels=names)
 if client_id is None:
-    st.info("No client has registered yet: start `fedops-agent`." if state_name == "any" else
-            f"No client is {state_name} now.")
+    st.info("No client has registered yet: start `fedops-agent`." if state_name == "any" and not selector else
+            "No client matches these filters now.")
     st.stop()
 wanted: str = client_id
 client = next((c for c in clients if c["id"] == wanted), None)
@@ -76,12 +119,14 @@ if client is None:
     st.stop()
 device = client["device"]
 gpu = f", GPU {device['gpu']}" if device.get("gpu") else ""
-st.markdown(f"**{client_id}** on **{device.get('hostname', '?')}** (device `{device.get('device_id', '')}`, "
+st.markdown(f"**{client_id}** · **{name_of(client)}** on **{device.get('hostname', '?')}** "
+            f"(device `{device.get('device_id', '')}`, "
             f"{device.get('os', '')}, {device.get('cpu_count', '?')} CPUs, "
             f"{int(device.get('ram_bytes', 0)) / 2**30:.1f} GiB RAM{gpu}, agent {device.get('agent_version', '?')}) · "
             f"**{client_state(client.get('state', ''))}**"
             + (f": {client['state_reason']}" if client.get("state_reason") else "")
-            + f" · [its logs]({logs_url(client_id=client_id)})")
+            + f" · [its logs]({logs_url(client_id=client_id)})"
+            + (f" · labels `{format_selector(client['labels'])}`" if client.get("labels") else ""))
 
 st.subheader("Data status (aggregates only)")
 status = client.get("data_status", {})
@@ -107,7 +152,7 @@ if not es_url:
     st.stop()
 r1, r2, r3 = st.columns([2, 3, 1])
 span = r1.selectbox("Time range", list(RANGES), index=1)
-compared = r2.multiselect("Compare with", [c for c in labels if c != client_id], format_func=lambda c: labels[c])
+compared = r2.multiselect("Compare with", [c for c in names if c != client_id], format_func=lambda c: names[c])
 live = r3.toggle("Auto-refresh", help=f"every {REFRESH_S} s")
 since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=RANGES[span])).isoformat()
 samples: list[dict[str, Any]] = []

@@ -1,9 +1,11 @@
-"""Tasks: create and edit with validation, select clients, start and stop runs."""
+"""Tasks: create and edit with validation, select clients, start runs (on the task's clients or on
+clients chosen by label and count)."""
 
 import tomllib
 
 import streamlit as st
 
+from fedops_common.labels import LabelError, format_selector, parse_selector
 from fedops_common.strategy_settings import DEFAULT_RUN_CONFIG_KEYS
 from fedops_common.words import client_state, clock, run_status
 from fedops_dash.backends import BackendError
@@ -117,20 +119,45 @@ with st.form("edit-task"):
             st.error(f"Not saved: {err}")
 
 clients = attempt("Listing clients", ctl.clients, [])
-labels = {c["id"]: f"{c['id']} ({c['device'].get('hostname', '')}, {client_state(c.get('state', ''))})"
-          for c in clients}
+labels = {c["id"]: f"{c['id']} ({c.get('name') or c['device'].get('device_id', '')}, "
+                   f"{client_state(c.get('state', ''))})" for c in clients}
 selected = [c for c in task.get("selected_client_ids", []) if c in labels]
 chosen = st.multiselect("Clients taking part", list(labels), default=selected, format_func=lambda c: labels.get(c, c))
+# Which clients a run takes: the task's default (its label selection, else the clients above), or a
+# label selection for this run only: that many clients with the labels, online and in no other run,
+# least recently selected first (the service chooses, see fedops_control/clients/selection.py).
+default = task.get("label_selection")
+if default is not None:
+    how_many = f"{default['count']} clients" if default.get("count") else "every free client"
+    labelled = format_selector(default.get("match_labels", {}))
+    default_words = f"the task's default: {how_many}" + (f" labelled {labelled}" if labelled else "")
+else:
+    default_words = "the clients taking part"
+how = st.radio("A run takes", [default_words, "clients chosen by label"], horizontal=True, key="start-how")
+match_labels: dict[str, str] | None = None
+count, unreadable = 0, False
+if how == "clients chosen by label":
+    l1, l2 = st.columns([3, 1])
+    label_text = l1.text_input("Labels", placeholder="site=eu,gpu=true", key="start-labels",
+                               help="every one must match (key=value, comma separated); empty = any client")
+    count = int(l2.number_input("How many", 0, 100_000, 2, key="start-count",
+                                help="0 = every matching client that is online and in no other run"))
+    try:
+        match_labels = parse_selector(label_text, check=False)  # the service checks the syntax
+    except LabelError as err:
+        st.error(f"Labels: {err.message}")
+        unreadable = True  # not the task's default instead: nothing starts until the labels read
 b1, b2, _ = st.columns([1, 1, 2])
 if b1.button("Save selection"):
     if attempt("Selecting clients", lambda: ctl.select_clients(task_id, chosen), None):
         acted("clients selected", task_id=task_id, clients=",".join(chosen))
         st.success("Selection saved")
-if b2.button("Start FL", type="primary"):
-    run = attempt("Starting the run", lambda: ctl.start_run(task_id), None)
+if b2.button("Start FL", type="primary", disabled=unreadable):
+    run = attempt("Starting the run", lambda: ctl.start_run(task_id, match_labels=match_labels, count=count), None)
     if run:
         acted("run started", task_id=task_id, run_id=run["id"])
-        st.success(f"Run {run['id']} started: {link('run', run['id'], 'open it')} to watch or stop it")
+        st.success(f"Run {run['id']} started on {', '.join(run.get('client_ids', []))}: "
+                   f"{link('run', run['id'], 'open it')} to watch or stop it")
 # Runs are stopped on their Run page (with a confirmation): one place for it.
 runs = newest_first(attempt("Listing runs", lambda: ctl.runs(task_id), []))
 st.subheader("Runs of this task (newest first)")

@@ -1,0 +1,1 @@
+"""Clients as operators see them: labels, listing and counting, selection by label."""
