@@ -75,7 +75,7 @@ class KubernetesLauncher:
     async def open(self) -> None:
         """Delete the namespaces of runs nobody adopted (orphans of an earlier process: runs that
         finished or failed while it was down), and watch the adopted ones."""
-        for namespace in await asyncio.to_thread(self.cluster.run_namespaces, self.settings.control_namespace):
+        for namespace in await asyncio.to_thread(self.cluster.run_namespaces, self.settings.owner_label):
             name = namespace["metadata"]["name"]
             if name in self._mine:
                 self._watch(namespace["metadata"]["labels"].get(RUN_LABEL, ""), name)
@@ -240,7 +240,7 @@ class KubernetesLauncher:
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The run's namespace with a pod that can still serve, found by its labels (None if gone);
         :meth:`open` then watches it."""
-        for namespace in self.cluster.run_namespaces(self.settings.control_namespace, run_id):
+        for namespace in self.cluster.run_namespaces(self.settings.owner_label, run_id):
             name = namespace["metadata"]["name"]
             if namespace["metadata"].get("deletionTimestamp"):
                 continue
