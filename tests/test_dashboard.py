@@ -222,7 +222,8 @@ class Browser:
     """A fresh `fedops-dash` (no default identity: every session signs in) and headless Chromium (Debian)
     driven by chromedriver through Selenium; screenshots go to the artefacts directory."""
 
-    def __init__(self, tmp_path: Path, artefacts: Path) -> None:
+    def __init__(self, tmp_path: Path, artefacts: Path, site: Path | None = None) -> None:
+        """``site``: a folder imported first (holding another copy of fedops_dash)."""
         chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
         if not chromium or not driver_path:
             raise AssertionError("chromium and chromium-driver are not installed: run scripts/install_backends.sh")
@@ -231,6 +232,8 @@ class Browser:
 
         self.port, self.metrics_port, self.tmp, self.artefacts = free_port(), free_port(), tmp_path, artefacts
         env = {k: v for k, v in os.environ.items() if k not in ("FEDOPS_TOKEN", "FEDOPS_TOKEN_FILE")}
+        if site is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
         self.dash = subprocess.Popen([console_script("fedops-dash"), "--port", str(self.port), "--telemetry-dir",
                                       str(tmp_path / "dash-telemetry"), "--metrics-listen",
                                       f"127.0.0.1:{self.metrics_port}"], cwd=tmp_path, env=env,  # no .fedops here
@@ -312,12 +315,38 @@ class Browser:
         stop_process_group(self.dash)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
+def _artefacts(tmp_path: Path) -> Path:
     artefacts = Path(os.environ.get("FEDOPS_TEST_ARTIFACTS") or tmp_path / "artefacts")
     artefacts.mkdir(parents=True, exist_ok=True)
     print(f"artefacts: {artefacts}")
-    started = Browser(tmp_path, artefacts)
+    return artefacts
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    started = Browser(tmp_path, _artefacts(tmp_path))
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+STALE_PAGE = 'import streamlit as st\n\nst.title("Stale {name} page of an earlier version")\n'
+
+
+@pytest.fixture
+def upgraded_in_place(tmp_path: Path) -> Iterator[Browser]:
+    """The dashboard as an in-place upgrade leaves it: this fedops_dash (copied into a folder imported
+    first), plus the ``pages/`` folder of the version before the pages moved to ``views/``, with its
+    old scripts and the ``__pycache__`` a git pull keeps."""
+    site = tmp_path / "site"
+    shutil.copytree(PAGES.parent, site / "fedops_dash", ignore=shutil.ignore_patterns("__pycache__"))
+    stale = site / "fedops_dash" / "pages"
+    (stale / "__pycache__").mkdir(parents=True)
+    for name in ("overview", "tasks", "run", "clients", "models", "logs"):
+        (stale / f"{name}.py").write_text(STALE_PAGE.format(name=name))
+        (stale / "__pycache__" / f"{name}.cpython-311.pyc").write_bytes(b"")
+    started = Browser(tmp_path, _artefacts(tmp_path), site=site)
     try:
         yield started
     finally:
@@ -395,6 +424,28 @@ def test_browser_every_page_from_a_cold_start(finished_run: dict[str, Any], brow
     browser.sign_in(stack.admin_token)
     assert "oldest first (one round)" in browser.until("oldest first (one round)")
     browser.shot("logs-round")
+
+
+def test_browser_deep_link_first_with_a_stale_pages_folder_left_by_an_upgrade(
+        finished_run: dict[str, Any], upgraded_in_place: Browser) -> None:
+    """A deep link opened first, with fedops_dash/pages/ of an earlier version beside the dashboard:
+    the dashboard's own Run page and navigation, none of the stale pages; the log says the folder can go."""
+    browser, stack = upgraded_in_place, finished_run["stack"]
+    browser.open(f"run?run={finished_run['failed_run_id']}")
+    browser.sign_in(stack.admin_token)
+    body = browser.until("Failed after 0 completed rounds", "failing_app: this ServerApp always fails")
+    assert "Stale" not in body
+    assert browser.nav_titles() == ["Overview", "Tasks", "Run", "Clients", "Models", "Logs"]
+    assert "run=" + finished_run["failed_run_id"] in browser.driver.current_url
+    browser.nav("Tasks")
+    assert "Stale" not in browser.until("Clients taking part")
+    browser.open("")  # the default page (Overview) has no path of its own
+    browser.sign_in(stack.admin_token)
+    assert "Stale" not in browser.until("Recent runs (newest first)")
+    browser.shot("stale-pages-folder")
+    log = (browser.tmp / "dash-telemetry" / "logs" / "fedops-dash.jsonl").read_text()
+    assert "a pages folder left by an earlier version is not used" in log
+    assert str(browser.tmp / "site" / "fedops_dash" / "pages") in log  # the copy ran, not the source tree
 
 
 def test_fedopsctl_at_80_columns_keeps_ids_and_metric_values(finished_run: dict[str, Any],
