@@ -256,11 +256,14 @@ class Browser:
 
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
 
-    def until(self, *needles: str) -> str:
+    def until(self, *needles: str, timeout_s: float = 0) -> str:
+        """Wait (60 s, or ``timeout_s``) until the page shows every needle; its text."""
         from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            self.wait.until(lambda _: all(n in self.body() for n in needles))
+            wait = WebDriverWait(self.driver, timeout_s) if timeout_s else self.wait
+            wait.until(lambda _: all(n in self.body() for n in needles))
         except TimeoutException:
             self.driver.save_screenshot(str(self.artefacts / "dashboard-timed-out.png"))
             missing = [n for n in needles if n not in self.body()]
@@ -531,6 +534,51 @@ def test_fedopsctl_shows_the_overviews_prometheus_figures(finished_run: dict[str
     assert custom and custom[0]["value"] >= 1
     bad = stack.ctl("metrics", "--query", "sum(", check=False)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_browser_health_banner_of_a_live_run_with_a_straggler(finished_run: dict[str, Any],
+                                                             browser: Browser) -> None:
+    """One client's app makes no progress (its SuperExec paused with SIGSTOP before round 1; its agent and
+    SuperNode keep their heartbeats, so it stays connected for FedOps and Flower) while the other replies:
+    past the straggler threshold the banner is yellow, naming the client and how long the other took.
+    Resumed, the straggler replies and the run completes."""
+    from selenium.webdriver.common.by import By
+
+    from fedops_dash.health import STRAGGLER_FACTOR, STRAGGLER_MIN_S
+
+    stack: LocalStack = finished_run["stack"]
+    task_id, (other, straggler) = finished_run["task_id"], finished_run["clients"]  # agents dash0, dash1
+    wait_until(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 120,
+               "the clients to be free")
+    # A long round timeout: the banner turns yellow past the straggler threshold, not past half the timeout.
+    stack.ctl("task", "update", task_id, "--rounds", "1", "--round-timeout", "1800")
+    stack.ctl("task", "select", task_id, other, straggler)
+    run_id = stack.ctl_json("run", "start", task_id)["id"]
+    try:
+        wait_until(lambda: stack.pause_apps("dash1"), 120, "the straggler's SuperExec, to pause it")
+        replies = wait_until(lambda: [c for r in stack.ctl_json("run", "show", run_id).get("rounds", [])
+                                      for c in r.get("client_results", []) if c.get("phase") == "train"], 600,
+                             "the other client's reply in round 1")
+        assert [c["client_id"] for c in replies] == [other]
+        threshold = max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * replies[0]["duration_s"])  # the median of one reply
+        browser.open(f"run?run={run_id}")
+        browser.sign_in(stack.admin_token)
+        body = browser.until("Round 1 train: waiting", f"for {straggler}; the others replied in", "(median)",
+                             timeout_s=threshold + 120)
+        warnings = browser.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAlertContentWarning']")
+        assert any("Round 1 train: waiting" in w.text and straggler in w.text for w in warnings), body[:3000]
+        assert "1 of 2 needed are in" in body and "left before the round timeout" in body
+        assert f"{straggler} has not replied since" in body
+        diagnosis = stack.ctl_json("run", "diagnose", run_id)
+        assert [m["client_id"] for m in diagnosis["missing"]] == [straggler]
+        assert diagnosis["missing"][0]["connected"]  # its agent is fine: a straggler, not a lost client
+        browser.shot("run-straggling")
+    finally:
+        stack.pause_apps("dash1", paused=False)
+    finished = wait_finished(stack, run_id, timeout_s=900)
+    assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
+    assert sorted(finished["rounds"][0]["responded_client_ids"]) == sorted([other, straggler])
+    browser.until("Completed 1 of 1 round.")
 
 
 def test_browser_health_banner_of_a_live_run_that_loses_its_quorum(finished_run: dict[str, Any],
