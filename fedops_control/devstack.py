@@ -6,6 +6,7 @@ exercise exactly what a user runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -161,6 +162,17 @@ class LocalStack:
                 pass
         process.wait(timeout=10)
 
+    def pause_apps(self, name: str, paused: bool = True) -> list[int]:
+        """SIGSTOP (``paused``) or SIGCONT what runs an agent's ClientApps (its SuperNode's SuperExec,
+        and any ClientApp started), leaving the agent and the SuperNode running: both keep sending
+        heartbeats, so FedOps and Flower alike see the device connected while its app makes no
+        progress, a straggler. Returns the pids signalled (none before the SuperExec is up)."""
+        pids = _descendants_by_marker(self.root / "agents" / name, flower_only=True, but="flower-supernode")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+        return pids
+
     def stop(self) -> None:
         """Stop agents (they stop their SuperNodes), the control service, then any SuperLink of a run
         still active: the control service leaves those running for its next start."""
@@ -176,9 +188,10 @@ class LocalStack:
                     pass
 
 
-def _descendants_by_marker(directory: Path, flower_only: bool = False) -> list[int]:
+def _descendants_by_marker(directory: Path, flower_only: bool = False, but: str = "") -> list[int]:
     """PIDs (never this process) whose command line or environment mentions ``directory``; with
-    ``flower_only``, only Flower's processes (SuperLink, SuperNode, SuperExec, apps)."""
+    ``flower_only``, only Flower's processes (SuperLink, SuperNode, SuperExec, apps); ``but``: not
+    those whose command line holds it."""
     marker = str(directory)
     pids = []
     for pid, proc, raw in scan_processes():
@@ -188,6 +201,8 @@ def _descendants_by_marker(directory: Path, flower_only: bool = False) -> list[i
         except OSError:
             continue
         if flower_only and not ("flower-" in cmdline or "flwr-" in cmdline):
+            continue
+        if but and but in cmdline:
             continue
         if marker in cmdline or marker in environ:
             pids.append(pid)

@@ -16,6 +16,9 @@ from fedops_common.telemetry.metrics_http import serve_metrics
 from fedops_dash.backends import ENV_CONTROL, ENV_ELASTICSEARCH, ENV_PROMETHEUS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HERE = Path(__file__).parent
+MAIN_SCRIPT = HERE / "entry" / "app.py"  # alone in its folder: see its docstring
+STALE_PAGES = HERE / "pages"  # the pages' folder before they moved to views/
 
 
 def default_identity(token: str, token_file: Path | None, address: str) -> str:
@@ -50,9 +53,12 @@ def run(
     os.environ.pop(ENV_TOKEN_FILE, None)  # resolved above: the sessions' default is FEDOPS_TOKEN alone
     # Its own logs go where every actor's go (and to Elasticsearch when configured).
     start_telemetry("fedops-dash", telemetry_dir, elasticsearch_url=elasticsearch_url, inherit=False)
-    get_logger(__name__).info("dashboard starting", address=f"{address}:{port}", control=control,
-                              elasticsearch=elasticsearch_url or None, prometheus=prometheus_url or None,
-                              default_identity=bool(os.environ[ENV_TOKEN]))
+    log = get_logger(__name__)
+    log.info("dashboard starting", address=f"{address}:{port}", control=control,
+             elasticsearch=elasticsearch_url or None, prometheus=prometheus_url or None,
+             default_identity=bool(os.environ[ENV_TOKEN]))
+    if STALE_PAGES.exists():  # harmless (the main script is not beside it), but nothing reads it
+        log.warning("a pages folder left by an earlier version is not used; it can be deleted", path=str(STALE_PAGES))
     if metrics_listen:
         try:
             serve_metrics(metrics_listen)
@@ -61,7 +67,7 @@ def run(
                                      param_hint="--metrics-listen") from None
     from streamlit.web import cli as streamlit_cli
 
-    sys.argv = ["streamlit", "run", str(Path(__file__).parent / "app.py"), "--server.address", address,
+    sys.argv = ["streamlit", "run", str(MAIN_SCRIPT), "--server.address", address,
                 "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
                 # Streamlit's own Deploy/Stop menu would sit beside the Run page's stop buttons.
                 "--client.toolbarMode", "viewer"]

@@ -20,7 +20,7 @@ log = get_logger("fedops_dash")
 # The dashboard's access log ("page viewed", who, which ids) is its own stream (labels.stream=access),
 # so the Logs page can keep it apart from the platform's logs.
 access_log = get_logger("fedops_dash.access").bind(stream="access")
-# Every page: its file in views/ and URL path, and its title (app.py declares the navigation from this).
+# Every page: its file in views/ and URL path, and its title (entry/app.py declares the navigation from this).
 VIEWS = {"overview": "Overview", "tasks": "Tasks", "run": "Run", "clients": "Clients", "models": "Models",
          "logs": "Logs"}
 # What each kind of id links to: the page, and the query parameter that opens it there.

@@ -222,7 +222,8 @@ class Browser:
     """A fresh `fedops-dash` (no default identity: every session signs in) and headless Chromium (Debian)
     driven by chromedriver through Selenium; screenshots go to the artefacts directory."""
 
-    def __init__(self, tmp_path: Path, artefacts: Path) -> None:
+    def __init__(self, tmp_path: Path, artefacts: Path, site: Path | None = None) -> None:
+        """``site``: a folder imported first (holding another copy of fedops_dash)."""
         chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
         if not chromium or not driver_path:
             raise AssertionError("chromium and chromium-driver are not installed: run scripts/install_backends.sh")
@@ -231,6 +232,8 @@ class Browser:
 
         self.port, self.metrics_port, self.tmp, self.artefacts = free_port(), free_port(), tmp_path, artefacts
         env = {k: v for k, v in os.environ.items() if k not in ("FEDOPS_TOKEN", "FEDOPS_TOKEN_FILE")}
+        if site is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
         self.dash = subprocess.Popen([console_script("fedops-dash"), "--port", str(self.port), "--telemetry-dir",
                                       str(tmp_path / "dash-telemetry"), "--metrics-listen",
                                       f"127.0.0.1:{self.metrics_port}"], cwd=tmp_path, env=env,  # no .fedops here
@@ -253,11 +256,14 @@ class Browser:
 
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
 
-    def until(self, *needles: str) -> str:
+    def until(self, *needles: str, timeout_s: float = 0) -> str:
+        """Wait (60 s, or ``timeout_s``) until the page shows every needle; its text."""
         from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            self.wait.until(lambda _: all(n in self.body() for n in needles))
+            wait = WebDriverWait(self.driver, timeout_s) if timeout_s else self.wait
+            wait.until(lambda _: all(n in self.body() for n in needles))
         except TimeoutException:
             self.driver.save_screenshot(str(self.artefacts / "dashboard-timed-out.png"))
             missing = [n for n in needles if n not in self.body()]
@@ -312,12 +318,38 @@ class Browser:
         stop_process_group(self.dash)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
+def _artefacts(tmp_path: Path) -> Path:
     artefacts = Path(os.environ.get("FEDOPS_TEST_ARTIFACTS") or tmp_path / "artefacts")
     artefacts.mkdir(parents=True, exist_ok=True)
     print(f"artefacts: {artefacts}")
-    started = Browser(tmp_path, artefacts)
+    return artefacts
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    started = Browser(tmp_path, _artefacts(tmp_path))
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+STALE_PAGE = 'import streamlit as st\n\nst.title("Stale {name} page of an earlier version")\n'
+
+
+@pytest.fixture
+def upgraded_in_place(tmp_path: Path) -> Iterator[Browser]:
+    """The dashboard as an in-place upgrade leaves it: this fedops_dash (copied into a folder imported
+    first), plus the ``pages/`` folder of the version before the pages moved to ``views/``, with its
+    old scripts and the ``__pycache__`` a git pull keeps."""
+    site = tmp_path / "site"
+    shutil.copytree(PAGES.parent, site / "fedops_dash", ignore=shutil.ignore_patterns("__pycache__"))
+    stale = site / "fedops_dash" / "pages"
+    (stale / "__pycache__").mkdir(parents=True)
+    for name in ("overview", "tasks", "run", "clients", "models", "logs"):
+        (stale / f"{name}.py").write_text(STALE_PAGE.format(name=name))
+        (stale / "__pycache__" / f"{name}.cpython-311.pyc").write_bytes(b"")
+    started = Browser(tmp_path, _artefacts(tmp_path), site=site)
     try:
         yield started
     finally:
@@ -395,6 +427,28 @@ def test_browser_every_page_from_a_cold_start(finished_run: dict[str, Any], brow
     browser.sign_in(stack.admin_token)
     assert "oldest first (one round)" in browser.until("oldest first (one round)")
     browser.shot("logs-round")
+
+
+def test_browser_deep_link_first_with_a_stale_pages_folder_left_by_an_upgrade(
+        finished_run: dict[str, Any], upgraded_in_place: Browser) -> None:
+    """A deep link opened first, with fedops_dash/pages/ of an earlier version beside the dashboard:
+    the dashboard's own Run page and navigation, none of the stale pages; the log says the folder can go."""
+    browser, stack = upgraded_in_place, finished_run["stack"]
+    browser.open(f"run?run={finished_run['failed_run_id']}")
+    browser.sign_in(stack.admin_token)
+    body = browser.until("Failed after 0 completed rounds", "failing_app: this ServerApp always fails")
+    assert "Stale" not in body
+    assert browser.nav_titles() == ["Overview", "Tasks", "Run", "Clients", "Models", "Logs"]
+    assert "run=" + finished_run["failed_run_id"] in browser.driver.current_url
+    browser.nav("Tasks")
+    assert "Stale" not in browser.until("Clients taking part")
+    browser.open("")  # the default page (Overview) has no path of its own
+    browser.sign_in(stack.admin_token)
+    assert "Stale" not in browser.until("Recent runs (newest first)")
+    browser.shot("stale-pages-folder")
+    log = (browser.tmp / "dash-telemetry" / "logs" / "fedops-dash.jsonl").read_text()
+    assert "a pages folder left by an earlier version is not used" in log
+    assert str(browser.tmp / "site" / "fedops_dash" / "pages") in log  # the copy ran, not the source tree
 
 
 def test_fedopsctl_at_80_columns_keeps_ids_and_metric_values(finished_run: dict[str, Any],
@@ -480,6 +534,51 @@ def test_fedopsctl_shows_the_overviews_prometheus_figures(finished_run: dict[str
     assert custom and custom[0]["value"] >= 1
     bad = stack.ctl("metrics", "--query", "sum(", check=False)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_browser_health_banner_of_a_live_run_with_a_straggler(finished_run: dict[str, Any],
+                                                             browser: Browser) -> None:
+    """One client's app makes no progress (its SuperExec paused with SIGSTOP before round 1; its agent and
+    SuperNode keep their heartbeats, so it stays connected for FedOps and Flower) while the other replies:
+    past the straggler threshold the banner is yellow, naming the client and how long the other took.
+    Resumed, the straggler replies and the run completes."""
+    from selenium.webdriver.common.by import By
+
+    from fedops_dash.health import STRAGGLER_FACTOR, STRAGGLER_MIN_S
+
+    stack: LocalStack = finished_run["stack"]
+    task_id, (other, straggler) = finished_run["task_id"], finished_run["clients"]  # agents dash0, dash1
+    wait_until(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 120,
+               "the clients to be free")
+    # A long round timeout: the banner turns yellow past the straggler threshold, not past half the timeout.
+    stack.ctl("task", "update", task_id, "--rounds", "1", "--round-timeout", "1800")
+    stack.ctl("task", "select", task_id, other, straggler)
+    run_id = stack.ctl_json("run", "start", task_id)["id"]
+    try:
+        wait_until(lambda: stack.pause_apps("dash1"), 120, "the straggler's SuperExec, to pause it")
+        replies = wait_until(lambda: [c for r in stack.ctl_json("run", "show", run_id).get("rounds", [])
+                                      for c in r.get("client_results", []) if c.get("phase") == "train"], 600,
+                             "the other client's reply in round 1")
+        assert [c["client_id"] for c in replies] == [other]
+        threshold = max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * replies[0]["duration_s"])  # the median of one reply
+        browser.open(f"run?run={run_id}")
+        browser.sign_in(stack.admin_token)
+        body = browser.until("Round 1 train: waiting", f"for {straggler}; the others replied in", "(median)",
+                             timeout_s=threshold + 120)
+        warnings = browser.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAlertContentWarning']")
+        assert any("Round 1 train: waiting" in w.text and straggler in w.text for w in warnings), body[:3000]
+        assert "1 of 2 needed are in" in body and "left before the round timeout" in body
+        assert f"{straggler} has not replied since" in body
+        diagnosis = stack.ctl_json("run", "diagnose", run_id)
+        assert [m["client_id"] for m in diagnosis["missing"]] == [straggler]
+        assert diagnosis["missing"][0]["connected"]  # its agent is fine: a straggler, not a lost client
+        browser.shot("run-straggling")
+    finally:
+        stack.pause_apps("dash1", paused=False)
+    finished = wait_finished(stack, run_id, timeout_s=900)
+    assert finished["outcome"] == "RUN_OUTCOME_COMPLETED", finished.get("reason")
+    assert sorted(finished["rounds"][0]["responded_client_ids"]) == sorted([other, straggler])
+    browser.until("Completed 1 of 1 round.")
 
 
 def test_browser_health_banner_of_a_live_run_that_loses_its_quorum(finished_run: dict[str, Any],

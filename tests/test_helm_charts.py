@@ -1,6 +1,8 @@
 """The Helm charts (deploy/helm): lint, render for several value sets, and every rendered object
-admitted by a real API server (server-side dry run); the chart's RBAC is applied for real and is
-enough for the Kubernetes launcher to run a run namespace, and no more."""
+admitted by a real API server (server-side dry run); two releases of the control chart in one
+cluster (one namespace, or one release name in two) share no cluster-scoped object; the chart's
+RBAC is applied for real and is enough for the Kubernetes launcher to run a run namespace, and no
+more."""
 
 from __future__ import annotations
 
@@ -30,13 +32,22 @@ def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _render(chart: str, values: str | None, *sets: str) -> list[dict[str, Any]]:
-    args = ["template", "fedops", str(CHARTS / chart), "--namespace", RELEASE_NS]
+def _render(chart: str, values: str | None, *sets: str, release: str = "fedops",
+            namespace: str = RELEASE_NS) -> list[dict[str, Any]]:
+    args = ["template", release, str(CHARTS / chart), "--namespace", namespace]
     if values:
         args += ["-f", str(CHARTS / chart / "ci" / values)]
     for item in sets:
         args += ["--set", item]
     return [doc for doc in yaml.safe_load_all(_helm(*args).stdout) if doc]
+
+
+def _control_flags(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The control service's --k8s-* flags in a rendered release (name without dashes: value)."""
+    control = next(o for o in objects if o["kind"] == "Deployment"
+                   and o["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == "fedops-control")
+    args = control["spec"]["template"]["spec"]["containers"][0]["args"]
+    return dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--k8s-"))
 
 
 def test_there_are_value_sets_for_both_charts() -> None:
@@ -70,10 +81,13 @@ def test_the_control_chart_renders_tls_prometheus_and_the_kubernetes_launcher() 
     args = pod["spec"]["containers"][0]["args"]
     assert "--tls-cert=/etc/fedops/tls/tls.crt" in args and "--launcher=kubernetes" in args
     assert "--k8s-control-namespace=fedops" in args and "--k8s-service-account=fedops-fedops-control" in args
+    # Cluster-scoped names carry the release's namespace and name; so does the owner of its run namespaces.
+    assert "--k8s-run-role=fedops-fedops-fedops-control-run-namespace" in args and "--k8s-owner=fedops.fedops" in args
+    assert ("ClusterRole", "fedops-fedops-fedops-control-run-namespace") in objects
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == ClusterSettings(image="x").control_pod_labels[
         "app.kubernetes.io/name"]  # what run namespaces admit to their Control API
-    rules = objects[("ClusterRole", "fedops-fedops-control-namespaces")]["rules"]
+    rules = objects[("ClusterRole", "fedops-fedops-fedops-control-namespaces")]["rules"]
     assert {r["resources"][0] for r in rules} == {"namespaces", "rolebindings", "clusterroles"}
 
 
@@ -98,17 +112,21 @@ def test_the_charts_rbac_is_all_the_launcher_needs(kube_cluster: KubeCluster, tm
     from kubernetes.client.exceptions import ApiException
 
     admin = Cluster(connect(kube_cluster.admin_kubeconfig))
-    for obj in _render("fedops-control", "kubernetes-launcher-values.yaml"):
-        if obj["kind"] == "ClusterRole":
-            admin.create(obj)
+    rendered = _render("fedops-control", "kubernetes-launcher-values.yaml")
+    roles = [obj for obj in rendered if obj["kind"] == "ClusterRole"]
+    for obj in roles:
+        admin.create(obj)
+    run_role = _control_flags(rendered)["k8s-run-role"]
+    namespaces_role = next(r["metadata"]["name"] for r in roles if r["metadata"]["name"] != run_role)
     admin.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                   "metadata": {"name": "test-fedops-control-namespaces"},
                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                              "name": "fedops-fedops-control-namespaces"},
+                              "name": namespaces_role},
                   "subjects": [{"kind": "User", "name": CONTROL_USER, "apiGroup": "rbac.authorization.k8s.io"}]})
     limited = Cluster(connect(kube_cluster.control_kubeconfig))
     subject = {"kind": "User", "name": CONTROL_USER, "apiGroup": "rbac.authorization.k8s.io"}
-    launcher = KubernetesLauncher(limited, ClusterSettings(image="fedops-control:test", control_subject=subject),
+    launcher = KubernetesLauncher(limited, ClusterSettings(image="fedops-control:test", control_subject=subject,
+                                                           run_role=run_role),
                                   advertised_host="127.0.0.1", start_timeout_s=30, poll_s=0.3)
 
     async def scenario() -> None:
@@ -126,3 +144,46 @@ def test_the_charts_rbac_is_all_the_launcher_needs(kube_cluster: KubeCluster, tm
     with pytest.raises(ApiException) as denied:
         client.CoreV1Api(limited.api).list_namespaced_pod("kube-system")
     assert denied.value.status == 403
+
+
+def _cluster_scoped(cluster: Cluster, objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(o["kind"], o["metadata"]["name"]) for o in objects
+            if not cluster.dynamic.resources.get(api_version=o["apiVersion"], kind=o["kind"]).namespaced]
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    (("alpha", "fedops-shared"), ("beta", "fedops-shared")),     # two releases in one namespace
+    (("fedops", "fedops-team-a"), ("fedops", "fedops-team-b")),  # one release name in two namespaces
+], ids=["one-namespace", "one-release-name"])
+def test_two_control_releases_share_no_cluster_scoped_object(kube_cluster: KubeCluster, first: tuple[str, str],
+                                                             second: tuple[str, str]) -> None:
+    """The first release is applied for real, the second then admitted by a server-side dry run: a
+    ClusterRole or binding of the same name would be refused (409 AlreadyExists) or, applied with
+    helm, overwrite the first release's. Their run namespaces get different owners and roles."""
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    releases = [_render("fedops-control", "kubernetes-launcher-values.yaml", release=name, namespace=namespace)
+                for name, namespace in (first, second)]
+    scoped = [_cluster_scoped(cluster, objects) for objects in releases]
+    assert all(len(names) == 3 for names in scoped)  # the namespaces ClusterRole and its binding, the run role
+    assert not set(scoped[0]) & set(scoped[1])
+    first_flags, second_flags = _control_flags(releases[0]), _control_flags(releases[1])
+    assert first_flags["k8s-owner"] != second_flags["k8s-owner"]
+    assert first_flags["k8s-run-role"] != second_flags["k8s-run-role"]
+    for flag in (first_flags, second_flags):  # the role each binds in its run namespaces is its own release's
+        assert ("ClusterRole", flag["k8s-run-role"]) in scoped[0] + scoped[1]
+    created: list[dict[str, Any]] = []
+    try:
+        for _, namespace in (first, second):
+            if not cluster.namespace_exists(namespace):
+                cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+                created.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for obj in releases[0]:
+            cluster.create(obj)
+            created.append(obj)
+        for obj in releases[1]:
+            cluster.create(obj, dry_run=True)  # ApiException (409 for a name the first release took)
+    finally:
+        for obj in reversed(created):  # cluster-scoped ones by name; the namespaces take the rest with them
+            resource = cluster.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            if not resource.namespaced:
+                resource.delete(name=obj["metadata"]["name"])

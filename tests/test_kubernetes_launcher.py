@@ -112,6 +112,36 @@ def test_unschedulable_pod_fails_the_start_within_the_timeout_saying_why(cluster
     _gone(cluster, "fedops-run-k8s2")
 
 
+def test_abandoning_a_start_while_the_pod_is_pending_ends_it_within_seconds(cluster: Cluster,
+                                                                            tmp_path: Path) -> None:
+    """A hard stop while the pod cannot be scheduled: the start gives up at once (not after its 120 s
+    timeout) and the namespace, pod and all, is deleted within seconds."""
+    events: list[tuple[str, str]] = []
+    too_big = {"requests": {"cpu": "64", "memory": "1Gi"}, "limits": {"cpu": "64", "memory": "1Gi"}}
+    launcher = _launcher(cluster, events, timeout_s=120.0, superlink_resources=too_big,
+                         quota={"pods": "10", "requests.cpu": "100", "limits.cpu": "100"})
+
+    async def scenario() -> float:
+        start = asyncio.create_task(launcher.start("run-abandon", tmp_path / "abandon"))
+        for _ in range(100):
+            if any("cannot be scheduled" in words for _, words in events):
+                break
+            await asyncio.sleep(0.2)
+        assert any("cannot be scheduled" in words for _, words in events), events  # held Pending
+        stopped = time.monotonic()
+        launcher.abandon("run-abandon")
+        with pytest.raises(LaunchFailed, match="stopped while its SuperLink pod was starting"):
+            await start
+        await launcher.close()
+        return stopped
+
+    stopped = asyncio.run(scenario())
+    assert time.monotonic() - stopped < 5
+    _gone(cluster, "fedops-run-abandon", timeout_s=15)
+    assert time.monotonic() - stopped < 20  # not the start timeout (120 s)
+    launcher.abandon("run-abandon")  # no start waiting: nothing happens
+
+
 @pytest.mark.parametrize(("kubelet", "words", "at_once"), [
     ("crash", "container superlink is crash-looping (restarted 5 times; last exit code 1: Error)", True),
     ("nopull", "image pull failure for container superlink", False),

@@ -4,12 +4,17 @@ against a real API server with kwok (tests/kube.py).
 kwok runs no containers, so a run gets as far as its SuperLink pod being ready and then fails at
 the first call to the SuperLink's Control API (nothing serves it) - with the reason, and its
 namespace deleted. An unschedulable SuperLink pod is diagnosed in plain words while the run starts
-and fails the run within the launcher's start timeout; a hard stop deletes the namespace.
+and fails the run within the launcher's start timeout; a hard stop while the pod waits deletes the
+namespace within seconds (not after the start timeout); a restart of the control service deletes
+the namespace of a run that was still starting (an orphan) and fails that run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +29,31 @@ from tests.test_e2e import create_task, get_run, start_clients, wait_finished, w
 
 pytestmark = pytest.mark.integration  # real servers and processes, no FL round
 START_TIMEOUT_S = 15
+LONG_START_TIMEOUT_S = 300  # far beyond what the tests wait: only a prompt stop or restart can end the start
+
+
+@contextlib.contextmanager
+def _k8s_stack(root: Path, kube_cluster: KubeCluster, data: list[Path],
+               start_timeout_s: int) -> Iterator[tuple[LocalStack, str]]:
+    args = ["--launcher", "kubernetes", "--kubeconfig", str(kube_cluster.admin_kubeconfig),
+            "--k8s-image", "fedops-control:test", "--k8s-start-timeout", str(start_timeout_s)]
+    with control_stack(root, control_args=args) as stack:
+        task_id = create_task(stack, rounds=1, timeout_s=30)
+        start_clients(stack, task_id, data, "k")
+        yield stack, task_id
 
 
 @pytest.fixture
 def k8s_stack(tmp_path: Path, kube_cluster: KubeCluster, digits_data: list[Path]) -> Iterator[tuple[LocalStack, str]]:
-    args = ["--launcher", "kubernetes", "--kubeconfig", str(kube_cluster.admin_kubeconfig),
-            "--k8s-image", "fedops-control:test", "--k8s-start-timeout", str(START_TIMEOUT_S)]
-    with control_stack(tmp_path / "stack", control_args=args) as stack:
-        task_id = create_task(stack, rounds=1, timeout_s=30)
-        start_clients(stack, task_id, digits_data[:2], "k")
-        yield stack, task_id
+    with _k8s_stack(tmp_path / "stack", kube_cluster, digits_data[:2], START_TIMEOUT_S) as stack:
+        yield stack
+
+
+@pytest.fixture
+def slow_start_stack(tmp_path: Path, kube_cluster: KubeCluster,
+                     digits_data: list[Path]) -> Iterator[tuple[LocalStack, str]]:
+    with _k8s_stack(tmp_path / "stack", kube_cluster, digits_data[:2], LONG_START_TIMEOUT_S) as stack:
+        yield stack
 
 
 def _events(stack: LocalStack, run_id: str) -> list[dict]:
@@ -86,17 +106,54 @@ def test_an_unschedulable_superlink_is_diagnosed_and_fails_the_run_within_the_ti
         _cordon(kube_cluster, False)
 
 
-def test_a_hard_stop_while_the_pod_waits_deletes_the_namespace(k8s_stack: tuple[LocalStack, str],
-                                                               kube_cluster: KubeCluster) -> None:
-    stack, task_id = k8s_stack
+def _pending(stack: LocalStack, run_id: str) -> dict:
+    """Wait until the run's diagnosis says its SuperLink pod cannot be scheduled (held Pending)."""
+    return wait_for(lambda: "cannot be scheduled" in (d := stack.ctl_json("run", "diagnose", run_id))
+                    .get("summary", "") and d, 30)
+
+
+def test_a_hard_stop_while_the_pod_waits_ends_the_run_and_deletes_the_namespace_within_seconds(
+        slow_start_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
+    stack, task_id = slow_start_stack
     cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
     _cordon(kube_cluster, True)
     try:
         run = stack.ctl_json("run", "start", task_id)
         namespace = f"fedops-{run['id']}"
-        wait_for(lambda: cluster.namespace_exists(namespace), 30)
+        _pending(stack, run["id"])
+        assert cluster.namespace_exists(namespace)
+        stopped = time.monotonic()
         stack.ctl("run", "stop", "--hard", run["id"])
-        assert get_run(stack, run["id"])["state"] == "RUN_STATE_FINISHED"
-        _gone(cluster, namespace)
+        finished = get_run(stack, run["id"])
+        assert finished["state"] == "RUN_STATE_FINISHED" and finished["outcome"] == "RUN_OUTCOME_STOPPED"
+        assert "(hard)" in finished["reason"]
+        _gone(cluster, namespace, timeout_s=20)
+        assert time.monotonic() - stopped < 20  # the start timeout is 300 s
+        assert get_run(stack, run["id"])["outcome"] == "RUN_OUTCOME_STOPPED"  # the given-up start changes nothing
+    finally:
+        _cordon(kube_cluster, False)
+
+
+def test_a_restart_fails_the_starting_run_and_deletes_its_orphaned_namespace(
+        slow_start_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
+    """The control service dies (SIGKILL) while a run's pod is held Pending; started again on the same
+    state, it fails that run (it was starting) and deletes its namespace, which nobody adopted."""
+    stack, task_id = slow_start_stack
+    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
+    _cordon(kube_cluster, True)
+    try:
+        run = stack.ctl_json("run", "start", task_id)
+        namespace = f"fedops-{run['id']}"
+        _pending(stack, run["id"])
+        assert stack.control is not None
+        os.killpg(stack.control.pid, signal.SIGKILL)
+        stack.control.wait(timeout=10)
+        assert cluster.namespace_exists(namespace)  # a dead service deletes nothing
+        stack.start_control(port=int(stack.control_address.rsplit(":", 1)[1]))
+        # It serves before it recovers its runs: the run is failed moments after the port opens.
+        finished = wait_for(lambda: (r := get_run(stack, run["id"]))["state"] == "RUN_STATE_FINISHED" and r, 30)
+        assert finished["outcome"] == "RUN_OUTCOME_FAILED"
+        assert finished["reason"] == "control service restarted while the run was starting"
+        _gone(cluster, namespace, timeout_s=30)
     finally:
         _cordon(kube_cluster, False)

@@ -3,6 +3,11 @@ and states are exercised against a real API server in tests/test_kubernetes_laun
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+
+from fedops_common.proc import console_script
 from fedops_control.run.kubernetes.manifests import (
     FLEET_PORT,
     LINK_PORT,
@@ -10,6 +15,7 @@ from fedops_control.run.kubernetes.manifests import (
     ClusterSettings,
     run_manifests,
 )
+from fedops_control.run.kubernetes.options import check_label_value
 from fedops_control.run.kubernetes.podstate import read_pod
 
 SETTINGS = ClusterSettings(image="fedops-control:latest")
@@ -61,6 +67,35 @@ def test_the_control_service_binds_itself_in_the_run_namespace_when_told_who_it_
     binding = run_manifests(settings, "run-abc", None, b"x")[1]
     assert binding["kind"] == "RoleBinding" and binding["subjects"] == [subject]
     assert binding["roleRef"]["kind"] == "ClusterRole" and binding["roleRef"]["name"] == settings.run_role
+
+
+def test_the_owner_label_is_the_control_namespace_unless_an_owner_is_given() -> None:
+    """Two control services in one namespace (two Helm releases) each need their own owner: a
+    restart deletes the run namespaces of its owner that no run took, and no others."""
+    assert ClusterSettings(image="x").owner_label == "fedops"
+    beta = ClusterSettings(image="x", owner="fedops.beta", control_subject={"kind": "User", "name": "u"},
+                           run_role="fedops-beta-fedops-control-run-namespace")
+    assert beta.owner_label == "fedops.beta"
+    objects = run_manifests(beta, "run-abc", None, b"x")
+    assert objects[0]["metadata"]["labels"]["fedops.io/owner"] == "fedops.beta"
+    assert objects[1]["roleRef"]["name"] == "fedops-beta-fedops-control-run-namespace"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("fedops", ""), ("fedops.release-a", ""), ("a" * 63, ""),
+    ("a" * 64, "longer than 63 characters"), ("fedops.", "not a label value"), ("team/a", "not a label value"),
+])
+def test_an_owner_must_be_a_label_value(value: str, problem: str) -> None:
+    found = check_label_value(value)
+    assert (problem in found) if problem else found == ""
+
+
+@pytest.mark.integration  # starts the real fedops-control, which exits at once
+def test_the_control_service_refuses_an_owner_that_is_no_label_value(tmp_path) -> None:
+    """Refused at start with the flag named (exit code 2), not by the API server at the first run."""
+    result = subprocess.run([console_script("fedops-control"), "--data-dir", str(tmp_path), "--launcher", "kubernetes",
+                             "--k8s-image", "x", "--k8s-owner", "team/a"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--k8s-owner" in result.stderr and "not a label value" in result.stderr
 
 
 def _pod(phase: str = "Pending", conditions: list | None = None, containers: list | None = None,

@@ -39,3 +39,4 @@ def test_the_wheel_ships_every_package_and_the_telemetry_data(tmp_path: Path) ->
     assert "fedops_common/telemetry/assets/elk/kibana/saved_objects.ndjson" in names
     assert "fedops_control/state/migrations/versions/0004_observed_apps.py" in names
     assert "fedops_dash/views/run.py" in names  # the dashboard's pages (not a package: package data)
+    assert "fedops_dash/entry/app.py" in names  # its main script

@@ -112,7 +112,10 @@ class RunLaunch:
                                                              workdir, len(client_ids),
                                                              again.offset if again is not None else 0)
             except BaseException:
-                await asyncio.wait([link])  # registered in self._active: finish() stops it
+                self._launcher.abandon(run_id)  # the app cannot run: a SuperLink still starting gives up too
+                await asyncio.wait([link])  # one that started is in self._active: finish() stops it
+                if not link.cancelled():
+                    link.exception()  # retrieved: the app's error, raised next, is the run's reason
                 raise
             handle = await link
             # The next SuperLink (the spare, started once this run's stops) is warm for this app too.
@@ -205,6 +208,10 @@ class RunLaunch:
         await self._launch(run_id, again)
 
     async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+        # Stopped before its SuperLink was asked for: none is started (from here to the launcher's
+        # start nothing awaits, so a later stop reaches that start through abandon()).
+        if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
+            raise FailedPrecondition(f"run {run_id} was stopped while starting")
         handle = await self._launcher.start(run_id, workdir)
         self._active[run_id] = ActiveRun(handle)
         run = self.get_run_row(run_id)

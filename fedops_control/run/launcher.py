@@ -70,6 +70,12 @@ class SuperLinkLauncher(Protocol):
 
     async def stop(self, handle: SuperLinkHandle) -> None: ...
 
+    def abandon(self, run_id: str) -> None:
+        """The run was stopped while :meth:`start` was still waiting for its SuperLink: make that
+        start give up now (it cleans up and raises) rather than wait out its own timeout. A no-op
+        when no start of ``run_id`` is waiting."""
+        ...
+
     def is_alive(self, handle: SuperLinkHandle) -> bool:
         """Whether the run's SuperLink still runs."""
         ...
@@ -243,6 +249,10 @@ class LocalProcessLauncher:
         elif handle.pid:
             await asyncio.to_thread(stop_group_by_pid, handle.pid)
         self._warm_up()
+
+    def abandon(self, run_id: str) -> None:
+        """Nothing to interrupt: a local start ends by itself within seconds (the port answers or
+        the process failed), and the run manager then stops the SuperLink of a stopped run."""
 
     def is_alive(self, handle: SuperLinkHandle) -> bool:
         """Its process (or, adopted after a restart, its pid) is still running."""

@@ -247,6 +247,8 @@ class RunManager(RunLaunch):
             active = self._active.pop(run_id, None)
             if active is not None:
                 await self._launcher.stop(active.handle)
+            else:  # its SuperLink may still be starting: that start gives up now and cleans up
+                self._launcher.abandon(run_id)
             if self._tokens is not None:  # the run's apps are gone: their token must not outlive them
                 self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()

@@ -45,7 +45,7 @@ from fedops_control.metrics import register_state_collector, watch_event_loop
 from fedops_control.registry.store import ModelStore
 from fedops_control.run.diagnosis import SUPERLINK_STATUS
 from fedops_control.run.events import EventBus
-from fedops_control.run.kubernetes.options import KubernetesOptions, build_launcher
+from fedops_control.run.kubernetes.options import KubernetesOptions, build_launcher, check_label_value
 from fedops_control.run.launcher import LocalProcessLauncher, SuperLinkLauncher
 from fedops_control.run.manager import RunManager
 from fedops_control.run.preflight import Preflight
@@ -301,6 +301,14 @@ def run(
     k8s_start_timeout: Annotated[
         float, typer.Option(help="kubernetes launcher: seconds a SuperLink pod gets to become ready")
     ] = 300.0,
+    k8s_run_role: Annotated[
+        str, typer.Option(help="kubernetes launcher: the ClusterRole this service binds itself to in each run "
+                               "namespace (the Helm chart names it from the release)")
+    ] = "fedops-run-namespace",
+    k8s_owner: Annotated[
+        str, typer.Option(help="kubernetes launcher: fedops.io/owner label of this service's run namespaces "
+                               "('' = --k8s-control-namespace); a restart deletes orphans with this owner only")
+    ] = "",
     heartbeat_interval: Annotated[
         int, typer.Option(help="seconds between an agent's heartbeats (agents are told at registration)")
     ] = LivenessSettings.heartbeat_interval_s,
@@ -330,10 +338,15 @@ def run(
         raise typer.BadParameter("the kubernetes launcher needs --k8s-image", param_hint="--k8s-image")
     if k8s_fleet_service not in ("NodePort", "LoadBalancer", "ClusterIP"):
         raise typer.BadParameter("NodePort, LoadBalancer or ClusterIP", param_hint="--k8s-fleet-service")
+    if launcher == "kubernetes" and (problem := check_label_value(k8s_owner or k8s_control_namespace)):
+        raise typer.BadParameter(problem, param_hint="--k8s-owner" if k8s_owner else "--k8s-control-namespace")
+    if launcher == "kubernetes" and not k8s_run_role:
+        raise typer.BadParameter("the ClusterRole's name is required", param_hint="--k8s-run-role")
     kubernetes = KubernetesOptions(
         image=k8s_image, kubeconfig=kubeconfig, namespace_prefix=k8s_namespace_prefix,
         fleet_service_type=k8s_fleet_service, control_namespace=k8s_control_namespace,
-        start_timeout_s=k8s_start_timeout, service_account=k8s_service_account) if launcher == "kubernetes" else None
+        start_timeout_s=k8s_start_timeout, service_account=k8s_service_account, run_role=k8s_run_role,
+        owner=k8s_owner) if launcher == "kubernetes" else None
     try:
         liveness = LivenessSettings(heartbeat_interval, liveness_timeout, liveness_persist_interval)
     except ValueError as err:

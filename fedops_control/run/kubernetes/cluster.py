@@ -60,7 +60,7 @@ class Cluster:
             time.sleep(0.2)
 
     def run_namespaces(self, owner: str, run_id: str = "") -> list[dict[str, Any]]:
-        """The run namespaces of the control service in namespace ``owner`` (for one run, or all),
+        """The run namespaces of the control service labelled ``owner`` (for one run, or all),
         terminating ones included."""
         selector = f"{MANAGED_BY}={MANAGER},{OWNER_LABEL}={owner}" + (f",{RUN_LABEL}={run_id}" if run_id else "")
         return [self._plain(ns) for ns in self.core.list_namespace(label_selector=selector).items]

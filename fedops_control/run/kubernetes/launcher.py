@@ -10,6 +10,8 @@ run manager neither knows nor cares where the SuperLink runs. What this launcher
 - while the run runs, a monitor reads the pod every ``poll_s``: :meth:`is_alive` answers from it,
   and :meth:`why_down` says what happened;
 - ``stop``: delete the run's namespace (Kubernetes then deletes all in it, ServerApp pods too);
+- ``abandon``: a hard stop while the pod is still starting ends the start's wait at once, so the
+  namespace goes within seconds instead of after ``start_timeout_s``;
 - ``adopt`` (after a restart of the control service): find the run's namespace by its labels;
   ``open`` then deletes every namespace of this service that no run took (orphans).
 
@@ -67,12 +69,13 @@ class KubernetesLauncher:
         self._states: dict[str, PodState] = {}          # by namespace: the monitor's latest reading
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self._mine: set[str] = set()                    # namespaces of runs this process started or adopted
+        self._abandoned: dict[str, asyncio.Event] = {}  # by run id: starts in progress, set when the run stopped
 
     # ------------------------------------------------------------------ lifecycle of the launcher
     async def open(self) -> None:
         """Delete the namespaces of runs nobody adopted (orphans of an earlier process: runs that
         finished or failed while it was down), and watch the adopted ones."""
-        for namespace in await asyncio.to_thread(self.cluster.run_namespaces, self.settings.control_namespace):
+        for namespace in await asyncio.to_thread(self.cluster.run_namespaces, self.settings.owner_label):
             name = namespace["metadata"]["name"]
             if name in self._mine:
                 self._watch(namespace["metadata"]["labels"].get(RUN_LABEL, ""), name)
@@ -89,25 +92,43 @@ class KubernetesLauncher:
     # ------------------------------------------------------------------ one run
     async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle:
         """Create the run's namespace and objects; return once the SuperLink pod is ready, or raise
-        :class:`LaunchFailed` (after deleting the namespace) with the reason."""
-        namespace = await asyncio.to_thread(self._free_namespace, run_id)
-        self._mine.add(namespace)
-        workdir.mkdir(parents=True, exist_ok=True)
-        tls, ca_file = self._tls(namespace, workdir)
+        :class:`LaunchFailed` (after deleting the namespace) with the reason; also when
+        :meth:`abandon` is called meanwhile."""
+        abandoned = self._abandoned[run_id] = asyncio.Event()
         try:
-            for manifest in run_manifests(self.settings, run_id, tls, secrets.token_bytes(32), namespace):
-                await asyncio.to_thread(self.cluster.create, manifest)
-            await self._wait_ready(run_id, namespace)
-            address = await asyncio.to_thread(self._fleet_address, namespace)
-        except BaseException as err:
-            await asyncio.to_thread(self.cluster.delete_namespace, namespace)
-            self._mine.discard(namespace)
-            if isinstance(err, LaunchFailed | asyncio.CancelledError):
-                raise
-            raise LaunchFailed(f"could not create the run's Kubernetes objects in {namespace}: {err}") from err
+            namespace = await asyncio.to_thread(self._free_namespace, run_id)
+            self._mine.add(namespace)
+            workdir.mkdir(parents=True, exist_ok=True)
+            tls, ca_file = self._tls(namespace, workdir)
+            try:
+                for manifest in run_manifests(self.settings, run_id, tls, secrets.token_bytes(32), namespace):
+                    self._check(abandoned)
+                    await asyncio.to_thread(self.cluster.create, manifest)
+                await self._wait_ready(run_id, namespace, abandoned)
+                address = await asyncio.to_thread(self._fleet_address, namespace)
+            except BaseException as err:
+                await asyncio.to_thread(self.cluster.delete_namespace, namespace)
+                self._mine.discard(namespace)
+                if isinstance(err, LaunchFailed | asyncio.CancelledError):
+                    raise
+                raise LaunchFailed(f"could not create the run's Kubernetes objects in {namespace}: {err}") from err
+        finally:
+            self._abandoned.pop(run_id, None)
         self._watch(run_id, namespace)
         return SuperLinkHandle(run_id=run_id, address=address, control_address=f"{link_host(namespace)}:{LINK_PORT}",
                                ca_file=ca_file, where=namespace)
+
+    def abandon(self, run_id: str) -> None:
+        """The run was stopped while its pod starts: the start stops waiting within moments (no
+        longer than one API call), deletes the namespace and raises :class:`LaunchFailed`."""
+        event = self._abandoned.get(run_id)
+        if event is not None:
+            event.set()
+
+    @staticmethod
+    def _check(abandoned: asyncio.Event) -> None:
+        if abandoned.is_set():
+            raise LaunchFailed("the run was stopped while its SuperLink pod was starting")
 
     def _free_namespace(self, run_id: str) -> str:
         """The run's namespace name; a run launched again while its old namespace is still being
@@ -132,11 +153,12 @@ class KubernetesLauncher:
         ca_file.write_bytes(self.ca.cert_pem)
         return (cert.read_bytes(), key.read_bytes(), self.ca.cert_pem), ca_file
 
-    async def _wait_ready(self, run_id: str, namespace: str) -> None:
+    async def _wait_ready(self, run_id: str, namespace: str, abandoned: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout_s
         said = ""
         while True:
+            self._check(abandoned)
             state = read_pod(await asyncio.to_thread(self.cluster.read_pod, namespace, POD_NAME))
             if state.words and state.words != said:
                 said = state.words
@@ -149,7 +171,8 @@ class KubernetesLauncher:
             if loop.time() >= deadline:
                 raise LaunchFailed(f"the SuperLink pod was not ready within {self.start_timeout_s:.0f}s: "
                                    f"{state.words or 'no reason given by Kubernetes'}")
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):  # the next reading, or at once when the run is stopped
+                await asyncio.wait_for(abandoned.wait(), self.poll_s)
 
     def _fleet_address(self, namespace: str) -> str:
         """Where agents reach the run's Fleet gateway: the node port on the advertised host, the
@@ -217,7 +240,7 @@ class KubernetesLauncher:
     def adopt(self, run_id: str, workdir: Path, address: str) -> SuperLinkHandle | None:
         """The run's namespace with a pod that can still serve, found by its labels (None if gone);
         :meth:`open` then watches it."""
-        for namespace in self.cluster.run_namespaces(self.settings.control_namespace, run_id):
+        for namespace in self.cluster.run_namespaces(self.settings.owner_label, run_id):
             name = namespace["metadata"]["name"]
             if namespace["metadata"].get("deletionTimestamp"):
                 continue

@@ -31,7 +31,7 @@ Manifest = dict[str, Any]
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "fedops-control"
 RUN_LABEL = "fedops.io/run-id"
-OWNER_LABEL = "fedops.io/owner"  # on run namespaces: the control service's namespace (two services, one cluster)
+OWNER_LABEL = "fedops.io/owner"  # on run namespaces: which control service they belong to (ClusterSettings.owner)
 COMPONENT = "app.kubernetes.io/component"
 POD_NAME = "superlink"
 SERVICE_ACCOUNT = "superexec"
@@ -69,10 +69,18 @@ class ClusterSettings:
     # already (a cluster admin's kubeconfig), no binding is made.
     control_subject: dict[str, str] | None = None
     pod_annotations: dict[str, str] = field(default_factory=dict)  # on the SuperLink pod (e.g. a mesh's opt-out)
-    run_role: str = "fedops-run-namespace"
+    run_role: str = "fedops-run-namespace"     # the Helm chart names it from the release (two releases, one cluster)
+    # The fedops.io/owner label of this service's run namespaces; '' = ``control_namespace``. A restart
+    # deletes only namespaces with its own owner: two control services in one namespace need two.
+    owner: str = ""
     quota: dict[str, str] = field(default_factory=lambda: {
         "pods": "10", "requests.cpu": "8", "requests.memory": "16Gi", "limits.cpu": "16", "limits.memory": "32Gi",
         "services": "4", "services.loadbalancers": "1", "secrets": "20"})
+
+    @property
+    def owner_label(self) -> str:
+        """The value of :data:`OWNER_LABEL` on this service's run namespaces."""
+        return self.owner or self.control_namespace
 
     def namespace(self, run_id: str) -> str:
         """The run's namespace: a DNS label, as run ids are (``run-<hex>``)."""
@@ -106,7 +114,7 @@ def run_manifests(settings: ClusterSettings, run_id: str, tls: tuple[bytes, byte
     ns = namespace or settings.namespace(run_id)
     pod_labels = {MANAGED_BY: MANAGER, RUN_LABEL: run_id, COMPONENT: POD_NAME}
     namespace_meta = _meta(ns, "", run_id)
-    namespace_meta["labels"][OWNER_LABEL] = settings.control_namespace
+    namespace_meta["labels"][OWNER_LABEL] = settings.owner_label
     objects: list[Manifest] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": namespace_meta}]
     if settings.control_subject is not None:
         objects.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

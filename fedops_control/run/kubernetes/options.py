@@ -7,6 +7,7 @@ needs none of it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,19 @@ from fedops_control.run.kubernetes.manifests import ClusterSettings
 if TYPE_CHECKING:
     from fedops_common.ca import CertificateAuthority
     from fedops_control.run.kubernetes.launcher import KubernetesLauncher, StatusHook
+
+
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def check_label_value(value: str) -> str:
+    """'' when ``value`` may be a Kubernetes label value, else why not (the API server would refuse
+    every run namespace, so the flag is refused at start instead)."""
+    if len(value) > 63:
+        return f"{value!r} is longer than 63 characters"
+    if not LABEL_VALUE.match(value):
+        return f"{value!r} is not a label value (letters, digits, '-', '_', '.'; alphanumeric at both ends)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,8 @@ class KubernetesOptions:
     control_namespace: str = "fedops"
     start_timeout_s: float = 300.0
     service_account: str = ""       # this service's ServiceAccount (in control_namespace): bound per run namespace
+    run_role: str = "fedops-run-namespace"  # the ClusterRole it binds itself to in each run namespace
+    owner: str = ""                 # the owner label of its run namespaces ('' = control_namespace)
 
 
 def build_launcher(options: KubernetesOptions, advertised_host: str, ca: CertificateAuthority | None,
@@ -41,6 +57,7 @@ def build_launcher(options: KubernetesOptions, advertised_host: str, ca: Certifi
     settings = ClusterSettings(image=options.image, namespace_prefix=options.namespace_prefix,
                                fleet_service_type=options.fleet_service_type,
                                control_namespace=options.control_namespace,
+                               run_role=options.run_role, owner=options.owner,
                                control_subject={"kind": "ServiceAccount", "name": options.service_account,
                                                 "namespace": options.control_namespace}
                                if options.service_account else None)

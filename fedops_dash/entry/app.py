@@ -1,8 +1,12 @@
-"""FedOps control dashboard: `fedops-dash` (or `streamlit run fedops_dash/app.py`).
+"""FedOps control dashboard: `fedops-dash` (or `streamlit run fedops_dash/entry/app.py`).
 
-The pages live in ``views/``, not ``pages/``: Streamlit auto-discovers a ``pages/`` folder beside the
-main script, and a deep link opened first after a restart then got that file-name navigation instead
-of this one. Here every page is declared once, with its URL path (``/run?run=...``).
+Every page is declared here once, with its URL path (``/run?run=...``); the pages live in ``views/``.
+This script sits alone in ``entry/`` because Streamlit treats a ``pages/`` folder beside its main
+script as its old file-name navigation and then runs that instead of this script's ``st.navigation``
+(a deep link opened first gets the folder's page of that name). ``fedops_dash/pages/`` was that
+folder before the pages moved to ``views/``, and an in-place upgrade can leave it behind (a git pull
+keeps its ignored ``__pycache__``, so the folder stays): beside this script no such folder ever
+existed, so the dashboard does not depend on anyone deleting it.
 """
 
 from pathlib import Path
@@ -12,7 +16,7 @@ import streamlit as st
 from fedops_dash import auth
 from fedops_dash.ui import VIEWS, settings
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # fedops_dash/
 
 st.set_page_config(page_title="FedOps Stack", layout="wide")
 # Streamlit's "Running… Stop" status shows at every live refresh of the Run page, beside a running FL run,
