@@ -97,8 +97,9 @@ class Agent:
         self.heartbeat_s = 2.0
         self.nodes: dict[str, SuperNodeProcess] = {}
         self._starts: dict[str, agent_pb2.StartTraining] = {}
-        # The app's declared dependencies by run, from its preflight: what a warm template imports.
-        self._requirements: dict[str, list[str]] = {}
+        # The import names of the app's declared dependencies by run, from its preflight: what a warm
+        # template imports.
+        self._frameworks: dict[str, list[str]] = {}
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
 
     def _send(self, **body: Any) -> None:
@@ -237,7 +238,7 @@ class Agent:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
-            self._requirements[request.run_id] = list(request.requirements)
+            self._frameworks[request.run_id] = await asyncio.to_thread(framework_imports, list(request.requirements))
             problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
                                                request.check_data_path)
             self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))
@@ -269,7 +270,7 @@ class Agent:
                                root_certificates=root_certificates, auth_key=self.supernode_key,
                                forked=self.preload_flower,
                                warm_apps=self.warm_apps and warm_apps_wanted(start.node_config),
-                               warm_imports=framework_imports(self._requirements.get(start.run_id, [])))
+                               warm_imports=self._frameworks.get(start.run_id, []))
         node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))

@@ -119,7 +119,7 @@ class RunLaunch:
                 raise
             handle = await link
             # The next SuperLink (the spare, started once this run's stops) is warm for this app too.
-            self._launcher.expect_frameworks(framework_imports(app_requirements(app_dir)))
+            self._launcher.expect_frameworks(await asyncio.to_thread(framework_imports, app_requirements(app_dir)))
             with self._sessions.begin() as db:
                 db.get_one(RunRow, run_id).superlink_address = handle.address
                 public_keys = {cid: db.get_one(ClientRow, cid).supernode_public_key for cid in client_ids}

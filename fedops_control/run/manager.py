@@ -150,13 +150,13 @@ class RunManager(RunLaunch):
         self._spawn(self._launch(run_id))
         return run
 
-    def expect_app(self, app: dict[str, Any]) -> None:
+    async def expect_app(self, app: dict[str, Any]) -> None:
         """A task's app, created or changed: its runs are coming, so a launcher that keeps processes
         warm may import its frameworks now (a git app's are known once it is fetched, at its run)."""
         if "local_path" in app:
             with contextlib.suppress(InvalidArgument):  # a broken app is reported at StartRun
-                self._launcher.expect_frameworks(
-                    framework_imports(app_requirements(Path(app["local_path"]).expanduser().resolve())))
+                requirements = app_requirements(Path(app["local_path"]).expanduser().resolve())
+                self._launcher.expect_frameworks(await asyncio.to_thread(framework_imports, requirements))
 
     def _admit_clients(self, db: Session, task_id: str, selection: Selection) -> list[str]:
         """The run's clients (default: the task's selection); each enrolled, connected and free. A label

@@ -74,7 +74,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         with self._sessions.begin() as db:
             row = TaskRow(id=f"task-{uuid.uuid4().hex[:10]}", **spec)
             db.add(row)
-        self._runs.expect_app(spec["app"])
+        await self._runs.expect_app(spec["app"])
         with self._sessions() as db:
             return task_to_proto(db, db.get(TaskRow, row.id))
 
@@ -120,7 +120,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 setattr(row, key, value)
             row.updated_at = utcnow()
         if "app" in paths:
-            self._runs.expect_app(spec["app"])
+            await self._runs.expect_app(spec["app"])
         with self._sessions() as db:
             return task_to_proto(db, db.get(TaskRow, request.task.id))
 
