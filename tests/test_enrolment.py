@@ -238,3 +238,12 @@ def test_registrations_that_arrive_together_are_committed_together(
     assert len(clients(db_sessions)) == 50 and "client-d50" not in clients(db_sessions)
     with db_sessions.kw["bind"].connect() as conn:
         assert tokens.enrolment_use(conn, secrets[50], "client-x", utcnow()) is not None
+
+
+def test_without_auth_a_device_registers_with_neither_token_nor_credential(
+        registrar: Registrar, db_sessions: sessionmaker[Session]) -> None:
+    plain = Registration(client_id="client-x", device={"device_id": "x"}, task_ids=("task-1",), secure=False)
+    assert ok(registrar.commit([plain])[0]) == Registered("", ["task-1"])
+    assert ok(registrar.commit([plain])[0]) == Registered("", ["task-1"])
+    [unknown] = registrar.commit([Registration(client_id="client-y", device={}, task_ids=("nope",), secure=False)])
+    assert isinstance(unknown, InvalidArgument) and clients(db_sessions) == ["client-x"]
