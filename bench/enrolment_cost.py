@@ -40,9 +40,9 @@ if not os.environ.get("PYTHONPATH"):
 
 import grpc  # noqa: E402 - imported once sys.path holds the code to measure
 import psutil  # noqa: E402
+from fleet_load import Control, p, seed  # noqa: E402 - this directory's, whatever checkout PYTHONPATH names
 from sqlalchemy import event  # noqa: E402
 
-from bench.fleet_load import Control, p, seed  # noqa: E402
 from fedops_common.grpc_channel import CHANNEL_OPTIONS  # noqa: E402
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2  # noqa: E402
 from fedops_control.access.interceptor import AccessControl  # noqa: E402

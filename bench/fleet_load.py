@@ -284,9 +284,15 @@ class Control:
             cmd += ["--database-url", self.url]
         if self.pin:
             cmd = ["taskset", "-c", self.pin, *cmd]
-        env = {**os.environ, "FEDOPS_ADMIN_TOKEN": ADMIN}
+        # The service runs the code this process imported (a PYTHONPATH checkout of older code, say), not
+        # what ``python -m`` would find first in the working directory.
+        import fedops_control
+
+        code = str(Path(fedops_control.__file__).resolve().parents[1])
+        env = {**os.environ, "FEDOPS_ADMIN_TOKEN": ADMIN,
+               "PYTHONPATH": os.pathsep.join(filter(None, (code, os.environ.get("PYTHONPATH", ""))))}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.data_dir / "control.err", "a"),
-                                     text=True, env=env)
+                                     text=True, env=env, cwd=self.data_dir)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if m := re.search(r"metrics on http://(\S+)/metrics", line):

@@ -79,7 +79,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @staticmethod
     def _check_certificate(context, device_id: str) -> None:
         """With mutual TLS, the client certificate's common name must be the device id."""
-        names = context.auth_context().get("x509_common_name") if context.auth_context() else None
+        auth = context.auth_context()  # built anew at each call; asked twice it took 1.3 % of a storm's samples
+        names = auth.get("x509_common_name") if auth else None
         if names and names[0].decode() != device_id:
             raise PermissionDenied(f"device.device_id: the client certificate belongs to {names[0].decode()!r}")
 
