@@ -284,9 +284,15 @@ class Control:
             cmd += ["--database-url", self.url]
         if self.pin:
             cmd = ["taskset", "-c", self.pin, *cmd]
-        env = {**os.environ, "FEDOPS_ADMIN_TOKEN": ADMIN}
+        # The service runs the code this process imported (a PYTHONPATH checkout of older code, say), not
+        # what ``python -m`` would find first in the working directory.
+        import fedops_control
+
+        code = str(Path(fedops_control.__file__).resolve().parents[1])
+        env = {**os.environ, "FEDOPS_ADMIN_TOKEN": ADMIN,
+               "PYTHONPATH": os.pathsep.join(filter(None, (code, os.environ.get("PYTHONPATH", ""))))}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.data_dir / "control.err", "a"),
-                                     text=True, env=env)
+                                     text=True, env=env, cwd=self.data_dir)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if m := re.search(r"metrics on http://(\S+)/metrics", line):
@@ -319,18 +325,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     control.start()
     stats = Stats()
     fleet = Fleet(control.address, tokens, stats, args.heartbeat)
+    process, generator = control.usage(), psutil.Process()
+    ramp_cpu = (_cpu_s(process), _cpu_s(generator))
     started = time.monotonic()
     agents = [asyncio.create_task(fleet.agent(i)) for i in range(args.agents)]
     deadline = started + args.ramp_timeout
     while len(stats.in_session) < args.agents and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     ramp_s = time.monotonic() - started
+    # Which core limited the ramp: the service's, or this generator's (one Python process for every agent).
+    ramp_cpu_pct = {"control_cpu_ramp_pct": round(100 * (_cpu_s(process) - ramp_cpu[0]) / ramp_s),
+                    "generator_cpu_ramp_pct": round(100 * (_cpu_s(generator) - ramp_cpu[1]) / ramp_s)}
     registered = len(stats.in_session)
     first_registrations = len(stats.register_s)
     register_p99 = p(stats.register_s, 99)
     client_ids = ["client-" + hashlib.sha256(f"bench-{i:05d}".encode()).hexdigest()[:10]
                   for i in range(args.agents)]
-    process = control.usage()
     cpu_before, disconnects_before, beats_before = process.cpu_times(), stats.disconnects, stats.heartbeats
     hold_started = time.monotonic()
     probed = await probe(control.address, run_id, client_ids, args.hold)
@@ -342,6 +352,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "agents": args.agents, "database": "postgresql" if args.database_url else "sqlite",
         "registered": registered, "ramp_s": round(ramp_s, 1),
         "registrations_per_s": round(first_registrations / ramp_s, 1), "register_p99_ms": register_p99,
+        **ramp_cpu_pct,
         "register_errors": stats.register_errors, "hold_s": round(hold_s), "disconnects": stats.disconnects -
         disconnects_before, "heartbeats_per_s": round((stats.heartbeats - beats_before) / hold_s),
         "control_cpu_pct": round(100 * cpu), "control_rss_mb": round(process.memory_info().rss / 2**20),
@@ -370,6 +381,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     await fleet.close()
     control.stop()
     return result
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds (user + system) a process has used."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:

@@ -57,6 +57,9 @@ DB_BATCH = Histogram("fedops_control_db_batch_duration_seconds",
                      "Time to persist one batch of agent liveness (last heartbeats) in the database",
                      buckets=RPC_BUCKETS)
 DB_BATCH_ROWS = Counter("fedops_control_db_batch_rows", "Clients whose liveness a batch persisted")
+REGISTRATION_GROUP = Histogram("fedops_control_registration_group_size",
+                               "Registrations committed in one transaction (group commit, agents/enrolment.py)",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 RUNS_STARTED = Counter("fedops_runs_started", "Runs started", ["task_id"])
 RUNS_FINISHED = Counter("fedops_runs_finished", "Runs finished, by outcome", ["task_id", "outcome"])
 
@@ -126,6 +129,10 @@ def heartbeat() -> None:
 def db_batch(seconds: float, rows: int) -> None:
     DB_BATCH.observe(seconds)
     DB_BATCH_ROWS.inc(rows)
+
+
+def registration_group(size: int) -> None:
+    REGISTRATION_GROUP.observe(size)
 
 
 def rpc_answered(method: str, seconds: float) -> None:

@@ -128,3 +128,60 @@ def test_labels_selection_and_newest_first_paging_on_postgresql(postgres: Postgr
         assert choose(candidates(db, agents, "task-1", wanted, busy=set()), wanted, "task-1") == ["client-01",
                                                                                                    "client-05"]
     engine.dispose()
+
+
+def test_enrolment_group_commit_on_postgresql(postgres: Postgres) -> None:
+    """The Register transaction on PostgreSQL, where four database threads commit groups at once: every
+    enrolment of a storm lands once; a token two devices race for enrols one of them; a device whose
+    retry races its own first enrolment ends up with one client; labels and memberships are written."""
+    import asyncio
+
+    from sqlalchemy.orm import sessionmaker
+
+    from fedops_control.access.tokens import TokenStore
+    from fedops_control.agents.enrolment import Registered, Registrar
+    from fedops_control.clients.labels import labels_of
+    from fedops_control.state.db import DatabaseWriter, make_engine, migrate
+    from fedops_control.state.models import ClientRow, CredentialRow, MembershipRow, TaskRow
+    from tests.test_enrolment import enrolment, token
+
+    admin = sqlalchemy.create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text("create database enrolment"))
+    admin.dispose()
+    engine = make_engine(postgres.url("enrolment"))
+    migrate(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions.begin() as db:
+        db.add(TaskRow(id="task-1", title="t", app={}, strategy={}))
+    tokens = TokenStore(sessions)
+    write = DatabaseWriter(postgres.url("enrolment"))
+    registrar = Registrar(sessions, tokens, write)
+    storm = [token(tokens, labels={"site": "eu"}) for _ in range(120)]
+    contested = [token(tokens) for _ in range(20)]
+
+    async def scenario() -> list[Registered | BaseException]:
+        calls = [registrar.register(enrolment(f"d{i}", secret, labels={"gpu": "true"}))
+                 for i, secret in enumerate(storm)]
+        for i, secret in enumerate(contested):  # two devices race for each of these tokens
+            calls += [registrar.register(enrolment(f"a{i}", secret)), registrar.register(enrolment(f"b{i}", secret))]
+        calls += [registrar.register(enrolment("d0", storm[0], labels={"gpu": "true"}))]  # a retry, racing
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        write.close()
+    assert all(isinstance(r, Registered) for r in results[:120]), [r for r in results[:120] if isinstance(r, Exception)]
+    for i in range(20):
+        a, b = results[120 + 2 * i], results[121 + 2 * i]
+        assert isinstance(a, Registered) != isinstance(b, Registered), (a, b)  # exactly one of them
+    assert isinstance(results[-1], Registered)
+    with sessions() as db:
+        ids = sorted(db.scalars(sqlalchemy.select(ClientRow.id)))
+        assert len(ids) == 140 and len(set(ids)) == 140
+        assert db.query(MembershipRow).count() == 140
+        assert labels_of(db, ["client-d7"])["client-d7"] == {"site": "eu", "gpu": "true"}
+        active = db.query(CredentialRow).filter(CredentialRow.kind == 3, CredentialRow.revoked_at.is_(None)).count()
+        assert active == 140  # one usable credential per client (d0's retry revoked its first, if it had one)
+    engine.dispose()

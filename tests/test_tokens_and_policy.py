@@ -6,6 +6,7 @@ import datetime as dt
 import time
 
 import pytest
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
@@ -13,7 +14,14 @@ from fedops_common.proto import access_pb2, agent_pb2, control_pb2
 from fedops_common.security import token_digest
 from fedops_control.access import policy
 from fedops_control.access.policy import AUDITED, ENROLMENT, METHOD_ROLES, OPEN, allows, required_role
-from fedops_control.access.tokens import ENROLMENT_RETRY_WINDOW_S, PREFIX, TokenStore
+from fedops_control.access.tokens import (
+    ENROLMENT_RETRY_WINDOW_S,
+    PREFIX,
+    EnrolmentUse,
+    Identity,
+    TokenRaced,
+    TokenStore,
+)
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
@@ -108,31 +116,64 @@ def test_revoke_subject_only_touches_that_kind_and_subject(tokens: TokenStore) -
     assert tokens.resolve(agent) is not None
 
 
+def redeem(tokens: TokenStore, conn: Connection, secret: str, client_id: str) -> EnrolmentUse | None:
+    """What a registration does with a token: the check, then (when allowed) the compare-and-set."""
+    use = tokens.enrolment_use(conn, secret, client_id, utcnow())
+    if use is not None:
+        tokens.mark_used(conn, use, client_id, utcnow())
+    return use
+
+
 def test_enrolment_tokens_are_one_time_and_never_resolve(tokens: TokenStore,
                                                          sessions: sessionmaker[Session]) -> None:
-    secret, row = tokens.issue(ENROL, A.ROLE_AGENT, "enrol", ttl_s=3600)
+    engine = sessions.kw["bind"]
+    secret, row = tokens.issue(ENROL, A.ROLE_AGENT, "enrol", ttl_s=3600, labels={"site": "eu"})
     assert secret.startswith("foe_")
     assert tokens.resolve(secret) is None  # not a credential for calls
-    with sessions.begin() as db:
-        redeemed, retry = tokens.redeem_enrolment(db, secret, "client-a")
-        assert redeemed is not None and redeemed.id == row.id and redeemed.used_at is not None and not retry
-    with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret, "client-b") == (None, False)  # used up
-        again, retry = tokens.redeem_enrolment(db, secret, "client-a")  # its response may have been lost
-        assert again is not None and again.id == row.id and retry
+    with engine.begin() as conn:
+        redeemed = redeem(tokens, conn, secret, "client-a")
+        assert redeemed is not None and redeemed.token_id == row.id and not redeemed.retry
+        assert (redeemed.task_id, redeemed.name, redeemed.labels) == ("", "enrol", {"site": "eu"})
+    with sessions() as db:
+        stored = db.get(CredentialRow, row.id)
+        assert stored.used_by == "client-a" and stored.used_at is not None
+    with engine.begin() as conn:
+        assert redeem(tokens, conn, secret, "client-b") is None  # used up
+        again = redeem(tokens, conn, secret, "client-a")  # its response may have been lost
+        assert again is not None and again.token_id == row.id and again.retry
     with sessions.begin() as db:  # the retry is allowed for a while only
         db.get(CredentialRow, row.id).used_at = utcnow() - dt.timedelta(seconds=ENROLMENT_RETRY_WINDOW_S + 1)
-    with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret, "client-a") == (None, False)
+    with engine.begin() as conn:
+        assert redeem(tokens, conn, secret, "client-a") is None
 
 
 def test_redeem_is_undone_with_the_callers_transaction(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
     secret, row = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
-    with pytest.raises(RuntimeError), sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret, "client-a")[0] is not None
+    with pytest.raises(RuntimeError), sessions.kw["bind"].begin() as conn:
+        assert redeem(tokens, conn, secret, "client-a") is not None
         raise RuntimeError("registration failed later")
-    with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, secret, "client-b") == (db.get(CredentialRow, row.id), False)  # unused
+    with sessions.kw["bind"].begin() as conn:
+        use = redeem(tokens, conn, secret, "client-b")  # unused
+        assert use is not None and use.token_id == row.id and not use.retry
+
+
+def test_a_token_is_used_once_even_by_transactions_that_both_found_it_unused(
+        tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    """mark_used is a compare-and-set: PostgreSQL runs several registration transactions at once."""
+    secret, _ = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
+    engine = sessions.kw["bind"]
+    with engine.connect() as conn:
+        first = tokens.enrolment_use(conn, secret, "client-a", utcnow())
+        second = tokens.enrolment_use(conn, secret, "client-b", utcnow())
+    assert first is not None and second is not None  # both checked before either wrote
+    with engine.begin() as conn:
+        tokens.mark_used(conn, first, "client-a", utcnow())
+    with pytest.raises(TokenRaced), engine.begin() as conn:
+        tokens.mark_used(conn, second, "client-b", utcnow())
+    with engine.connect() as conn:
+        assert tokens.enrolment_use(conn, secret, "client-b", utcnow()) is None
+        retry = tokens.enrolment_use(conn, secret, "client-a", utcnow())
+        assert retry is not None and retry.retry
 
 
 def test_redeem_refuses_expired_revoked_and_other_kinds(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
@@ -141,23 +182,44 @@ def test_redeem_refuses_expired_revoked_and_other_kinds(tokens: TokenStore, sess
     api, _ = tokens.issue(API, A.ROLE_ADMIN, "api")
     expire(sessions, expired_row.id)
     tokens.revoke(revoked_row.id)
-    with sessions.begin() as db:
-        assert tokens.redeem_enrolment(db, expired, "client-a") == (None, False)
-        assert tokens.redeem_enrolment(db, revoked, "client-a") == (None, False)
-        assert tokens.redeem_enrolment(db, api, "client-a") == (None, False)
-        assert tokens.redeem_enrolment(db, "", "client-a") == (None, False)
-        assert tokens.redeem_enrolment(db, "foe_unknown", "client-a") == (None, False)
+    with sessions.kw["bind"].begin() as conn:
+        for secret in (expired, revoked, api, "", "foe_unknown", "f" * 513):
+            assert redeem(tokens, conn, secret, "client-a") is None, secret
 
 
-def test_has_agent_credential(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
-    _, row = tokens.issue(AGENT, A.ROLE_AGENT, "agent", subject="client-a")
+def test_agent_credentials_issue_find_and_revoke(tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    engine = sessions.kw["bind"]
     tokens.issue(RUN, A.ROLE_RUN, "run", subject="client-b")
-    with sessions() as db:
-        assert tokens.has_agent_credential(db, "client-a")
-        assert not tokens.has_agent_credential(db, "client-b")
-    tokens.revoke(row.id)
-    with sessions() as db:
-        assert not tokens.has_agent_credential(db, "client-a")
+    with engine.begin() as conn:
+        assert not tokens.has_agent_credential(conn, "client-a", utcnow())
+        secret, identity = tokens.issue_agent_credential(conn, "lab-pc", "client-a", utcnow())
+        assert tokens.has_agent_credential(conn, "client-a", utcnow())
+        assert not tokens.has_agent_credential(conn, "client-b", utcnow())  # a run token of that subject
+    assert secret.startswith("foa_")
+    assert tokens.resolve(secret) == identity == Identity(identity.token_id, AGENT, A.ROLE_AGENT, "lab-pc", "client-a")
+    with engine.begin() as conn:
+        tokens.revoke_agent_credentials(conn, "client-a", utcnow())
+        assert not tokens.has_agent_credential(conn, "client-a", utcnow())
+    assert tokens.resolve(secret) is not None  # cached: the caller forgets once its transaction committed
+    tokens.forget_resolved()
+    assert tokens.resolve(secret) is None
+
+
+def test_a_remembered_credential_needs_no_lookup_unless_a_revocation_came_between(
+        tokens: TokenStore, sessions: sessionmaker[Session]) -> None:
+    engine = sessions.kw["bind"]
+    generation = tokens.generation
+    with engine.begin() as conn:
+        secret, identity = tokens.issue_agent_credential(conn, "a", "client-a", utcnow())
+    tokens.remember(secret, identity, None, generation)
+    assert tokens.cached(secret) == (True, identity)
+    generation = tokens.generation
+    with engine.begin() as conn:
+        other, other_identity = tokens.issue_agent_credential(conn, "b", "client-b", utcnow())
+    tokens.forget_resolved()  # a revocation committed meanwhile
+    tokens.remember(other, other_identity, None, generation)
+    assert tokens.cached(other) == (False, None) and tokens.cached(secret) == (False, None)
+    assert tokens.resolve(other) == other_identity  # from the database
 
 
 def test_ensure_admin_is_idempotent(tokens: TokenStore) -> None:

@@ -61,19 +61,28 @@ class TelemetryWriter:
 
     def write(self, family: str, document: dict[str, Any]) -> dict[str, Any]:
         """Append one document (adds ``@timestamp``, ``event.id`` and the base fields); returns it."""
+        return self.write_many(family, [document])[0]
+
+    def write_many(self, family: str, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append documents in one write and one flush (what :meth:`write` does for each); returns them.
+        For callers that produce many documents at once: a flush is a system call each."""
         if family not in FAMILIES:
             raise ValueError(f"unknown telemetry family {family!r}")
-        doc = {"@timestamp": now_iso(), **self.base, **document}
-        doc.setdefault("event.id", EVENT_IDS.next())
-        line = json.dumps(doc, separators=(",", ":"), default=str) + "\n"
+        stamp = now_iso()
+        docs = []
+        for document in documents:
+            doc = {"@timestamp": stamp, **self.base, **document}
+            doc.setdefault("event.id", EVENT_IDS.next())
+            docs.append(doc)
+        text = "".join(json.dumps(doc, separators=(",", ":"), default=str) + "\n" for doc in docs)
         with self._lock:
             handle = self._files.get(family)
             if handle is None:
                 self.path(family).parent.mkdir(parents=True, exist_ok=True)
                 handle = self._files[family] = open(self.path(family), "a", encoding="utf-8")
-            handle.write(line)
+            handle.write(text)
             handle.flush()
-        return doc
+        return docs
 
     def close(self) -> None:
         """Close every open file."""

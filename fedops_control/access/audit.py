@@ -2,10 +2,17 @@
 
 Records go to the telemetry family ``audit`` (shipped to the ``fedops-audit`` alias like every
 other log) and, as a one-line summary, to the service's own log.
+
+On the event loop, records are written in batches: each record is stamped when the call ends and
+appended to the file with the others of the same turn of the loop, one write and one flush for all
+(at the end of that turn, after the calls' answers were handed to gRPC). In a registration storm a
+write and flush per record took about 5 % of the service's core (py-spy, 5,000 agents; every
+``Register`` is audited). A record can therefore be lost only if the process dies within that turn.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -14,6 +21,7 @@ from google.protobuf.message import Message
 
 from fedops_common.logging import get_logger
 from fedops_common.telemetry import TelemetryWriter
+from fedops_common.telemetry.documents import now_iso
 from fedops_control.access.policy import role_name
 from fedops_control.access.tokens import Identity
 
@@ -52,6 +60,13 @@ class AuditLog:
 
     def __init__(self, writer: TelemetryWriter | None) -> None:
         self._writer = writer
+        self._pending: list[dict[str, Any]] = []  # records of this turn of the event loop
+
+    def flush(self) -> None:
+        """Write the pending records (one write, one flush)."""
+        pending, self._pending = self._pending, []
+        if pending and self._writer is not None:
+            self._writer.write_many("audit", pending)
 
     def record(self, method: str, identity: Identity | None, peer: str, request: Message | None,
                response: Message | None, code: grpc.StatusCode, details: str = "") -> None:
@@ -65,6 +80,7 @@ class AuditLog:
         if created:
             ids["fedops.task.id" if action == "CreateTask" else "fedops.run.id"] = created
         document = {
+            "@timestamp": now_iso(),
             "message": f"{who} ({role or 'no role'}) {action}: {code.name}" + (f" - {details}" if details else ""),
             "log.level": "info" if outcome == "success" else "warning",
             "event.kind": "event", "event.category": ["iam" if "Token" in action else "configuration"],
@@ -74,7 +90,14 @@ class AuditLog:
             "fedops.audit.request": _request_summary(request), **ids,
         }
         if self._writer is not None:
-            self._writer.write("audit", document)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the event loop: at once
+                self._writer.write("audit", document)
+            else:
+                if not self._pending:
+                    loop.call_soon(self.flush)
+                self._pending.append(document)
         # The log line takes the logger's keyword names (task_id, ...), which it maps to the ECS fields.
         log.info("audit", action=action, outcome=outcome, user=who, role=role, status=code.name,
                  **{LOG_KEYS[k]: v for k, v in ids.items()})

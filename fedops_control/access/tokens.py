@@ -10,8 +10,9 @@ import datetime as dt
 import secrets
 import threading
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Table, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
@@ -31,6 +32,8 @@ MAX_TTL_S = 10 * 365 * 24 * 3600
 # devices were locked out that way. Only the same device id, so the token still enrols one device.
 ENROLMENT_RETRY_WINDOW_S = 600
 RESOLVE_CACHE_MAX = 100_000  # ~200 B per entry: every agent of a 10,000-device fleet, and operators
+MAX_SECRET_CHARS = 512  # longer than any secret we issue: refused before it is hashed or looked up
+CREDENTIALS = cast(Table, CredentialRow.__table__)  # the table (the ORM declares any FromClause)
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,51 @@ class Identity:
 ANONYMOUS_ADMIN = Identity(token_id="", kind=A.TOKEN_KIND_UNSPECIFIED, role=A.ROLE_ADMIN, name="anonymous")
 
 
-def _active(row: CredentialRow, now: dt.datetime) -> bool:
+@dataclass(frozen=True)
+class EnrolmentUse:
+    """A valid one-time enrolment token that a client may use now (nothing written yet).
+
+    ``retry``: the same client used it already, less than ENROLMENT_RETRY_WINDOW_S ago (its first
+    response may have been lost); nothing is to be marked then.
+    """
+
+    token_id: str
+    task_id: str
+    name: str
+    labels: dict[str, str]
+    retry: bool
+
+
+class TokenRaced(RuntimeError):
+    """An enrolment token was used by a concurrent transaction between the check and the write."""
+
+
+def _active(row: Any, now: dt.datetime) -> bool:
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
-def _find(db: Session, secret: str) -> CredentialRow | None:
-    """The row of a secret, found by its digest."""
-    return db.query(CredentialRow).filter(CredentialRow.secret_sha256 == token_digest(secret)).one_or_none()
+# The statements of the hot paths (every agent's registration and first session), built once with bind
+# parameters: SQLAlchemy then finds each one's compiled form without rebuilding it or its cache key,
+# which was most of the CPU time of a Core statement built per call (cProfile, bench/enrolment_cost.py).
+_C = CREDENTIALS.c
+_BY_DIGEST = select(CREDENTIALS).where(_C.secret_sha256 == bindparam("digest"))
+_MARK_USED = (update(CREDENTIALS).where(_C.id == bindparam("token_id"), _C.used_at.is_(None))
+              .values(used_at=bindparam("at"), used_by=bindparam("client_id")))
+_HAS_AGENT_CREDENTIAL = select(exists().where(
+    _C.kind == A.TOKEN_KIND_AGENT, _C.subject == bindparam("client_id"), _C.revoked_at.is_(None),
+    _C.expires_at.is_(None) | (_C.expires_at > bindparam("now"))))
+_REVOKE_AGENT = (update(CREDENTIALS).where(_C.kind == A.TOKEN_KIND_AGENT, _C.subject == bindparam("client_id"),
+                                           _C.revoked_at.is_(None)).values(revoked_at=bindparam("at")))
+_INSERT = insert(CREDENTIALS)
+
+
+def _find(db: Session | Connection, secret: str) -> Any:
+    """The row of a secret (a Core row: no ORM object), found by its digest.
+
+    Looked up by its SHA-256 in the unique index, not compared in Python: a timing difference could
+    at most reveal a prefix of the digest of a 256-bit random secret, which does not help to find
+    the secret (the usual API-token store design)."""
+    return db.execute(_BY_DIGEST, {"digest": token_digest(secret)}).first()
 
 
 class TokenStore:
@@ -67,10 +108,31 @@ class TokenStore:
         # one that revokes tokens, and revoking clears the cache.
         self._resolved: dict[str, tuple[Identity, dt.datetime | None]] = {}
         self._lock = threading.Lock()
+        self._generation = 0
 
-    def _forget_resolved(self) -> None:
+    def forget_resolved(self) -> None:
+        """Empty the cache of resolved tokens: after any revocation has committed (a lookup between
+        clearing and committing would cache the old credential again)."""
         with self._lock:
             self._resolved.clear()
+            self._generation += 1
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the cache is emptied: :meth:`remember` takes the value read before the
+        transaction that issued the token, and remembers nothing if a revocation came in between."""
+        return self._generation
+
+    def remember(self, secret: str, identity: Identity, expires: dt.datetime | None, generation: int) -> None:
+        """Cache the identity of a token this process has just issued and committed, so that its first
+        use (an agent's session, right after its registration) needs no database lookup."""
+        digest = token_digest(secret)
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._resolved) >= RESOLVE_CACHE_MAX:
+                self._resolved.clear()
+            self._resolved[digest] = (identity, expires)
 
     def issue(self, kind: int, role: int, name: str, subject: str = "", ttl_s: int = 0, created_by: str = "",
               secret: str | None = None, db: Session | None = None,
@@ -92,66 +154,81 @@ class TokenStore:
 
     def resolve(self, secret: str) -> Identity | None:
         """The identity of an active token, or None (unknown, expired, revoked or an enrolment token)."""
-        if not secret or len(secret) > 512:
+        if not secret or len(secret) > MAX_SECRET_CHARS:
             return None
         known, identity = self.cached(secret)
         if known:
             return identity
-        digest = token_digest(secret)
+        generation = self._generation
         with self._sessions() as db:
             row = _find(db, secret)
-            if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
-                return None
-            identity = Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
-            with self._lock:
-                if len(self._resolved) >= RESOLVE_CACHE_MAX:
-                    self._resolved.clear()
-                self._resolved[digest] = (identity, row.expires_at)
-            return identity
+        if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
+            return None
+        identity = Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
+        self.remember(secret, identity, row.expires_at, generation)
+        return identity
 
     def cached(self, secret: str) -> tuple[bool, Identity | None]:
         """(True, identity) when the token was resolved before (no database work), else (False, None)."""
-        cached = self._resolved.get(token_digest(secret)) if secret and len(secret) <= 512 else None
+        cached = self._resolved.get(token_digest(secret)) if secret and len(secret) <= MAX_SECRET_CHARS else None
         if cached is None:
             return False, None
         identity, expires = cached
         return True, identity if expires is None or expires > utcnow() else None
 
-    def redeem_enrolment(self, db: Session, secret: str, client_id: str) -> tuple[CredentialRow | None, bool]:
-        """Use up a one-time enrolment token for ``client_id`` inside the caller's transaction.
+    @staticmethod
+    def enrolment_use(conn: Connection, secret: str, client_id: str, now: dt.datetime) -> EnrolmentUse | None:
+        """Whether ``client_id`` may enrol with this one-time token now (a read; :meth:`mark_used` writes).
 
-        Returns (row, retry): (None, False) if not valid; retry is True when the same client redeemed it
-        already, less than ENROLMENT_RETRY_WINDOW_S ago (its first response may have been lost).
-        """
-        if not secret or len(secret) > 512:
-            return None, False
-        row = _find(db, secret)
-        now = utcnow()
+        None when it is unknown, not an enrolment token, expired, revoked, or used: by another client,
+        or by this one longer than ENROLMENT_RETRY_WINDOW_S ago."""
+        if not secret or len(secret) > MAX_SECRET_CHARS:
+            return None
+        row = _find(conn, secret)
         if row is None or row.kind != A.TOKEN_KIND_ENROLMENT or not _active(row, now):
-            return None, False
-        if row.used_at is not None:
-            if row.used_by == client_id and (now - row.used_at).total_seconds() < ENROLMENT_RETRY_WINDOW_S:
-                return row, True
-            return None, False
-        row.used_at, row.used_by = now, client_id
-        return row, False
+            return None
+        retry = row.used_at is not None
+        if retry and (row.used_by != client_id or (now - row.used_at).total_seconds() >= ENROLMENT_RETRY_WINDOW_S):
+            return None
+        return EnrolmentUse(token_id=row.id, task_id=row.subject, name=row.name, labels=dict(row.labels or {}),
+                            retry=retry)
 
-    def has_agent_credential(self, db: Session, client_id: str) -> bool:
+    @staticmethod
+    def mark_used(conn: Connection, use: EnrolmentUse, client_id: str, now: dt.datetime) -> None:
+        """Use up the token inside the caller's transaction (nothing to do for a retry).
+
+        A compare-and-set (``... WHERE used_at IS NULL``): two transactions that both found the token
+        unused (PostgreSQL runs several) cannot both use it; the second gets TokenRaced and must roll back."""
+        if use.retry:
+            return
+        done = conn.execute(_MARK_USED, {"token_id": use.token_id, "at": now, "client_id": client_id})
+        if done.rowcount != 1:
+            raise TokenRaced(f"enrolment token {use.token_id} was used concurrently")
+
+    @staticmethod
+    def has_agent_credential(conn: Connection, client_id: str, now: dt.datetime) -> bool:
         """Whether a client holds an active credential (then only that credential may act as it)."""
-        rows = db.query(CredentialRow).filter(CredentialRow.kind == A.TOKEN_KIND_AGENT,
-                                              CredentialRow.subject == client_id).all()
-        now = utcnow()
-        return any(_active(row, now) for row in rows)
+        return bool(conn.execute(_HAS_AGENT_CREDENTIAL, {"client_id": client_id, "now": now}).scalar())
 
-    def revoke_agent_credentials(self, db: Session, client_id: str) -> None:
-        """Revoke a client's agent credentials inside the caller's transaction (before issuing a new one)."""
-        now = utcnow()
-        for row in db.query(CredentialRow).filter(CredentialRow.kind == A.TOKEN_KIND_AGENT,
-                                                  CredentialRow.subject == client_id,
-                                                  CredentialRow.revoked_at.is_(None)):
-            row.revoked_at = now
-        # After the commit: a lookup between clearing and committing would cache the old credential again.
-        event.listen(db, "after_commit", lambda _db: self._forget_resolved(), once=True)
+    @staticmethod
+    def revoke_agent_credentials(conn: Connection, client_id: str, now: dt.datetime) -> None:
+        """Revoke a client's agent credentials inside the caller's transaction (before issuing a new one).
+        The caller calls :meth:`forget_resolved` once that transaction has committed."""
+        conn.execute(_REVOKE_AGENT, {"client_id": client_id, "at": now})
+
+    @staticmethod
+    def issue_agent_credential(conn: Connection, name: str, client_id: str, now: dt.datetime) -> tuple[str, Identity]:
+        """A new agent credential for a client, inside the caller's transaction: the secret (shown once)
+        and its identity (for :meth:`remember` once committed). One INSERT, no ORM object."""
+        token_id = secrets.token_hex(8)
+        secret = f"{PREFIX[A.TOKEN_KIND_AGENT]}_{secrets.token_urlsafe(32)}"
+        name = name[:200]
+        conn.execute(_INSERT, {"id": token_id, "kind": A.TOKEN_KIND_AGENT, "secret_sha256": token_digest(secret),
+                               "name": name, "role": A.ROLE_AGENT, "subject": client_id,
+                               "created_by": "enrolment token", "created_at": now, "expires_at": None, "used_at": None,
+                               "used_by": "", "labels": {}, "revoked_at": None})
+        return secret, Identity(token_id=token_id, kind=A.TOKEN_KIND_AGENT, role=A.ROLE_AGENT, name=name,
+                                subject=client_id)
 
     def list(self, kind: int = 0, include_revoked: bool = False) -> list[CredentialRow]:
         """Token rows (no secrets), newest first."""
@@ -169,7 +246,7 @@ class TokenStore:
             row = db.get(CredentialRow, token_id)
             if row is not None and row.revoked_at is None:
                 row.revoked_at = utcnow()
-        self._forget_resolved()
+        self.forget_resolved()
         with self._sessions() as db:
             return db.get(CredentialRow, token_id)
 
@@ -179,11 +256,11 @@ class TokenStore:
             for row in db.query(CredentialRow).filter(CredentialRow.kind == kind, CredentialRow.subject == subject,
                                                       CredentialRow.revoked_at.is_(None)):
                 row.revoked_at = utcnow()
-        self._forget_resolved()
+        self.forget_resolved()
 
     def ensure_admin(self, secret: str, name: str = "bootstrap admin") -> None:
         """Make ``secret`` a valid admin token (idempotent): the bootstrap token of a fresh service."""
         with self._sessions() as db:
-            exists = _find(db, secret)
-        if exists is None:
+            found = _find(db, secret)
+        if found is None:
             self.issue(A.TOKEN_KIND_API, A.ROLE_ADMIN, name, created_by="fedops-control", secret=secret)

@@ -84,16 +84,32 @@ def set_labels(db: Session, client_id: str, labels: Mapping[str, str], source: L
 def apply_agent_labels(db: Session, row: ClientRow, labels: dict[str, str]) -> None:
     """The agent's configured labels, at registration: applied only when they changed since its last
     registration; keys it no longer sets are removed unless someone else set them since."""
-    previous = dict(row.agent_labels or {})
+    if update_agent_labels(db, row.id, row.agent_labels or {}, labels):
+        row.agent_labels = labels
+
+
+def update_agent_labels(db: Session, client_id: str, previous: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """The label rows of :func:`apply_agent_labels` for a client whose agent last registered with
+    ``previous``; whether they changed (the caller then stores ``labels`` as the client's agent labels)."""
     if previous == labels:
-        return
+        return False
     changed = {key: value for key, value in labels.items() if previous.get(key) != value}
     dropped = [key for key in previous if key not in labels]
     agent_set = {r.key for r in db.query(ClientLabelRow).filter(
-        ClientLabelRow.client_id == row.id, ClientLabelRow.key.in_(dropped),
+        ClientLabelRow.client_id == client_id, ClientLabelRow.key.in_(dropped),
         ClientLabelRow.source == LabelSource.AGENT.value)} if dropped else set()
-    set_labels(db, row.id, changed, LabelSource.AGENT, remove=sorted(agent_set))
-    row.agent_labels = labels
+    set_labels(db, client_id, changed, LabelSource.AGENT, remove=sorted(agent_set))
+    return True
+
+
+def first_labels(client_id: str, agent: Mapping[str, str], enrolment: Mapping[str, str]) -> list[dict[str, str]]:
+    """The label rows of a client that has none yet (a new device): its agent's labels, then its
+    enrolment tokens' (which win), as :func:`apply_agent_labels` and :func:`set_labels` would leave them on
+    an empty set. Plain rows for one INSERT: the registration of a new device needs no ORM objects."""
+    rows = {key: (value, LabelSource.AGENT) for key, value in agent.items()}
+    rows.update({key: (value, LabelSource.ENROLMENT) for key, value in enrolment.items()})
+    return [{"client_id": client_id, "key": key, "value": value, "source": source.value}
+            for key, (value, source) in rows.items()]
 
 
 def matching(selector: Mapping[str, str]) -> ColumnElement[bool]:
