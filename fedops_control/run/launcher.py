@@ -164,9 +164,7 @@ class LocalProcessLauncher:
         self._closed = True
         spare, self._spare = self._spare, None
         if spare is not None:
-            with contextlib.suppress(Exception):  # one that failed to start has nothing left to stop
-                handle = await spare
-                await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
+            await self._stop_unclaimed(spare)
 
     def expect_frameworks(self, frameworks: list[str]) -> None:
         """With warm ServerApps: SuperLinks started from now on have ``frameworks`` imported in their
@@ -180,9 +178,9 @@ class LocalProcessLauncher:
         if self._spare is not None:  # none while a run holds the last one: its successor starts later
             old, self._spare = self._spare, None
             self._warm_up()
-            asyncio.get_running_loop().create_task(self._stop_replaced(old))
+            asyncio.get_running_loop().create_task(self._stop_unclaimed(old))
 
-    async def _stop_replaced(self, spare: asyncio.Task[SuperLinkHandle]) -> None:
+    async def _stop_unclaimed(self, spare: asyncio.Task[SuperLinkHandle]) -> None:
         with contextlib.suppress(Exception):  # one that failed to start has nothing left to stop
             handle = await spare
             await asyncio.to_thread(_stop_spare, handle.flwr_home.parent, handle.process)
