@@ -152,7 +152,9 @@ def stack(docker_engine: Engine, elasticsearch: Elasticsearch,  # noqa: F811 - t
         # The README's recipe: a task, then one one-time enrolment token per agent.
         task = compose.json("control", "fedopsctl", "-o", "json", "task", "create", "--title", "containers",
                             "--app", f"/apps/{app.name}", "--rounds", "3", "--min-clients", "2",
-                            "--round-timeout", "60", "--client-config", "partition-id=${client.index}",
+                            # 120 s: the first round's ClientApps import torch in three containers at
+                            # once; on the 2-core VM under load 8-12 that took over 60 s (seen once).
+                            "--round-timeout", "120", "--client-config", "partition-id=${client.index}",
                             "--client-max-restarts", "0")
         tokens = {f"FEDOPS_ENROLMENT_TOKEN_{i}": compose.json("control", "fedopsctl", "-o", "json", "task",
                                                               "enrol-token", task["id"])["token"]
