@@ -234,6 +234,7 @@ class Agent:
         elif body == "stop_training":
             node = self.nodes.get(command.stop_training.run_id)
             self._starts.pop(command.stop_training.run_id, None)  # no restart after a stop
+            self._frameworks.pop(command.stop_training.run_id, None)
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
         elif body == "preflight":
