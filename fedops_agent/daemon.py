@@ -239,7 +239,9 @@ class Agent:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
-            self._frameworks[request.run_id] = await asyncio.to_thread(framework_imports, list(request.requirements))
+            if self.warm_apps:  # only a warm template imports them
+                self._frameworks[request.run_id] = await asyncio.to_thread(framework_imports,
+                                                                           list(request.requirements))
             problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
                                                request.check_data_path)
             self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))
