@@ -112,26 +112,34 @@ def _pending(stack: LocalStack, run_id: str) -> dict:
                     .get("summary", "") and d, 30)
 
 
-def test_a_hard_stop_while_the_pod_waits_ends_the_run_and_deletes_the_namespace_within_seconds(
-        slow_start_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
-    stack, task_id = slow_start_stack
+@contextlib.contextmanager
+def _run_held_pending(stack: LocalStack, task_id: str, kube_cluster: KubeCluster) -> Iterator[tuple[str, str, Cluster]]:
+    """A run of ``task_id`` whose SuperLink pod is held Pending (the node cordoned), its namespace there:
+    (run id, namespace, cluster); the node is uncordoned afterwards."""
     cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
     _cordon(kube_cluster, True)
     try:
-        run = stack.ctl_json("run", "start", task_id)
-        namespace = f"fedops-{run['id']}"
-        _pending(stack, run["id"])
+        run_id = stack.ctl_json("run", "start", task_id)["id"]
+        _pending(stack, run_id)
+        namespace = f"fedops-{run_id}"
         assert cluster.namespace_exists(namespace)
+        yield run_id, namespace, cluster
+    finally:
+        _cordon(kube_cluster, False)
+
+
+def test_a_hard_stop_while_the_pod_waits_ends_the_run_and_deletes_the_namespace_within_seconds(
+        slow_start_stack: tuple[LocalStack, str], kube_cluster: KubeCluster) -> None:
+    stack, task_id = slow_start_stack
+    with _run_held_pending(stack, task_id, kube_cluster) as (run_id, namespace, cluster):
         stopped = time.monotonic()
-        stack.ctl("run", "stop", "--hard", run["id"])
-        finished = get_run(stack, run["id"])
+        stack.ctl("run", "stop", "--hard", run_id)
+        finished = get_run(stack, run_id)
         assert finished["state"] == "RUN_STATE_FINISHED" and finished["outcome"] == "RUN_OUTCOME_STOPPED"
         assert "(hard)" in finished["reason"]
         _gone(cluster, namespace, timeout_s=20)
         assert time.monotonic() - stopped < 20  # the start timeout is 300 s
-        assert get_run(stack, run["id"])["outcome"] == "RUN_OUTCOME_STOPPED"  # the given-up start changes nothing
-    finally:
-        _cordon(kube_cluster, False)
+        assert get_run(stack, run_id)["outcome"] == "RUN_OUTCOME_STOPPED"  # the given-up start changes nothing
 
 
 def test_a_restart_fails_the_starting_run_and_deletes_its_orphaned_namespace(
@@ -139,21 +147,14 @@ def test_a_restart_fails_the_starting_run_and_deletes_its_orphaned_namespace(
     """The control service dies (SIGKILL) while a run's pod is held Pending; started again on the same
     state, it fails that run (it was starting) and deletes its namespace, which nobody adopted."""
     stack, task_id = slow_start_stack
-    cluster = Cluster(connect(kube_cluster.admin_kubeconfig))
-    _cordon(kube_cluster, True)
-    try:
-        run = stack.ctl_json("run", "start", task_id)
-        namespace = f"fedops-{run['id']}"
-        _pending(stack, run["id"])
+    with _run_held_pending(stack, task_id, kube_cluster) as (run_id, namespace, cluster):
         assert stack.control is not None
         os.killpg(stack.control.pid, signal.SIGKILL)
         stack.control.wait(timeout=10)
         assert cluster.namespace_exists(namespace)  # a dead service deletes nothing
         stack.start_control(port=int(stack.control_address.rsplit(":", 1)[1]))
         # It serves before it recovers its runs: the run is failed moments after the port opens.
-        finished = wait_for(lambda: (r := get_run(stack, run["id"]))["state"] == "RUN_STATE_FINISHED" and r, 30)
+        finished = wait_for(lambda: (r := get_run(stack, run_id))["state"] == "RUN_STATE_FINISHED" and r, 30)
         assert finished["outcome"] == "RUN_OUTCOME_FAILED"
         assert finished["reason"] == "control service restarted while the run was starting"
         _gone(cluster, namespace, timeout_s=30)
-    finally:
-        _cordon(kube_cluster, False)
