@@ -18,6 +18,19 @@ DIGITS_APP = ROOT / "examples" / "digits"
 sys.path.insert(0, str(DIGITS_APP))
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """Put back ``sys.modules["__main__"]`` after each test.
+
+    Streamlit's ``AppTest`` runs a page as ``__main__`` and leaves it there; the agent's fork server
+    (``fedops_agent.forkserver``) preloads ``__main__``, so a later test starting it ran a dashboard
+    page in the fork server instead of starting a SuperNode (seen in a whole-suite CI run).
+    """
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three non-IID partitions of scikit-learn's digits."""

@@ -29,6 +29,18 @@ def connect(kubeconfig: Path | None, context: str | None = None) -> client.ApiCl
     return client.ApiClient(configuration)
 
 
+def _settling(body: str, namespace: str | None) -> bool:
+    """Whether a 403 is one the API server takes back moments later, in a namespace just made:
+
+    - a pod created right after its namespace's ResourceQuota is refused until the quota controller
+      has computed the quota's usage (a fraction of a second);
+    - an object created right after the RoleBinding that grants the control service its run role
+      there is refused until the RBAC authorizer's cache has the binding (seen taking over a second
+      on a loaded 2-core CI machine: ``resourcequotas is forbidden: User ... cannot create``).
+    """
+    return "status unknown for quota" in body or (namespace is not None and "cannot create resource" in body)
+
+
 class Cluster:
     """Create, read and delete the objects of run namespaces."""
 
@@ -52,10 +64,7 @@ class Cluster:
                 resource.create(body=manifest, namespace=namespace, **({"dry_run": "All"} if dry_run else {}))
                 return
             except ApiException as err:
-                # A pod created right after its namespace's ResourceQuota is refused until the quota
-                # controller has computed the quota's usage (a fraction of a second): try again.
-                if err.status != 403 or "status unknown for quota" not in str(err.body) \
-                        or time.monotonic() > deadline:
+                if err.status != 403 or not _settling(str(err.body), namespace) or time.monotonic() > deadline:
                     raise
             time.sleep(0.2)
 
