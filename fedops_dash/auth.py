@@ -5,7 +5,8 @@ it with the token of the person using it, not with one shared admin token. A tok
 `fedops-dash` (``--token``/``--token-file``; on loopback, the local admin token when present) is only
 the session's default identity, for a one-operator machine; "Sign out" drops it for that session and
 shows the sign-in form, where anyone pastes their own token (``fedopsctl token create --name alice
---role operator`` issues one).
+--role operator`` issues one). A sign-in holds for the whole browser (links, reloads, new tabs) until
+"Sign out" or 12 hours unused: :mod:`fedops_dash.sessions`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,33 @@ import streamlit as st
 
 from fedops_common.words import role
 from fedops_dash.backends import BackendError, Control, Settings
+from fedops_dash.sessions import COOKIE, SessionStore, cookie_script
 
 TOKEN = "fedops_token"            # the session's token (pasted, or the default)
 IDENTITY = "fedops_identity"      # WhoAmI's answer for it
 SIGNED_OUT = "fedops_signed_out"  # the default identity was dropped for this session
+HANDLE = "fedops_handle"          # this browser's sign-in handle (its cookie)
+COOKIE_DUE = "fedops_cookie_due"  # the cookie to set (a handle) or delete ("") at the next render
+
+
+@st.cache_resource
+def _store() -> SessionStore:
+    """The sign-ins of this dashboard process (one store for every browser tab)."""
+    return SessionStore()
 
 
 def token() -> str:
     """The token this session's calls carry: its own, else the dashboard's default (unless signed out)."""
     if TOKEN in st.session_state:
         return str(st.session_state[TOKEN])
-    return "" if st.session_state.get(SIGNED_OUT) else Settings.from_env().token
+    if st.session_state.get(SIGNED_OUT):
+        return ""
+    handle = st.context.cookies.get(COOKIE, "")
+    kept = _store().token(handle) if handle else None
+    if kept:  # signed in earlier in this browser (another tab, before a link or a reload)
+        st.session_state[TOKEN], st.session_state[HANDLE] = kept, handle
+        return kept
+    return Settings.from_env().token
 
 
 def identity() -> dict[str, Any] | None:
@@ -44,6 +61,8 @@ def identity() -> dict[str, Any] | None:
         sign_out()
         return None
     st.session_state[IDENTITY] = {**who, "_token": current}
+    if TOKEN in st.session_state and HANDLE not in st.session_state:  # a token just pasted, and good
+        st.session_state[HANDLE] = st.session_state[COOKIE_DUE] = _store().add(current)
     return who
 
 
@@ -69,9 +88,21 @@ def sign_in_form() -> None:
 
 def sign_out() -> None:
     """Forget the session's token, and its default identity too."""
+    handle = st.session_state.pop(HANDLE, "") or st.context.cookies.get(COOKIE, "")
+    if handle:
+        _store().drop(handle)
+        st.session_state[COOKIE_DUE] = ""
     for key in (TOKEN, IDENTITY):
         st.session_state.pop(key, None)
     st.session_state[SIGNED_OUT] = True
+
+
+def write_cookie() -> None:
+    """Set or delete this browser's sign-in cookie, when a sign-in or sign-out asked for it."""
+    if COOKIE_DUE in st.session_state:
+        handle = st.session_state.pop(COOKIE_DUE)
+        st.html(cookie_script(handle, secure=str(st.context.url or "").startswith("https:")),
+                unsafe_allow_javascript=True)
 
 
 def sidebar(who: dict[str, Any]) -> None:

@@ -384,6 +384,19 @@ def test_browser_cold_start_deep_link_sign_in_and_roles(finished_run: dict[str, 
     browser.until("Clients taking part")
     browser.click("Save selection")
     browser.until("Selection saved")
+    # The sign-in holds across tabs and reloads; the browser holds a random handle, never the token.
+    cookies = browser.driver.get_cookies()
+    assert "fedops_session" in [c["name"] for c in cookies] and operator not in json.dumps(cookies)
+    first = browser.driver.current_window_handle
+    browser.driver.switch_to.new_window("tab")
+    browser.open(f"run?run={finished_run['failed_run_id']}")
+    browser.until("Signed in as otto (operator)", "Failed after 0 completed rounds")
+    browser.click("Sign out")
+    browser.until("Sign in to FedOps")
+    browser.driver.switch_to.window(first)
+    browser.driver.refresh()
+    assert "Signed in as" not in browser.until("Sign in to FedOps")
+    assert "fedops_session" not in [c["name"] for c in browser.driver.get_cookies()]
     audit = "".join(p.read_text() for p in (stack.root / "control" / "telemetry" / "audit").glob("*.jsonl"))
     records = [json.loads(line) for line in audit.splitlines()]
     assert any(r["user.name"] == "otto" and r["event.action"] == "SetTaskMembership" and r["event.outcome"] == "success"
@@ -420,11 +433,10 @@ def test_browser_every_page_from_a_cold_start(finished_run: dict[str, Any], brow
         body = browser.until(*needles)
         assert "Traceback" not in body and "CLIENT_STATE" not in body, body[-2000:]
         browser.shot(title.lower())
+    # Links load pages anew: the sign-in holds (the browser keeps a handle to it, not the token).
     browser.open(f"clients?client={client}")
-    browser.sign_in(stack.admin_token)
     assert client in browser.until("Resources", client)
     browser.open(f"logs?run={finished_run['run_id']}&client={client}&round=1")
-    browser.sign_in(stack.admin_token)
     assert "oldest first (one round)" in browser.until("oldest first (one round)")
     browser.shot("logs-round")
 
@@ -443,7 +455,6 @@ def test_browser_deep_link_first_with_a_stale_pages_folder_left_by_an_upgrade(
     browser.nav("Tasks")
     assert "Stale" not in browser.until("Clients taking part")
     browser.open("")  # the default page (Overview) has no path of its own
-    browser.sign_in(stack.admin_token)
     assert "Stale" not in browser.until("Recent runs (newest first)")
     browser.shot("stale-pages-folder")
     log = (browser.tmp / "dash-telemetry" / "logs" / "fedops-dash.jsonl").read_text()

@@ -139,3 +139,27 @@ def test_dashboard_default_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert default_identity("fop_given", None, "0.0.0.0") == "fop_given"
     with pytest.raises(typer.BadParameter, match="cannot read"):
         default_identity("", tmp_path / "missing", "127.0.0.1")
+
+
+def test_sign_in_handles_are_random_renewed_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The browser's cookie holds a handle, never the token; an unused handle expires, a used one is
+    renewed, a dropped one is gone."""
+    import time
+
+    from fedops_dash.sessions import COOKIE, SessionStore, cookie_script
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    store = SessionStore(idle_s=60)
+    first, second = store.add("fop_alice"), store.add("fop_bob")
+    assert first != second and "fop_alice" not in first and len(first) >= 40
+    clock[0] += 50
+    assert store.token(first) == "fop_alice"  # renewed at 1050
+    clock[0] += 20
+    assert store.token(second) is None  # 70 s unused
+    assert store.token(first) == "fop_alice"
+    store.drop(first)
+    assert store.token(first) is None and store.token("made-up") is None
+    script = cookie_script(second, secure=True)
+    assert f"{COOKIE}={second}" in script and "SameSite=Strict" in script and "Secure" in script
+    assert "Max-Age=0" in cookie_script("", secure=False) and "Secure" not in cookie_script("", secure=False)

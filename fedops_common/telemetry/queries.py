@@ -60,10 +60,18 @@ def search_logs(es_url: str, client_id: str = "", run_id: str = "", round_number
         must_not.append({"bool": {"filter": [{"terms": {"log.logger": list(TRANSPORT_LOGGERS)}},
                                              {"terms": {"log.level": ["debug", "info"]}}]}})
     must = [{"match": {"message": {"query": text, "operator": "and"}}}] if text else []
-    body = {"size": size, "sort": [{"@timestamp": "asc" if oldest_first else "desc"}],
+    body = {"size": size, "sort": [_by_time("asc" if oldest_first else "desc")],
             "query": {"bool": {"filter": filters, "must": must, "must_not": must_not}}}
     hits = _http_json(f"{es_url}/fedops-logs/_search", body)["hits"]["hits"]
     return [hit["_source"] for hit in hits]
+
+
+def _by_time(order: str) -> dict[str, Any]:
+    """Sort by ``@timestamp`` to the microsecond the actors log: the index templates map it as
+    ``date_nanos`` (as ``date``, Elasticsearch keeps milliseconds, and lines of one millisecond came
+    back in any order, and a live tail's "after" lost lines logged in the last line's millisecond);
+    ``numeric_type`` also sorts indices made by an older template, which hold ``date``."""
+    return {"@timestamp": {"order": order, "numeric_type": "date_nanos"}}
 
 
 def resource_timeline(es_url: str, client_id: str, size: int = 500, since: str = "") -> list[dict[str, Any]]:
@@ -71,7 +79,7 @@ def resource_timeline(es_url: str, client_id: str, size: int = 500, since: str =
     query: dict[str, Any] = {"bool": {"filter": [{"term": {"fedops.client.id": client_id}}]}}
     if since:
         query["bool"]["filter"].append({"range": {"@timestamp": {"gte": since}}})
-    body = {"size": size, "sort": [{"@timestamp": "desc"}], "query": query}
+    body = {"size": size, "sort": [_by_time("desc")], "query": query}
     hits = _http_json(f"{es_url}/fedops-resources/_search", body)["hits"]["hits"]
     return [hit["_source"] for hit in reversed(hits)]
 

@@ -23,6 +23,7 @@ st.set_page_config(page_title="FedOps Stack", layout="wide")
 # where "Stop" reads as stopping the run. The page has its own stop buttons, so that widget is hidden.
 st.html("<style>[data-testid='stStatusWidget'] {display: none;}</style>")
 who = auth.identity()
+auth.write_cookie()
 navigation = st.navigation([st.Page(HERE / "views" / f"{name}.py", title=title, url_path=name,
                                     default=name == "overview") for name, title in VIEWS.items()],
                            position="sidebar" if who else "hidden")
