@@ -129,6 +129,11 @@ class Control:
         counted.setdefault("groups", [])
         return counted
 
+    def set_client_labels(self, client_id: str, labels: dict[str, str], remove_keys: list[str]) -> dict[str, Any]:
+        """Set (overwrite) ``labels`` and remove ``remove_keys`` of one client; the client as it is now."""
+        request = control_pb2.SetClientLabelsRequest(client_id=client_id, labels=labels, remove_keys=remove_keys)
+        return to_dict(self._call("SetClientLabels", request))
+
     def client(self, client_id: str) -> dict[str, Any]:
         return to_dict(self._call("GetClient", control_pb2.GetClientRequest(client_id=client_id)))
 

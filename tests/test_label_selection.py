@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from fedops_common.labels import format_selector
 from fedops_common.proc import stop_process_group
 from fedops_control.devstack import LocalStack
 from tests.test_e2e import create_task, wait_finished, wait_for
@@ -123,6 +124,37 @@ def test_dashboard_clients_page_filters_by_label_and_shows_group_sizes(fleet: di
 
     [box for box in app.text_input if box.label == "Labels"][0].input("site=e u").run()
     assert app.error and "INVALID_ARGUMENT: labels.site: invalid value 'e u'" in app.error[0].value
+
+
+def test_dashboard_edits_a_clients_labels(fleet: dict[str, Any]) -> None:
+    """An operator edits one client's labels on its page: a key added, one left out removed, a bad
+    value refused with the key named; what the service then holds is what was typed."""
+    stack: LocalStack = fleet["stack"]
+    client_id = fleet["ids"]["lab1"]
+    before = listed(stack)[client_id]["labels"]
+    app = AppTest.from_file(str(PAGES / "clients.py"), default_timeout=60)
+    app.query_params["client"] = client_id
+    app.run()
+    box = [b for b in app.text_input if b.label == "This client's labels"][0]
+    assert box.value == format_selector(before)
+    box.input("site=e u")  # a form: typed values go in with its submit button, in one run
+    [b for b in app.button if b.label == "Save labels"][0].click().run()
+    assert app.error and "Labels: invalid value 'e u'" in app.error[0].value
+    assert listed(stack)[client_id]["labels"] == before
+    try:
+        box = [b for b in app.text_input if b.label == "This client's labels"][0]
+        box.input(format_selector({**before, "rack": "r7"}) + ",")
+        [b for b in app.button if b.label == "Save labels"][0].click().run()
+        assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
+        assert listed(stack)[client_id]["labels"] == {**before, "rack": "r7"}
+        assert any("Labels saved: " in s.value and "rack=r7" in s.value for s in app.success)
+        box = [b for b in app.text_input if b.label == "This client's labels"][0]
+        box.input(format_selector({k: v for k, v in before.items() if k != "gpu"}))
+        [b for b in app.button if b.label == "Save labels"][0].click().run()
+        assert listed(stack)[client_id]["labels"] == {k: v for k, v in before.items() if k != "gpu"}
+    finally:
+        stack.ctl("clients", "label", client_id, *(f"{k}={v}" for k, v in before.items()), "--remove", "rack")
+    assert listed(stack)[client_id]["labels"] == before
 
 
 def test_dashboard_start_form_refuses_a_selection_too_large(fleet: dict[str, Any]) -> None:

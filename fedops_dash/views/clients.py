@@ -16,6 +16,7 @@ from fedops_common.words import CLIENT_STATES, client_state, duration
 from fedops_dash import charts
 from fedops_dash.backends import resource_timeline
 from fedops_dash.ui import (
+    acted,
     attempt,
     control,
     elasticsearch_or_notice,
@@ -127,6 +128,28 @@ st.markdown(f"**{client_id}** · **{name_of(client)}** on **{device.get('hostnam
             + (f": {client['state_reason']}" if client.get("state_reason") else "")
             + f" · [its logs]({logs_url(client_id=client_id)})"
             + (f" · labels `{format_selector(client['labels'])}`" if client.get("labels") else ""))
+
+with st.expander("Edit labels"):
+    # The whole set as text: keys left out are removed. An operator's labels stay until changed again
+    # (an agent that reconnects does not undo them; a changed agent config does).
+    with st.form(f"labels-{client_id}"):
+        edited = st.text_input("This client's labels", value=format_selector(client.get("labels", {})),
+                               key=f"edit-{client_id}",
+                               help="key=value, comma separated; every label of this client (one left out is removed)")
+        if st.form_submit_button("Save labels"):
+            try:
+                wanted_labels = parse_selector(edited)
+            except LabelError as err:
+                st.error(f"Labels: {err.message}")
+            else:
+                removed = sorted(set(client.get("labels", {})) - set(wanted_labels))
+                changed = attempt("Setting labels", lambda: ctl.set_client_labels(wanted, wanted_labels, removed), None)
+                if changed is not None:  # shown after a rerun, which reads the client's labels anew
+                    acted("client labels set", client_id=wanted, labels=format_selector(wanted_labels))
+                    st.session_state["labels-saved"] = format_selector(changed.get("labels", {})) or "(none)"
+                    st.rerun()
+    if "labels-saved" in st.session_state:
+        st.success(f"Labels saved: {st.session_state.pop('labels-saved')}")
 
 st.subheader("Data status (aggregates only)")
 status = client.get("data_status", {})
