@@ -17,6 +17,7 @@ import yaml
 from fedops_control.run.kubernetes.cluster import Cluster, connect
 from fedops_control.run.kubernetes.launcher import KubernetesLauncher
 from fedops_control.run.kubernetes.manifests import ClusterSettings
+from fedops_control.run.launcher import ControlRoute
 from tests.kube import CONTROL_USER, KubeCluster, helm
 
 pytestmark = pytest.mark.integration  # real helm and API server
@@ -89,6 +90,29 @@ def test_the_control_chart_renders_tls_prometheus_and_the_kubernetes_launcher() 
         "app.kubernetes.io/name"]  # what run namespaces admit to their Control API
     rules = objects[("ClusterRole", "fedops-fedops-fedops-control-namespaces")]["rules"]
     assert {r["resources"][0] for r in rules} == {"namespaces", "rolebindings", "clusterroles"}
+    # Run pods' observer relays reach the service by its Service's cluster DNS name, on a port its
+    # NetworkPolicy admits from anywhere (run namespaces included); no relay certificate without mTLS.
+    assert "--k8s-control-address=fedops-fedops-control.fedops.svc:50051" in args
+    assert not any(a.startswith("--k8s-relay-tls") for a in args)
+    service = objects[("Service", "fedops-fedops-control")]["spec"]["ports"]
+    assert {"name": "grpc", "port": 50051, "targetPort": "grpc"} in service
+    ingress = objects[("NetworkPolicy", "fedops-fedops-control")]["spec"]["ingress"]
+    assert [rule for rule in ingress if "from" not in rule and {"protocol": "TCP", "port": 50051} in rule["ports"]]
+
+
+def test_under_mutual_tls_run_relays_get_a_client_certificate_of_their_own() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _render("fedops-control",
+                                                                       "postgres-elasticsearch-values.yaml")}
+    pod = objects[("Deployment", "fedops-fedops-control")]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--mtls" in args and "--k8s-control-address=fedops-grpc.fedops.svc.cluster.local:50051" in args
+    assert "--k8s-relay-tls-cert=/etc/fedops/relay-tls/tls.crt" in args
+    assert "--k8s-relay-tls-key=/etc/fedops/relay-tls/tls.key" in args
+    assert {"name": "relay-tls", "secret": {"secretName": "fedops-relay-tls"}} in pod["volumes"]
+    refused = _helm("template", "fedops", str(CHARTS / "fedops-control"), "-f",
+                    str(CHARTS / "fedops-control" / "ci" / "postgres-elasticsearch-values.yaml"),
+                    "--set", "launcher.relayTLS.existingSecret=", check=False)
+    assert refused.returncode != 0 and "launcher.relayTLS.existingSecret is required" in refused.stderr
 
 
 @pytest.mark.parametrize(("chart", "values"), VALUE_SETS)
@@ -126,11 +150,13 @@ def test_the_charts_rbac_is_all_the_launcher_needs(kube_cluster: KubeCluster, tm
     limited = Cluster(connect(kube_cluster.control_kubeconfig))
     subject = {"kind": "User", "name": CONTROL_USER, "apiGroup": "rbac.authorization.k8s.io"}
     launcher = KubernetesLauncher(limited, ClusterSettings(image="fedops-control:test", control_subject=subject,
-                                                           run_role=run_role),
+                                                           run_role=run_role,
+                                                           control_address=_control_flags(rendered)[
+                                                               "k8s-control-address"]),
                                   advertised_host="127.0.0.1", start_timeout_s=30, poll_s=0.3)
 
     async def scenario() -> None:
-        handle = await launcher.start("run-rbac", tmp_path / "run-rbac")
+        handle = await launcher.start("run-rbac", tmp_path / "run-rbac", ControlRoute("127.0.0.1:50051"))
         try:
             assert limited.read_pod(handle.where, "superlink") is not None
         finally:

@@ -20,10 +20,13 @@ from fedops_common.ca import CertificateAuthority
 from fedops_control.run.kubernetes.cluster import Cluster, connect
 from fedops_control.run.kubernetes.launcher import KubernetesLauncher, LaunchFailed
 from fedops_control.run.kubernetes.manifests import RUN_LABEL, ClusterSettings
+from fedops_control.run.launcher import ControlRoute
 from tests.kube import KUBELET_ANNOTATION, KubeCluster
 
 pytestmark = pytest.mark.integration  # real servers, no FL run
 IMAGE = "fedops-control:test"
+CONTROL_ADDRESS = "fedops-control.fedops.svc:50051"  # where run pods reach the control service
+LOCAL = ControlRoute("127.0.0.1:50051")  # how a local process reaches it (no auth, no TLS: nothing for the relay)
 
 
 @pytest.fixture
@@ -36,7 +39,8 @@ def _launcher(cluster: Cluster, events: list[tuple[str, str]], timeout_s: float 
     async def record(run_id: str, words: str) -> None:
         events.append((run_id, words))
 
-    return KubernetesLauncher(cluster, ClusterSettings(image=IMAGE, **settings), advertised_host="127.0.0.1",
+    return KubernetesLauncher(cluster, ClusterSettings(image=IMAGE, control_address=CONTROL_ADDRESS, **settings),
+                              advertised_host="127.0.0.1",
                               ca=ca, start_timeout_s=timeout_s, poll_s=0.3, on_status=record)
 
 
@@ -67,21 +71,34 @@ def _objects(cluster: Cluster, namespace: str) -> set[tuple[str, str]]:
 
 
 def test_a_run_gets_its_namespace_and_objects_which_go_when_it_stops(cluster: Cluster, tmp_path: Path) -> None:
+    from kubernetes import client
+
     events: list[tuple[str, str]] = []
     ca = CertificateAuthority.create(tmp_path / "ca", "test SuperLink CA")
     launcher = _launcher(cluster, events, ca=ca)
+    (tmp_path / "run.token").write_text("fot_run-k8s1\n")
+    (tmp_path / "control-ca.pem").write_text("CONTROL CA")
+    control = ControlRoute("127.0.0.1:50051", str(tmp_path / "run.token"), str(tmp_path / "control-ca.pem"))
 
     async def scenario() -> None:
-        handle = await launcher.start("run-k8s1", tmp_path / "run-k8s1")
+        handle = await launcher.start("run-k8s1", tmp_path / "run-k8s1", control)
         try:
             assert handle.where == "fedops-run-k8s1"
             assert _objects(cluster, handle.where) == {
                 ("ResourceQuota", "run-quota"), ("ServiceAccount", "superexec"), ("Role", "superexec"),
                 ("RoleBinding", "superexec"), ("Secret", "superexec-auth"), ("Secret", "superlink-tls"),
+                ("Secret", "observer-relay"), ("ConfigMap", "observer-relay-ca"),
                 ("ConfigMap", "superexec-executor"), ("NetworkPolicy", "deny-all-ingress"),
                 ("NetworkPolicy", "fleet-from-anywhere"), ("NetworkPolicy", "within-namespace"),
                 ("NetworkPolicy", "control-from-fedops"), ("Pod", "superlink"), ("Service", "superlink-fleet"),
                 ("Service", "superlink")}
+            core = client.CoreV1Api(cluster.api)
+            relay = core.read_namespaced_secret("observer-relay", handle.where).data
+            assert sorted(relay) == ["ca.crt", "token"]  # the run's token and the control service's CA
+            assert core.read_namespaced_config_map("observer-relay-ca", handle.where).data == {
+                "ca.crt": ca.cert_pem.decode()}  # what ServerApp pods verify the relay with
+            ports = {p.name: p.port for p in core.read_namespaced_service("superlink", handle.where).spec.ports}
+            assert ports == {"control": 9093, "observer": 9094}
             port = int(handle.address.rsplit(":", 1)[1])
             assert handle.address.startswith("127.0.0.1:") and 30000 <= port <= 32767  # the Fleet NodePort
             assert handle.control_address == "superlink.fedops-run-k8s1.svc:9093"
@@ -104,7 +121,7 @@ def test_unschedulable_pod_fails_the_start_within_the_timeout_saying_why(cluster
                          quota={"pods": "10", "requests.cpu": "100", "limits.cpu": "100"})
     started = time.monotonic()
     with pytest.raises(LaunchFailed) as failed:
-        asyncio.run(launcher.start("run-k8s2", tmp_path / "run-k8s2"))
+        asyncio.run(launcher.start("run-k8s2", tmp_path / "run-k8s2", LOCAL))
     assert time.monotonic() - started < 30
     assert "not ready within 6s" in str(failed.value) and "cannot be scheduled" in str(failed.value)
     assert "Insufficient cpu" in str(failed.value)
@@ -122,7 +139,7 @@ def test_abandoning_a_start_while_the_pod_is_pending_ends_it_within_seconds(clus
                          quota={"pods": "10", "requests.cpu": "100", "limits.cpu": "100"})
 
     async def scenario() -> float:
-        start = asyncio.create_task(launcher.start("run-abandon", tmp_path / "abandon"))
+        start = asyncio.create_task(launcher.start("run-abandon", tmp_path / "abandon", LOCAL))
         for _ in range(100):
             if any("cannot be scheduled" in words for _, words in events):
                 break
@@ -152,7 +169,7 @@ def test_a_pod_that_cannot_run_fails_the_start(cluster: Cluster, tmp_path: Path,
     launcher = _launcher(cluster, events, timeout_s=8.0, pod_annotations={KUBELET_ANNOTATION: kubelet})
     started = time.monotonic()
     with pytest.raises(LaunchFailed) as failed:
-        asyncio.run(launcher.start(f"run-{kubelet}", tmp_path / kubelet))
+        asyncio.run(launcher.start(f"run-{kubelet}", tmp_path / kubelet, LOCAL))
     elapsed = time.monotonic() - started
     assert words in str(failed.value)
     assert (elapsed < 8.0) if at_once else ("not ready within 8s" in str(failed.value))
@@ -168,7 +185,7 @@ def test_eviction_while_running_ends_the_pod_and_says_why(cluster: Cluster, kube
     core = kube_cluster.core()
 
     async def scenario() -> None:
-        handle = await launcher.start("run-evict", tmp_path / "evict")
+        handle = await launcher.start("run-evict", tmp_path / "evict", LOCAL)
         try:
             core.patch_namespaced_pod_status("superlink", handle.where, {"status": {
                 "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}})
@@ -194,11 +211,11 @@ def test_after_a_restart_running_runs_are_adopted_and_orphans_deleted(cluster: C
 
     async def before() -> None:
         launcher = _launcher(cluster, events)
-        await launcher.start("run-kept", tmp_path / "kept")
-        await launcher.start("run-orphan", tmp_path / "orphan")
+        await launcher.start("run-kept", tmp_path / "kept", LOCAL)
+        await launcher.start("run-orphan", tmp_path / "orphan", LOCAL)
         await launcher.close()  # the service exits; namespaces stay
         other = _launcher(cluster, events, control_namespace="other-fedops")  # another FedOps in the cluster
-        await other.start("run-other", tmp_path / "other")
+        await other.start("run-other", tmp_path / "other", LOCAL)
         await other.close()
 
     asyncio.run(before())

@@ -36,7 +36,8 @@ LONG_START_TIMEOUT_S = 300  # far beyond what the tests wait: only a prompt stop
 def _k8s_stack(root: Path, kube_cluster: KubeCluster, data: list[Path],
                start_timeout_s: int) -> Iterator[tuple[LocalStack, str]]:
     args = ["--launcher", "kubernetes", "--kubeconfig", str(kube_cluster.admin_kubeconfig),
-            "--k8s-image", "fedops-control:test", "--k8s-start-timeout", str(start_timeout_s)]
+            "--k8s-image", "fedops-control:test", "--k8s-start-timeout", str(start_timeout_s),
+            "--k8s-control-address", "fedops-control.fedops.svc:50051"]
     with control_stack(root, control_args=args) as stack:
         task_id = create_task(stack, rounds=1, timeout_s=30)
         start_clients(stack, task_id, data, "k")

@@ -11,9 +11,10 @@ import pytest
 
 from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.run import flower_control
-from fedops_control.run.launcher import CLAIMED_BY, LocalProcessLauncher, is_loopback
+from fedops_control.run.launcher import CLAIMED_BY, ControlRoute, LocalProcessLauncher, is_loopback
 
 pytestmark = pytest.mark.integration  # real servers or processes, no FL run
+CONTROL = ControlRoute("127.0.0.1:50051")  # the local launcher passes it on to the ServerApp unchanged
 
 
 def test_loopback_names() -> None:
@@ -31,7 +32,7 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
     stops it and everything it started; behind the gateway only the Fleet API answers."""
     workdir = tmp_path / "run-1"
     launcher = LocalProcessLauncher(bind_host=bind_host)
-    handle = asyncio.run(launcher.start("run-1", workdir))
+    handle = asyncio.run(launcher.start("run-1", workdir, CONTROL))
     try:
         port = int(handle.address.rsplit(":", 1)[1])
         internal = int(handle.control_address.rsplit(":", 1)[1])
@@ -67,7 +68,7 @@ def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> Non
         spare = await launcher._spare  # the test waits for it; a run just takes it when it comes
         assert spare is not None and spare.process is not None
         workdir = tmp_path / "runs" / "run-1"
-        handle = await launcher.start("run-1", workdir)
+        handle = await launcher.start("run-1", workdir, CONTROL)
         assert handle.process is spare.process and handle.run_id == "run-1"
         assert (workdir / "superlink").resolve() == spare.flwr_home
         assert (spare.flwr_home.parent / CLAIMED_BY).read_text() == "run-1"

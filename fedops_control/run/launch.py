@@ -18,7 +18,7 @@ from fedops_common.security import write_secret
 from fedops_control.errors import FailedPrecondition
 from fedops_control.run import bundle, flower_control
 from fedops_control.run.continuation import RELAUNCHED, Continuation, plan_continuation
-from fedops_control.run.launcher import SuperLinkHandle
+from fedops_control.run.launcher import ControlRoute, SuperLinkHandle
 from fedops_control.run.lifecycle import ActiveRun, check_transition
 from fedops_control.run.preflight import app_requirements
 from fedops_control.state.models import ClientResultRow, ClientRow, EventRow, ModelRow, RoundRow, RunRow, TaskRow
@@ -59,7 +59,7 @@ class RunLaunch:
     _agents: AgentSessions
     _bus: EventBus
     _tokens: TokenStore | None
-    _control_tls: dict[str, str]
+    _control_tls: dict[str, str]  # ControlRoute's ca_file, cert_file, key_file: our TLS files
     _control_address: str
     _data_dir: Path
     _active: dict[str, ActiveRun]
@@ -105,11 +105,13 @@ class RunLaunch:
                 if workdir.exists():  # the lost launch's files stay beside, for diagnosis
                     workdir.rename(workdir.with_name(f"{run_id}.launch-{launch - 1}"))
             workdir.mkdir(parents=True, exist_ok=True)
+            control = self._control_route(run_id, workdir)
+            route = self._launcher.app_route(control)  # what the run's ServerApp is told
             # The SuperLink starts while the app is fetched and bundled: both take seconds.
-            link = asyncio.create_task(self._start_superlink(run_id, workdir))
+            link = asyncio.create_task(self._start_superlink(run_id, workdir, control))
             try:
                 app_dir, overrides = await self._prepare_app(run_id, task_id, app, strategy, run_config, resume,
-                                                             workdir, len(client_ids),
+                                                             workdir, len(client_ids), route,
                                                              again.offset if again is not None else 0)
             except BaseException:
                 self._launcher.abandon(run_id)  # the app cannot run: a SuperLink still starting gives up too
@@ -207,12 +209,23 @@ class RunLaunch:
             row.current_round, row.flower_run_id, row.superlink_address = again.offset, "", ""
         await self._launch(run_id, again)
 
-    async def _start_superlink(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+    def _control_route(self, run_id: str, workdir: Path) -> ControlRoute:
+        """How a process on this host reaches this service for the run: our address and TLS files,
+        and a token valid for this run only (the run's apps report with it; revoked when it ends)."""
+        credential_file = ""
+        if self._tokens is not None:
+            secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
+                                           subject=run_id, created_by="fedops-control")
+            write_secret(workdir / "run.token", secret)
+            credential_file = str((workdir / "run.token").resolve())
+        return ControlRoute(self._control_address, credential_file, **self._control_tls)
+
+    async def _start_superlink(self, run_id: str, workdir: Path, control: ControlRoute) -> SuperLinkHandle:
         # Stopped before its SuperLink was asked for: none is started (from here to the launcher's
         # start nothing awaits, so a later stop reaches that start through abandon()).
         if self.get_run_row(run_id).state == S.RUN_STATE_FINISHED:
             raise FailedPrecondition(f"run {run_id} was stopped while starting")
-        handle = await self._launcher.start(run_id, workdir)
+        handle = await self._launcher.start(run_id, workdir, control)
         self._active[run_id] = ActiveRun(handle)
         run = self.get_run_row(run_id)
         if run.state == S.RUN_STATE_FINISHED:  # stopped while its SuperLink started
@@ -223,18 +236,13 @@ class RunLaunch:
 
     async def _prepare_app(self, run_id: str, task_id: str, app: dict[str, Any], strategy: StrategySpec,
                            run_config: dict[str, Any], resume: str, workdir: Path,
-                           node_count: int, round_offset: int = 0) -> tuple[Path, dict[str, Any]]:
-        """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides."""
+                           node_count: int, route: ControlRoute,
+                           round_offset: int = 0) -> tuple[Path, dict[str, Any]]:
+        """Fetch the task's app, bundle it with our wrappers; returns the bundle and the run-config overrides.
+        ``route``: how the run's ServerApp reaches this service (the launcher's :meth:`app_route`)."""
         source = await asyncio.to_thread(bundle.fetch_app, app, workdir)
-        credential_file = ""
-        if self._tokens is not None:  # the run's apps report with a token valid for this run only
-            secret, _ = self._tokens.issue(access_pb2.TOKEN_KIND_RUN, access_pb2.ROLE_RUN, f"run {run_id}",
-                                           subject=run_id, created_by="fedops-control")
-            write_secret(workdir / "run.token", secret)
-            credential_file = str((workdir / "run.token").resolve())
         fedops_config = {
-            keys.RUN_ID: run_id, keys.TASK_ID: task_id, keys.CONTROL_ADDRESS: self._control_address,
-            keys.CREDENTIAL_FILE: credential_file, **self._control_tls,
+            keys.RUN_ID: run_id, keys.TASK_ID: task_id, **route.run_config(),
             keys.ROUND_TIMEOUT: strategy.round_timeout_s, keys.QUORUM: strategy.min_clients,
             keys.NODE_COUNT: node_count, keys.RESUME_MODEL_ID: resume, keys.ROUND_OFFSET: round_offset,
         }

@@ -1,7 +1,9 @@
 """Where a run's Flower SuperLink lives: the launcher interface, and the local-process launcher.
 
 Callers (the run manager, the Control API calls) see a handle's addresses and CA only, and ask the
-launcher whether the SuperLink is alive and to stop it: how it runs is the launcher's business.
+launcher whether the SuperLink is alive and to stop it: how it runs is the launcher's business. So is
+how the run's ServerApp reaches the control service (:class:`ControlRoute`): the run manager says how
+a process on its own host does, the launcher says what the ServerApp is told instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from fedops_common import runconfig as keys
 from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import (
@@ -55,6 +58,23 @@ class SuperLinkHandle:
         return self.ca_file.read_bytes() if self.ca_file else b""
 
 
+@dataclass(frozen=True)
+class ControlRoute:
+    """How a run's Flower apps reach the control service for that run: what their run config says
+    (the keys of :mod:`fedops_common.runconfig`). Paths are where the apps run; '' = not used."""
+
+    address: str               # host:port of the control service (or of something forwarding to it)
+    credential_file: str = ""  # the run's token, sent by the app ('' = none: no auth, or the route adds it)
+    ca_file: str = ""          # the CA the app verifies the address with ('' = plaintext)
+    cert_file: str = ""        # the client certificate and key the app presents, under mutual TLS
+    key_file: str = ""
+
+    def run_config(self) -> dict[str, str]:
+        """The run-config entries (``fedops_common.runconfig`` keys) that tell the app this route."""
+        return {keys.CONTROL_ADDRESS: self.address, keys.CREDENTIAL_FILE: self.credential_file,
+                keys.TLS_CA_FILE: self.ca_file, keys.TLS_CERT_FILE: self.cert_file, keys.TLS_KEY_FILE: self.key_file}
+
+
 class SuperLinkLauncher(Protocol):
     """Starts and stops the SuperLink of one run."""
 
@@ -66,7 +86,16 @@ class SuperLinkLauncher(Protocol):
         """Release what :meth:`open` prepared; runs' SuperLinks are left alone."""
         ...
 
-    async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle: ...
+    async def start(self, run_id: str, workdir: Path, control: ControlRoute) -> SuperLinkHandle:
+        """Start the run's SuperLink. ``control``: how a process on this service's host reaches the
+        service for this run (its address, TLS files, the run's token file); with it the launcher
+        makes the route of :meth:`app_route` work (a launcher running apps elsewhere forwards)."""
+        ...
+
+    def app_route(self, control: ControlRoute) -> ControlRoute:
+        """How the run's ServerApp reaches the control service, given ``control`` (as passed to
+        :meth:`start`): what its run config says. Pure, and called while :meth:`start` runs."""
+        ...
 
     async def stop(self, handle: SuperLinkHandle) -> None: ...
 
@@ -189,9 +218,10 @@ class LocalProcessLauncher:
         if self.spare_dir is not None and self._spare is None and not self._closed:
             self._spare = asyncio.create_task(self._launch(f"spare-{uuid.uuid4().hex[:12]}", None))
 
-    async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+    async def start(self, run_id: str, workdir: Path, control: ControlRoute) -> SuperLinkHandle:
         """The run's SuperLink: the warm spare if there is one (its directories linked into
-        ``workdir``), else a new one. Returns once agents can connect."""
+        ``workdir``), else a new one. Returns once agents can connect. ``control`` needs nothing
+        done: the ServerApp runs on this host (:meth:`app_route`)."""
         spare, self._spare = self._spare, None
         if spare is not None:
             try:
@@ -238,6 +268,11 @@ class LocalProcessLauncher:
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
                                control_address=f"{LOOPBACK}:{internal_port}", ca_file=ca_file,
                                flwr_home=flwr_home, process=process)
+
+    def app_route(self, control: ControlRoute) -> ControlRoute:
+        """The ServerApp is a process on this host, the SuperLink's child: it reaches the service as
+        any local process does, with the run's token file and the service's own TLS files."""
+        return control
 
     async def stop(self, handle: SuperLinkHandle) -> None:
         """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group);

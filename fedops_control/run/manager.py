@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedops_common import runconfig as keys
 from fedops_common.convert import utcnow
 from fedops_common.frameworks import framework_imports
 from fedops_common.logging import get_logger
@@ -67,10 +66,11 @@ class RunManager(RunLaunch):
         self._tokens = tokens  # None: the service runs without auth
         self._write = write  # the agents' database thread: a lost agent is marked after its last report
         self._preflight = preflight or Preflight()
-        # (CA, cert, key) of our TLS port: the ServerApp verifies us with the CA and, under mutual
-        # TLS, presents our own certificate (it runs beside us, on our behalf).
-        self._control_tls = {key: str(Path(path).resolve()) if path else "" for key, path in zip(
-            (keys.TLS_CA_FILE, keys.TLS_CERT_FILE, keys.TLS_KEY_FILE), control_tls or (None, None, None), strict=True)}
+        # (CA, cert, key) of our TLS port: a local ServerApp verifies us with the CA and, under mutual
+        # TLS, presents our own certificate (it runs beside us, on our behalf); a launcher running
+        # ServerApps elsewhere decides what they get instead (SuperLinkLauncher.app_route).
+        self._control_tls = {name: str(Path(path).resolve()) if path else "" for name, path in zip(
+            ("ca_file", "cert_file", "key_file"), control_tls or (None, None, None), strict=True)}
         self._sessions = sessions
         self._writer = writer
         self._bus = bus

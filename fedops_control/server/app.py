@@ -287,6 +287,16 @@ def run(
         Path | None, typer.Option(help="kubernetes launcher: kubeconfig file (default: in-cluster service account)")
     ] = None,
     k8s_image: Annotated[str, typer.Option(help="kubernetes launcher: image of SuperLink, SuperExec, ServerApps")] = "",
+    k8s_control_address: Annotated[
+        str, typer.Option(help="kubernetes launcher: host:port run pods reach this service at (the observer relay "
+                               "of each run forwards its ServerApp's reports there), e.g. "
+                               "fedops-control.fedops.svc:50051; the TLS certificate must name the host")
+    ] = "",
+    k8s_relay_tls_cert: Annotated[
+        Path | None, typer.Option(help="kubernetes launcher, with --mtls: the client certificate (from --tls-ca) "
+                                       "run relays present; copied into each run namespace as a Secret")
+    ] = None,
+    k8s_relay_tls_key: Annotated[Path | None, typer.Option(help="private key of --k8s-relay-tls-cert")] = None,
     k8s_namespace_prefix: Annotated[str, typer.Option(help="kubernetes launcher: run namespaces' prefix")] = "fedops-",
     k8s_fleet_service: Annotated[
         str, typer.Option(help="kubernetes launcher: Fleet Service type (NodePort, LoadBalancer, ClusterIP)")
@@ -324,7 +334,8 @@ def run(
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
-                       ("--kubeconfig", kubeconfig)):
+                       ("--kubeconfig", kubeconfig), ("--k8s-relay-tls-cert", k8s_relay_tls_cert),
+                       ("--k8s-relay-tls-key", k8s_relay_tls_key)):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no such file {path}", param_hint=name)
     if (mtls or tls_cert) and tls_ca is None:
@@ -342,11 +353,22 @@ def run(
         raise typer.BadParameter(problem, param_hint="--k8s-owner" if k8s_owner else "--k8s-control-namespace")
     if launcher == "kubernetes" and not k8s_run_role:
         raise typer.BadParameter("the ClusterRole's name is required", param_hint="--k8s-run-role")
+    if launcher == "kubernetes" and (not k8s_control_address or ":" not in k8s_control_address):
+        raise typer.BadParameter("the kubernetes launcher needs the host:port run pods reach this service at "
+                                 "(e.g. fedops-control.fedops.svc:50051)", param_hint="--k8s-control-address")
+    if (k8s_relay_tls_cert is None) != (k8s_relay_tls_key is None):
+        raise typer.BadParameter("--k8s-relay-tls-cert and --k8s-relay-tls-key go together",
+                                 param_hint="--k8s-relay-tls-cert")
+    if launcher == "kubernetes" and mtls and k8s_relay_tls_cert is None:
+        raise typer.BadParameter("with --mtls, run relays need a client certificate from --tls-ca (not this "
+                                 "service's own)", param_hint="--k8s-relay-tls-cert")
     kubernetes = KubernetesOptions(
-        image=k8s_image, kubeconfig=kubeconfig, namespace_prefix=k8s_namespace_prefix,
+        image=k8s_image, control_address=k8s_control_address, kubeconfig=kubeconfig,
+        namespace_prefix=k8s_namespace_prefix,
         fleet_service_type=k8s_fleet_service, control_namespace=k8s_control_namespace,
         start_timeout_s=k8s_start_timeout, service_account=k8s_service_account, run_role=k8s_run_role,
-        owner=k8s_owner) if launcher == "kubernetes" else None
+        owner=k8s_owner, relay_tls_cert=k8s_relay_tls_cert,
+        relay_tls_key=k8s_relay_tls_key) if launcher == "kubernetes" else None
     try:
         liveness = LivenessSettings(heartbeat_interval, liveness_timeout, liveness_persist_interval)
     except ValueError as err:

@@ -13,10 +13,15 @@ run manager neither knows nor cares where the SuperLink runs. What this launcher
 - ``abandon``: a hard stop while the pod is still starting ends the start's wait at once, so the
   namespace goes within seconds instead of after ``start_timeout_s``;
 - ``adopt`` (after a restart of the control service): find the run's namespace by its labels;
-  ``open`` then deletes every namespace of this service that no run took (orphans).
+  ``open`` then deletes every namespace of this service that no run took (orphans);
+- ``app_route``: the run's ServerApp pods report through the observer relay in the SuperLink pod
+  (:mod:`fedops_control.run.observer_relay`), at the ``superlink`` Service's relay port, verifying
+  it with the SuperLink's CA from a ConfigMap; they hold no token and no key. ``start`` gives the
+  relay the run's token, the control service's CA and, under mutual TLS, the relay's client
+  certificate (``relay_cert``/``relay_key``: never the control service's own), as a Secret.
 
-What needs real processes (a kubelet and the images): the SuperLink actually serving, ServerApp
-pods started by Flower's Kubernetes executor, and the FL rounds. Against an API server with kwok
+What needs real processes (a kubelet and the images): the SuperLink and the relay actually serving,
+ServerApp pods started by Flower's Kubernetes executor, and the FL rounds. Against an API server with kwok
 (no containers) a run gets as far as a ready pod and then fails at the first Control API call.
 """
 
@@ -30,6 +35,7 @@ from pathlib import Path
 
 from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.logging import get_logger
+from fedops_common.security import read_secret
 from fedops_control.run.kubernetes.cluster import Cluster
 from fedops_control.run.kubernetes.manifests import (
     FLEET_PORT,
@@ -37,13 +43,16 @@ from fedops_control.run.kubernetes.manifests import (
     LINK_PORT,
     LINK_SERVICE,
     POD_NAME,
+    RELAY_CA_DIR,
     RUN_LABEL,
     ClusterSettings,
+    RelayCredentials,
     link_host,
+    relay_address,
     run_manifests,
 )
 from fedops_control.run.kubernetes.podstate import PodState, read_pod
-from fedops_control.run.launcher import SuperLinkHandle
+from fedops_control.run.launcher import ControlRoute, SuperLinkHandle
 
 log = get_logger(__name__)
 StatusHook = Callable[[str, str], Awaitable[None]]  # (run_id, words): the run manager publishes a run event
@@ -58,8 +67,10 @@ class KubernetesLauncher:
 
     def __init__(self, cluster: Cluster, settings: ClusterSettings, advertised_host: str,
                  ca: CertificateAuthority | None = None, start_timeout_s: float = 300.0,
-                 poll_s: float = 1.0, on_status: StatusHook | None = None) -> None:
+                 poll_s: float = 1.0, on_status: StatusHook | None = None,
+                 relay_cert: Path | None = None, relay_key: Path | None = None) -> None:
         self.cluster = cluster
+        self.relay_cert, self.relay_key = relay_cert, relay_key  # the relays' client certificate (mutual TLS)
         self.settings = settings
         self.advertised_host = advertised_host
         self.ca = ca
@@ -90,18 +101,21 @@ class KubernetesLauncher:
         self._monitors.clear()
 
     # ------------------------------------------------------------------ one run
-    async def start(self, run_id: str, workdir: Path) -> SuperLinkHandle:
+    async def start(self, run_id: str, workdir: Path, control: ControlRoute) -> SuperLinkHandle:
         """Create the run's namespace and objects; return once the SuperLink pod is ready, or raise
         :class:`LaunchFailed` (after deleting the namespace) with the reason; also when
-        :meth:`abandon` is called meanwhile."""
+        :meth:`abandon` is called meanwhile. ``control``: the run's token file and the control
+        service's CA go to the run's observer relay."""
         abandoned = self._abandoned[run_id] = asyncio.Event()
         try:
+            relay = self._relay_credentials(control)
             namespace = await asyncio.to_thread(self._free_namespace, run_id)
             self._mine.add(namespace)
             workdir.mkdir(parents=True, exist_ok=True)
             tls, ca_file = self._tls(namespace, workdir)
             try:
-                for manifest in run_manifests(self.settings, run_id, tls, secrets.token_bytes(32), namespace):
+                for manifest in run_manifests(self.settings, run_id, tls, secrets.token_bytes(32), namespace,
+                                              relay):
                     self._check(abandoned)
                     await asyncio.to_thread(self.cluster.create, manifest)
                 await self._wait_ready(run_id, namespace, abandoned)
@@ -117,6 +131,24 @@ class KubernetesLauncher:
         self._watch(run_id, namespace)
         return SuperLinkHandle(run_id=run_id, address=address, control_address=f"{link_host(namespace)}:{LINK_PORT}",
                                ca_file=ca_file, where=namespace)
+
+    def app_route(self, control: ControlRoute) -> ControlRoute:
+        """ServerApp pods report through the run's observer relay (in its namespace: the short
+        Service name), verified with the SuperLink's CA; the relay adds the token (see :meth:`start`)."""
+        return ControlRoute(address=relay_address(), ca_file=f"{RELAY_CA_DIR}/ca.crt" if self.ca is not None else "")
+
+    def _relay_credentials(self, control: ControlRoute) -> RelayCredentials:
+        """What the run's relay presents to the control service: the run's token, the CA that
+        verifies the service and, when the service wants a client certificate (``control`` has
+        one: its own, which stays on its host), the relays' own."""
+        cert = key = b""
+        if control.cert_file:
+            if self.relay_cert is None or self.relay_key is None:
+                raise LaunchFailed("the control service requires client certificates (mutual TLS) and the observer "
+                                   "relay has none: give it one with --k8s-relay-tls-cert and --k8s-relay-tls-key")
+            cert, key = self.relay_cert.read_bytes(), self.relay_key.read_bytes()
+        return RelayCredentials(token=read_secret(Path(control.credential_file)) if control.credential_file else "",
+                                ca=Path(control.ca_file).read_bytes() if control.ca_file else b"", cert=cert, key=key)
 
     def abandon(self, run_id: str) -> None:
         """The run was stopped while its pod starts: the start stops waiting within moments (no
@@ -145,7 +177,7 @@ class KubernetesLauncher:
         too (the control service verifies the SuperLink with that CA file)."""
         if self.ca is None:
             return None, None
-        hosts = sorted({self.advertised_host, link_host(namespace), f"{LINK_SERVICE}.{namespace}",
+        hosts = sorted({self.advertised_host, LINK_SERVICE, link_host(namespace), f"{LINK_SERVICE}.{namespace}",
                         f"{link_host(namespace)}.cluster.local", f"{FLEET_SERVICE}.{namespace}.svc",
                         "127.0.0.1", "localhost"} - {"", "0.0.0.0"})
         cert, key = self.ca.issue("superlink", workdir / "tls", server_hosts=hosts)

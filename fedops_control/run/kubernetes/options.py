@@ -37,6 +37,7 @@ class KubernetesOptions:
     """``fedops-control --launcher kubernetes ...``"""
 
     image: str                      # the SuperLink/SuperExec/ServerApp image (carries fedops_control and flwr)
+    control_address: str = ""       # host:port run pods (their observer relay) reach this service at
     kubeconfig: Path | None = None  # None: the pod's in-cluster service account
     context: str | None = None
     namespace_prefix: str = "fedops-"
@@ -46,6 +47,8 @@ class KubernetesOptions:
     service_account: str = ""       # this service's ServiceAccount (in control_namespace): bound per run namespace
     run_role: str = "fedops-run-namespace"  # the ClusterRole it binds itself to in each run namespace
     owner: str = ""                 # the owner label of its run namespaces ('' = control_namespace)
+    relay_tls_cert: Path | None = None  # the observer relays' client certificate and key (under mutual TLS)
+    relay_tls_key: Path | None = None
 
 
 def build_launcher(options: KubernetesOptions, advertised_host: str, ca: CertificateAuthority | None,
@@ -54,7 +57,8 @@ def build_launcher(options: KubernetesOptions, advertised_host: str, ca: Certifi
     from fedops_control.run.kubernetes.cluster import Cluster, connect
     from fedops_control.run.kubernetes.launcher import KubernetesLauncher
 
-    settings = ClusterSettings(image=options.image, namespace_prefix=options.namespace_prefix,
+    settings = ClusterSettings(image=options.image, control_address=options.control_address,
+                               namespace_prefix=options.namespace_prefix,
                                fleet_service_type=options.fleet_service_type,
                                control_namespace=options.control_namespace,
                                run_role=options.run_role, owner=options.owner,
@@ -62,4 +66,5 @@ def build_launcher(options: KubernetesOptions, advertised_host: str, ca: Certifi
                                                 "namespace": options.control_namespace}
                                if options.service_account else None)
     return KubernetesLauncher(Cluster(connect(options.kubeconfig, options.context)), settings, advertised_host,
-                              ca=ca, start_timeout_s=options.start_timeout_s, on_status=on_status)
+                              ca=ca, start_timeout_s=options.start_timeout_s, on_status=on_status,
+                              relay_cert=options.relay_tls_cert, relay_key=options.relay_tls_key)
