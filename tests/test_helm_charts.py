@@ -17,6 +17,7 @@ import yaml
 from fedops_control.run.kubernetes.cluster import Cluster, connect
 from fedops_control.run.kubernetes.launcher import KubernetesLauncher
 from fedops_control.run.kubernetes.manifests import ClusterSettings
+from fedops_control.run.kubernetes.options import control_pod_labels
 from fedops_control.run.launcher import ControlRoute
 from tests.kube import CONTROL_USER, KubeCluster, helm
 
@@ -86,8 +87,10 @@ def test_the_control_chart_renders_tls_prometheus_and_the_kubernetes_launcher() 
     assert "--k8s-run-role=fedops-fedops-fedops-control-run-namespace" in args and "--k8s-owner=fedops.fedops" in args
     assert ("ClusterRole", "fedops-fedops-fedops-control-run-namespace") in objects
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
-    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == ClusterSettings(image="x").control_pod_labels[
-        "app.kubernetes.io/name"]  # what run namespaces admit to their Control API
+    # What run namespaces admit to their Control API: this release's pods only.
+    instance = next(a.split("=", 1)[1] for a in args if a.startswith("--k8s-control-instance="))
+    assert control_pod_labels(instance).items() <= pod["metadata"]["labels"].items()
+    assert instance == "fedops" and control_pod_labels(instance)["app.kubernetes.io/instance"] == "fedops"
     rules = objects[("ClusterRole", "fedops-fedops-fedops-control-namespaces")]["rules"]
     assert {r["resources"][0] for r in rules} == {"namespaces", "rolebindings", "clusterroles"}
     # Run pods' observer relays reach the service by its Service's cluster DNS name, on a port its

@@ -18,7 +18,7 @@ from fedops_control.run.kubernetes.manifests import (
     RelayCredentials,
     run_manifests,
 )
-from fedops_control.run.kubernetes.options import check_label_value
+from fedops_control.run.kubernetes.options import check_label_value, control_pod_labels
 from fedops_control.run.kubernetes.podstate import read_pod
 
 CONTROL = "fedops-control.fedops.svc:50051"  # the control Service's cluster DNS name (the Helm chart's)
@@ -53,6 +53,20 @@ def test_only_the_fleet_port_is_open_to_everyone() -> None:
     control = policies["control-from-fedops"]["ingress"][0]
     assert control["ports"] == [{"protocol": "TCP", "port": LINK_PORT}]
     assert control["from"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "fedops"}}
+
+
+def test_only_the_releases_own_control_pods_reach_the_control_port() -> None:
+    """Two releases in one namespace: each run namespace admits to port 9093 the pods of its own
+    release (instance label), not every fedops-control pod there."""
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, control_pod_labels=control_pod_labels("alpha"))
+    policy = next(o["spec"] for o in run_manifests(settings, "run-abc", None, b"x")
+                  if o["metadata"]["name"] == "control-from-fedops")
+    [source] = policy["ingress"][0]["from"]
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "fedops-control",
+                                                    "app.kubernetes.io/instance": "alpha"}
+    assert control_pod_labels("") == {"app.kubernetes.io/name": "fedops-control"}
 
 
 def test_the_pod_runs_the_gateway_superlink_and_flowers_kubernetes_executor() -> None:

@@ -319,6 +319,11 @@ def run(
         str, typer.Option(help="kubernetes launcher: fedops.io/owner label of this service's run namespaces "
                                "('' = --k8s-control-namespace); a restart deletes orphans with this owner only")
     ] = "",
+    k8s_control_instance: Annotated[
+        str, typer.Option(help="kubernetes launcher: this service's pods' app.kubernetes.io/instance label (the "
+                               "Helm release): only they reach run Control APIs ('' = any fedops-control pod "
+                               "in --k8s-control-namespace)")
+    ] = "",
     heartbeat_interval: Annotated[
         int, typer.Option(help="seconds between an agent's heartbeats (agents are told at registration)")
     ] = LivenessSettings.heartbeat_interval_s,
@@ -351,6 +356,8 @@ def run(
         raise typer.BadParameter("NodePort, LoadBalancer or ClusterIP", param_hint="--k8s-fleet-service")
     if launcher == "kubernetes" and (problem := check_label_value(k8s_owner or k8s_control_namespace)):
         raise typer.BadParameter(problem, param_hint="--k8s-owner" if k8s_owner else "--k8s-control-namespace")
+    if launcher == "kubernetes" and k8s_control_instance and (problem := check_label_value(k8s_control_instance)):
+        raise typer.BadParameter(problem, param_hint="--k8s-control-instance")
     if launcher == "kubernetes" and not k8s_run_role:
         raise typer.BadParameter("the ClusterRole's name is required", param_hint="--k8s-run-role")
     if launcher == "kubernetes" and (not k8s_control_address or ":" not in k8s_control_address):
@@ -367,7 +374,7 @@ def run(
         namespace_prefix=k8s_namespace_prefix,
         fleet_service_type=k8s_fleet_service, control_namespace=k8s_control_namespace,
         start_timeout_s=k8s_start_timeout, service_account=k8s_service_account, run_role=k8s_run_role,
-        owner=k8s_owner, relay_tls_cert=k8s_relay_tls_cert,
+        owner=k8s_owner, control_instance=k8s_control_instance, relay_tls_cert=k8s_relay_tls_cert,
         relay_tls_key=k8s_relay_tls_key) if launcher == "kubernetes" else None
     try:
         liveness = LivenessSettings(heartbeat_interval, liveness_timeout, liveness_persist_interval)

@@ -47,8 +47,16 @@ class KubernetesOptions:
     service_account: str = ""       # this service's ServiceAccount (in control_namespace): bound per run namespace
     run_role: str = "fedops-run-namespace"  # the ClusterRole it binds itself to in each run namespace
     owner: str = ""                 # the owner label of its run namespaces ('' = control_namespace)
+    control_instance: str = ""      # its pods' app.kubernetes.io/instance ('' = any fedops-control pod there)
     relay_tls_cert: Path | None = None  # the observer relays' client certificate and key (under mutual TLS)
     relay_tls_key: Path | None = None
+
+
+def control_pod_labels(instance: str) -> dict[str, str]:
+    """The labels of the pods a run namespace admits to its Control API: this service's. With the
+    release's instance label, a second release in the same namespace is not admitted to this one's runs."""
+    labels = dict(ClusterSettings(image="").control_pod_labels)
+    return {**labels, "app.kubernetes.io/instance": instance} if instance else labels
 
 
 def build_launcher(options: KubernetesOptions, advertised_host: str, ca: CertificateAuthority | None,
@@ -62,6 +70,7 @@ def build_launcher(options: KubernetesOptions, advertised_host: str, ca: Certifi
                                fleet_service_type=options.fleet_service_type,
                                control_namespace=options.control_namespace,
                                run_role=options.run_role, owner=options.owner,
+                               control_pod_labels=control_pod_labels(options.control_instance),
                                control_subject={"kind": "ServiceAccount", "name": options.service_account,
                                                 "namespace": options.control_namespace}
                                if options.service_account else None)
