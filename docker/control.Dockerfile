@@ -49,7 +49,9 @@ USER 10001
 EXPOSE 50051 9464
 VOLUME ["/var/lib/fedops"]
 # fedopsctl checks FEDOPS_CONTROL (default 127.0.0.1:50051): set it when --listen is another port.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+# 30 s (Docker's default): on a loaded 2-core host a check that starts Python took over 5 s, and the
+# container was marked unhealthy while it served (seen in a CI run).
+HEALTHCHECK --interval=15s --timeout=30s --start-period=20s --retries=3 \
     CMD ["fedopsctl", "health"]
 ENTRYPOINT ["fedops-control", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/fedops", \
             "--metrics-listen", "0.0.0.0:9464", "--superlink-bind", "0.0.0.0"]

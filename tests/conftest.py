@@ -112,10 +112,16 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the Kubernetes harness (``tests/kube.py``) run last: on a fresh machine
-    ``make test`` builds its binaries in the background meanwhile (``install_k8s.sh --background``)."""
-    def uses_kube(item: pytest.Item) -> bool:
+    ``make test`` builds its binaries in the background meanwhile (``install_k8s.sh --background``).
+    The container tests run just before them: their FL runs in containers (a cold torch import in
+    three containers at once) are the most sensitive to a loaded machine, and on a fresh machine
+    the background build (at the lowest priority, but with its disk and memory traffic) is then
+    most likely done. In a fresh-machine run with them early (at 15 %), the build was compiling
+    kube-apiserver meanwhile and their rounds timed out."""
+    def uses(item: pytest.Item, harness: str) -> bool:
         module = getattr(item, "module", None)
-        return any(getattr(value, "__module__", None) == "tests.kube" for value in vars(module).values()) \
+        return any(getattr(value, "__module__", None) == harness for value in vars(module).values()) \
             if module is not None else False
 
-    items.sort(key=uses_kube)  # stable: the order within each group is kept
+    # stable: the order within each group is kept
+    items.sort(key=lambda item: 2 if uses(item, "tests.kube") else 1 if uses(item, "tests.containers") else 0)
