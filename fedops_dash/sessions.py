@@ -58,7 +58,9 @@ class SessionStore:
 
 def cookie_script(handle: str, secure: bool) -> str:
     """The script that sets (or, for ``""``, deletes) the cookie in the page: Streamlit cannot set
-    response cookies, so the page sets it; ``SameSite=Strict``, ``Secure`` when served over HTTPS."""
-    age = int(IDLE_S) if handle else 0
-    attributes = f"; Path=/; Max-Age={age}; SameSite=Strict" + ("; Secure" if secure else "")
+    response cookies, so the page sets it; ``SameSite=Strict``, ``Secure`` when served over HTTPS.
+    A browser-session cookie (no ``Max-Age``): the store's idle expiry decides how long a sign-in
+    holds, so one in use is not cut 12 hours after it began."""
+    attributes = ("; Path=/" + ("" if handle else "; Max-Age=0") + "; SameSite=Strict"
+                  + ("; Secure" if secure else ""))
     return f"<script>document.cookie = {json.dumps(f'{COOKIE}={handle}{attributes}')};</script>"

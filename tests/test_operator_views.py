@@ -162,4 +162,5 @@ def test_sign_in_handles_are_random_renewed_and_expire(monkeypatch: pytest.Monke
     assert store.token(first) is None and store.token("made-up") is None
     script = cookie_script(second, secure=True)
     assert f"{COOKIE}={second}" in script and "SameSite=Strict" in script and "Secure" in script
+    assert "Max-Age" not in script  # the store's idle expiry decides, not an age counted from sign-in
     assert "Max-Age=0" in cookie_script("", secure=False) and "Secure" not in cookie_script("", secure=False)
