@@ -19,7 +19,7 @@ test: $(VENV)/.installed  ## the whole suite: lint, real backends, a Docker engi
 	scripts/install_backends.sh
 	scripts/install_docker.sh
 	scripts/install_k8s.sh --background
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -v -rA --durations=30
 
 test-containers: $(VENV)/.installed  ## only the container tests: Docker engine, images built offline, containerized FL runs
 	scripts/install_backends.sh
