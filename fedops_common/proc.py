@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,3 +98,13 @@ def scan_processes() -> Iterator[tuple[int, Path, bytes]]:
             yield int(proc.name), proc, (proc / "cmdline").read_bytes()
         except OSError:
             continue
+
+
+async def until_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM: a service's main coroutine awaits this, then shuts down in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 import grpc
 
 from fedops_common.grpc_channel import CHANNEL_OPTIONS
+from fedops_common.proc import until_stop_signal
 from fedops_common.proto import agent_pb2
 from fedops_common.security import AUTHORIZATION, read_secret
 
@@ -123,13 +122,8 @@ async def serve(listen: str, upstream: grpc.aio.Channel, token: str = "",
     print(f"observer relay: listening on {listen}, forwarding {OBSERVER_SERVICE.full_name}", flush=True)
     if started is not None:
         started.set()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stop_signal()
     finally:
         await server.stop(grace=5)
         await upstream.close()

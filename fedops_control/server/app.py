@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import secrets
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.ca import CertificateAuthority
 from fedops_common.grpc_channel import CHANNEL_OPTIONS
 from fedops_common.logging import get_logger
+from fedops_common.proc import until_stop_signal
 from fedops_common.proto import (
     access_pb2,
     access_pb2_grpc,
@@ -212,13 +211,8 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                   asyncio.create_task(watch_event_loop())]
     if ready is not None:
         ready.set()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stop_signal()
     finally:
         watchdog.cancel()
         for task in background:
