@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 
 def console_script(name: str) -> str:
     """Path of a console script in this interpreter's environment (else the bare name, via PATH)."""
@@ -58,16 +60,50 @@ class ChildProcess(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
 
-def stop_process_group(process: ChildProcess, hard: bool = False, grace_s: float = 5.0) -> None:
+def detached_groups(pid: int) -> set[int]:
+    """Process groups of ``pid``'s descendants that left its group. Flower's SuperLink starts its
+    SuperExec in a session of its own, with the ServerApp template and the ServerApps under it: a
+    stop of the SuperLink's group alone left them to Flower's parent watch, which once took over
+    30 s to end them after a hard stop. Read them before any signal: once the leader is gone they
+    are orphans, no longer found from it."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return set()
+    groups = set()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(child.pid))
+    return groups - {pid, os.getpgid(0)}  # never our own group
+
+
+def stop_process_group(process: ChildProcess, hard: bool = False, grace_s: float = 5.0,
+                       detached: bool = False) -> None:
     """Signal the process's group (SIGTERM, or SIGKILL when hard), SIGKILL it after ``grace_s``,
-    then SIGKILL whatever of the group outlived its leader: no strays."""
-    if process.poll() is None and _killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM):
+    then SIGKILL whatever of the group outlived its leader: no strays. With ``detached``, the groups
+    its descendants started (:func:`detached_groups`) get the same signals and grace."""
+    groups = detached_groups(process.pid) if detached and process.poll() is None else set()
+    first = signal.SIGKILL if hard else signal.SIGTERM
+    deadline = time.monotonic() + grace_s
+    for group in groups:
+        _killpg(group, first)
+    if process.poll() is None and _killpg(process.pid, first):
         try:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             _killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=grace_s)
     _killpg(process.pid, signal.SIGKILL)
+    _end_groups(groups, deadline)
+
+
+def _end_groups(groups: set[int], deadline: float) -> None:
+    """Wait until ``deadline`` for ``groups`` to be empty (they were signalled), then SIGKILL them."""
+    while groups and time.monotonic() < deadline:
+        groups = {group for group in groups if _killpg(group, 0)}
+        time.sleep(0.05)
+    for group in groups:
+        _killpg(group, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,14 +115,17 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def stop_group_by_pid(pid: int, grace_s: float = 5.0) -> None:
+def stop_group_by_pid(pid: int, grace_s: float = 5.0, detached: bool = False) -> None:
     """:func:`stop_process_group` for a group leader we did not start (no Popen): SIGTERM, then SIGKILL."""
-    if not _killpg(pid, signal.SIGTERM):
-        return
+    groups = detached_groups(pid) if detached else set()
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    _killpg(pid, signal.SIGKILL)
+    for group in groups:
+        _killpg(group, signal.SIGTERM)
+    if _killpg(pid, signal.SIGTERM):
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        _killpg(pid, signal.SIGKILL)
+    _end_groups(groups, deadline)
 
 
 def scan_processes() -> Iterator[tuple[int, Path, bytes]]:

@@ -65,7 +65,12 @@ class LocalStack:
         return issued.token
 
     def start_control(self, port: int | None = None) -> str:
-        """Start the control service with a SQLite file and JSON-lines logs under root."""
+        """Start the control service with a SQLite file and JSON-lines logs under root; a restart
+        (``port`` of the one before) first waits for the killed or stopped one to exit."""
+        if self.control is not None:
+            # A process killed a moment ago can still accept connections on its port: the port
+            # check below would take it for the new one, and the next call gets "connection refused".
+            self.control.wait(timeout=30)
         port = port or free_port()
         self.control_address = f"127.0.0.1:{port}"
         self.metrics_address = self.metrics_address or f"127.0.0.1:{free_port()}"

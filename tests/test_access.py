@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,29 @@ def test_agents_cannot_act_as_another_or_join_tasks_they_were_not_enrolled_in(se
     mine = next(t for t in listed if t["subject"] == agent.client_id)
     stack.ctl("token", "revoke", mine["token_id"])
     assert _code(lambda: _register(stack, "device-a", [], credential)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_agent_back_while_training_a_finished_run_is_told_to_stop_it(secured: dict[str, Any]) -> None:
+    """The stop of a run that ended while an agent's session was down went with that session: when
+    the agent comes back still training it, the control service tells it to stop (hard)."""
+    stack: LocalStack = secured["stack"]
+    device = _register(stack, "device-back", [stack.enrolment_token(secured["task"]["id"])])
+    done = threading.Event()
+
+    def messages() -> Iterator[agent_pb2.AgentMessage]:
+        yield agent_pb2.AgentMessage(client_id=device.client_id, status=agent_pb2.StatusChange(
+            state=common_pb2.CLIENT_STATE_TRAINING, reason="reconnected while training", run_id="run-long-gone"))
+        done.wait(10)
+
+    with control_channel(stack.control_address, stack.security(device.credential)) as channel:
+        replies = agent_pb2_grpc.AgentServiceStub(channel).Session(messages(), timeout=10)
+        try:
+            first = next(replies)
+        finally:
+            done.set()
+            replies.cancel()
+    assert first.WhichOneof("body") == "stop_training"
+    assert first.stop_training.run_id == "run-long-gone" and first.stop_training.hard
 
 
 def test_cli_roles_and_exit_codes(secured: dict[str, Any]) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from fedops_common.proc import pid_alive, scan_processes
@@ -26,12 +29,12 @@ def _group(workdir: Path) -> list[int]:
     return [pid for pid, _, cmdline in scan_processes() if str(workdir).encode() in cmdline]
 
 
-@pytest.mark.parametrize("bind_host", ["127.0.0.1", "0.0.0.0"])
-def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
+@pytest.mark.parametrize(("bind_host", "warm_apps"), [("127.0.0.1", False), ("0.0.0.0", False), ("127.0.0.1", True)])
+def test_start_adopt_and_stop(tmp_path: Path, bind_host: str, warm_apps: bool) -> None:
     """A launched SuperLink is found again by a fresh launcher (a restarted control service), which
     stops it and everything it started; behind the gateway only the Fleet API answers."""
     workdir = tmp_path / "run-1"
-    launcher = LocalProcessLauncher(bind_host=bind_host)
+    launcher = LocalProcessLauncher(bind_host=bind_host, warm_apps=warm_apps)
     handle = asyncio.run(launcher.start("run-1", workdir, CONTROL))
     try:
         port = int(handle.address.rsplit(":", 1)[1])
@@ -45,6 +48,10 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
             assert "only the Fleet API" not in fleet.text  # reached the SuperLink
         # The Control API answers the control service on loopback (what the watchdog asks).
         assert flower_control.status_text(asyncio.run(flower_control.get_run(handle, "12345"))) == "unknown"
+        # Flower starts the SuperLink's SuperExec in a session of its own (with the ServerApp template
+        # under it): a stop ends them too, at once.
+        superexec = wait_for_superexec(handle.process.pid, warm_apps)
+        assert os.getpgid(superexec[0]) != handle.process.pid
         adopted = LocalProcessLauncher(bind_host=bind_host).adopt("run-1", workdir, handle.address)
         assert adopted is not None
         assert adopted.pid == handle.process.pid  # the group leader
@@ -53,8 +60,24 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str) -> None:
         asyncio.run(launcher.stop(adopted))
         assert not pid_alive(handle.process.pid) or handle.process.poll() is not None
         assert _group(workdir) == []
+        assert not any(map(pid_alive, superexec))
     finally:
         asyncio.run(launcher.stop(handle))
+
+
+def wait_for_superexec(leader: int, warm_apps: bool, timeout_s: float = 30) -> list[int]:
+    """The pids of the SuperExec that the SuperLink (``leader`` or its child) started once it served,
+    and with warm apps of the ServerApp template that SuperExec started."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [child.pid for child in psutil.Process(leader).children(recursive=True)
+                 if "superexec" in " ".join(child.cmdline())]
+        if found and warm_apps:
+            found += [child.pid for child in psutil.Process(found[0]).children(recursive=True)]
+        if len(found) >= (2 if warm_apps else 1):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no SuperExec (and template) under {leader} within {timeout_s} s")
 
 
 def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> None:

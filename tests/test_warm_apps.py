@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from fedops_common.proc import scan_processes
 from fedops_control.devstack import LocalStack
+from fedops_control.run.launcher import CLAIMED_BY
 from tests.test_e2e import flower_processes, get_run, stray_processes, wait_finished, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -185,8 +187,22 @@ def test_hard_stop_leaves_no_template_or_task(fleet: dict[str, Any]) -> None:
         stack.ctl("run", "stop", run["id"], "--hard")
     final = get_run(stack, run["id"])
     assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
-    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(stack) == [], 30)
-    wait_for(lambda: app_processes(stack.root) == [], 30)
+    # The control service answers once the run's SuperLink, SuperExec (in a session of its own),
+    # ServerApp template and ServerApp are gone; the agents stop their SuperNodes when told.
+    superlink = [spare for spare in (stack.root / "control" / "superlinks").glob("spare-*")
+                 if (spare / CLAIMED_BY).exists() and (spare / CLAIMED_BY).read_text() == run["id"]]
+    assert len(superlink) == 1
+    assert [cmdline for _, _, cmdline in scan_processes() if f"{superlink[0]}/".encode() in cmdline] == []
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = [*flower_processes(run["id"]), *stray_processes(stack), *app_processes(stack.root)]
+        return not left
+
+    try:
+        wait_for(gone, 30)
+    except AssertionError as error:
+        raise AssertionError(f"processes left 30 s after a hard stop: {left}") from error
     wait_for(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 30)
 
 

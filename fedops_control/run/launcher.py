@@ -263,7 +263,7 @@ class LocalProcessLauncher:
         try:
             await asyncio.to_thread(wait_for_port, listen, port, 60.0)
         except TimeoutError:
-            stop_process_group(process)
+            stop_process_group(process, detached=True)
             raise
         return SuperLinkHandle(run_id=run_id, address=f"{self.advertised_host}:{port}",
                                control_address=f"{LOOPBACK}:{internal_port}", ca_file=ca_file,
@@ -275,12 +275,13 @@ class LocalProcessLauncher:
         return control
 
     async def stop(self, handle: SuperLinkHandle) -> None:
-        """Stop the SuperLink, its gateway and every ServerApp process it spawned (one process group);
-        then warm up the next spare (not earlier: a spare starting beside a run slows the run)."""
+        """Stop the SuperLink, its gateway, its SuperExec and every ServerApp process (the SuperLink's
+        group and the session Flower starts its SuperExec in); then warm up the next spare (not
+        earlier: a spare starting beside a run slows the run)."""
         if handle.process is not None:
-            await asyncio.to_thread(stop_process_group, handle.process)
+            await asyncio.to_thread(stop_process_group, handle.process, detached=True)
         elif handle.pid:
-            await asyncio.to_thread(stop_group_by_pid, handle.pid)
+            await asyncio.to_thread(stop_group_by_pid, handle.pid, detached=True)
         self._warm_up()
 
     def abandon(self, run_id: str) -> None:
@@ -332,7 +333,7 @@ def _stop_spare(directory: Path, process: subprocess.Popen[bytes] | None = None)
     """Stop an unclaimed spare (its group, or the process groups whose command line names its
     ``directory``), then delete the directory."""
     if process is not None:
-        stop_process_group(process)
+        stop_process_group(process, detached=True)
     marker = f"{directory}{os.sep}".encode()
     groups = set()
     for pid, _, cmdline in scan_processes():

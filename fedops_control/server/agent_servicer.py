@@ -47,6 +47,7 @@ _CLIENT_STATE = select(CLIENTS.c.state, CLIENTS.c.state_reason, CLIENTS.c.curren
     CLIENTS.c.id == bindparam("client_id"))
 _UPDATE_CLIENT = update(CLIENTS).where(CLIENTS.c.id == bindparam("b_client_id"))
 _RUN_NODES = select(RUNS.c.client_ids, RUNS.c.node_clients).where(RUNS.c.id == bindparam("run_id"))
+_RUN_STATE = select(RUNS.c.state).where(RUNS.c.id == bindparam("run_id"))
 _UPDATE_RUN_NODES = update(RUNS).where(RUNS.c.id == bindparam("b_run_id"))
 
 
@@ -134,6 +135,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         queue = self._agents.open(client_id)
         if not first.HasField("status"):  # a first status was written with the check above
             await self._apply(client_id, first)
+        elif first.status.state == S.CLIENT_STATE_TRAINING and await self._write(self._run_over, first.status.run_id):
+            # Reconnected while training a run that ended meanwhile: the stop sent then was lost
+            # with the old session, and its SuperNode would otherwise wait for a SuperLink that is gone.
+            log.info("agent still trains a finished run: stopping it", client_id=client_id,
+                     run_id=first.status.run_id)
+            self._agents.send(client_id, agent_pb2.AgentCommand(stop_training=agent_pb2.StopTraining(
+                run_id=first.status.run_id, hard=True)))
         log.info("agent session opened", client_id=client_id)
 
         async def read() -> None:
@@ -206,6 +214,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._runs.on_training_report(client_id, message.training)
         elif body == "notice":
             await self._runs.on_run_notice(client_id, message.notice)
+
+    def _run_over(self, run_id: str) -> bool:
+        """Whether ``run_id`` is finished or unknown (on the database thread)."""
+        with self._engine.connect() as conn:
+            state = conn.execute(_RUN_STATE, {"run_id": run_id}).scalar()
+        return state is None or state == S.RUN_STATE_FINISHED
 
     def _store(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
         """A status change or a data status report (on the database thread)."""
