@@ -196,25 +196,39 @@ def test_agents_cannot_act_as_another_or_join_tasks_they_were_not_enrolled_in(se
 
 def test_an_agent_back_while_training_a_finished_run_is_told_to_stop_it(secured: dict[str, Any]) -> None:
     """The stop of a run that ended while an agent's session was down went with that session: when
-    the agent comes back still training it, the control service tells it to stop (hard)."""
+    the agent comes back still training it, the control service tells it to stop (hard); so it does
+    for a later status of that run (a SuperNode's "connected as node N" can follow a stop). Neither
+    status puts the client in the finished run."""
     stack: LocalStack = secured["stack"]
     device = _register(stack, "device-back", [stack.enrolment_token(secured["task"]["id"])])
-    done = threading.Event()
+    got_first, done = threading.Event(), threading.Event()
+
+    def status(reason: str, node_id: int = 0) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(client_id=device.client_id, status=agent_pb2.StatusChange(
+            state=common_pb2.CLIENT_STATE_TRAINING, reason=reason, run_id="run-long-gone", node_id=node_id))
 
     def messages() -> Iterator[agent_pb2.AgentMessage]:
-        yield agent_pb2.AgentMessage(client_id=device.client_id, status=agent_pb2.StatusChange(
-            state=common_pb2.CLIENT_STATE_TRAINING, reason="reconnected while training", run_id="run-long-gone"))
+        yield status("reconnected while training")
+        got_first.wait(10)
+        yield status("SuperNode connected as node 7", node_id=7)
         done.wait(10)
 
     with control_channel(stack.control_address, stack.security(device.credential)) as channel:
         replies = agent_pb2_grpc.AgentServiceStub(channel).Session(messages(), timeout=10)
+        commands = []
         try:
-            first = next(replies)
+            for command in replies:
+                commands.append(command)
+                got_first.set()
+                if len(commands) == 2:
+                    break
         finally:
             done.set()
             replies.cancel()
-    assert first.WhichOneof("body") == "stop_training"
-    assert first.stop_training.run_id == "run-long-gone" and first.stop_training.hard
+    assert [c.WhichOneof("body") for c in commands] == ["stop_training"] * 2
+    assert all(c.stop_training.run_id == "run-long-gone" and c.stop_training.hard for c in commands)
+    client = stack.ctl_json("clients", "show", device.client_id)
+    assert not client.get("current_run_id") and client.get("state") != "CLIENT_STATE_TRAINING", client
 
 
 def test_cli_roles_and_exit_codes(secured: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -73,6 +73,21 @@ def stray_processes(stack: LocalStack) -> list[str]:
     spares = [f"{spare}/" for spare in (stack.root / "control" / "superlinks").glob("spare-*")
               if not (spare / CLAIMED_BY).exists()]
     return [line for line in found if not any(spare in line for spare in spares)]
+
+
+def wait_gone(stack: LocalStack, run_id: str, timeout_s: float, *extra: Callable[[], list[str]]) -> None:
+    """Wait until no Flower process of the run and none under the stack (but the spare) is left, nor
+    any that ``extra`` lists; else fail naming them."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = [*flower_processes(run_id), *stray_processes(stack), *(line for more in extra for line in more())]
+        return not left
+
+    try:
+        wait_for(gone, timeout_s)
+    except AssertionError as error:
+        raise AssertionError(f"processes left {timeout_s} s after the run ended: {left}") from error
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +168,7 @@ def test_cooperative_stop_after_current_round(stack) -> None:
     finished = [r for r in final["rounds"] if r["phase"] == "done"]
     assert 1 <= len(finished) < 6
     assert len(local.ctl_json("models", "list", "--run", run["id"])["models"]) == len(finished)
-    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
+    wait_gone(local, run["id"], 30)
 
 
 def test_hard_stop_leaves_no_processes(stack) -> None:
@@ -163,7 +178,7 @@ def test_hard_stop_leaves_no_processes(stack) -> None:
     local.ctl("run", "stop", run["id"], "--hard")
     final = get_run(local, run["id"])
     assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
-    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
+    wait_gone(local, run["id"], 30)
     # Clients are free again for the next run.
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 
@@ -180,7 +195,7 @@ def test_hard_stop_while_starting_stays_stopped(stack) -> None:
         assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED", final
         time.sleep(0.5)
     assert final.get("current_round", 0) == 0  # no round ever started
-    wait_for(lambda: flower_processes(run["id"]) == [] and stray_processes(local) == [], 30)
+    wait_gone(local, run["id"], 30)
     wait_for(lambda: all(not c.get("current_run_id") for c in local.ctl_json("clients", "list")["clients"]), 30)
 
 

@@ -16,7 +16,7 @@ import pytest
 from fedops_common.proc import scan_processes
 from fedops_control.devstack import LocalStack
 from fedops_control.run.launcher import CLAIMED_BY
-from tests.test_e2e import flower_processes, get_run, stray_processes, wait_finished, wait_for
+from tests.test_e2e import get_run, wait_finished, wait_for, wait_gone
 
 pytestmark = pytest.mark.e2e
 APPS = Path(__file__).parent / "apps"
@@ -193,16 +193,7 @@ def test_hard_stop_leaves_no_template_or_task(fleet: dict[str, Any]) -> None:
                  if (spare / CLAIMED_BY).exists() and (spare / CLAIMED_BY).read_text() == run["id"]]
     assert len(superlink) == 1
     assert [cmdline for _, _, cmdline in scan_processes() if f"{superlink[0]}/".encode() in cmdline] == []
-    left: list[str] = []
-
-    def gone() -> bool:
-        left[:] = [*flower_processes(run["id"]), *stray_processes(stack), *app_processes(stack.root)]
-        return not left
-
-    try:
-        wait_for(gone, 30)
-    except AssertionError as error:
-        raise AssertionError(f"processes left 30 s after a hard stop: {left}") from error
+    wait_gone(stack, run["id"], 30, lambda: app_processes(stack.root))
     wait_for(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 30)
 
 

@@ -46,7 +46,7 @@ CLIENTS, RUNS = cast(Table, ClientRow.__table__), cast(Table, RunRow.__table__) 
 _CLIENT_STATE = select(CLIENTS.c.state, CLIENTS.c.state_reason, CLIENTS.c.current_run_id).where(
     CLIENTS.c.id == bindparam("client_id"))
 _UPDATE_CLIENT = update(CLIENTS).where(CLIENTS.c.id == bindparam("b_client_id"))
-_RUN_NODES = select(RUNS.c.client_ids, RUNS.c.node_clients).where(RUNS.c.id == bindparam("run_id"))
+_RUN_NODES = select(RUNS.c.state, RUNS.c.client_ids, RUNS.c.node_clients).where(RUNS.c.id == bindparam("run_id"))
 _RUN_STATE = select(RUNS.c.state).where(RUNS.c.id == bindparam("run_id"))
 _UPDATE_RUN_NODES = update(RUNS).where(RUNS.c.id == bindparam("b_run_id"))
 
@@ -138,10 +138,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         elif first.status.state == S.CLIENT_STATE_TRAINING and await self._write(self._run_over, first.status.run_id):
             # Reconnected while training a run that ended meanwhile: the stop sent then was lost
             # with the old session, and its SuperNode would otherwise wait for a SuperLink that is gone.
-            log.info("agent still trains a finished run: stopping it", client_id=client_id,
-                     run_id=first.status.run_id)
-            self._agents.send(client_id, agent_pb2.AgentCommand(stop_training=agent_pb2.StopTraining(
-                run_id=first.status.run_id, hard=True)))
+            self._stop_finished(client_id, first.status.run_id)
         log.info("agent session opened", client_id=client_id)
 
         async def read() -> None:
@@ -209,11 +206,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         elif body == "preflight":  # answers a pending StartRun; nothing to store
             self._preflight.on_result(client_id, message.preflight)
         elif body in ("status", "data_status"):
-            await self._write(self._store, client_id, message)
+            if not await self._write(self._store, client_id, message):
+                self._stop_finished(client_id, message.status.run_id)
         elif body == "training":
             await self._runs.on_training_report(client_id, message.training)
         elif body == "notice":
             await self._runs.on_run_notice(client_id, message.notice)
+
+    def _stop_finished(self, client_id: str, run_id: str) -> None:
+        """The agent says it trains ``run_id``, which is over: tell it to stop (hard)."""
+        log.info("agent trains a finished run: stopping it", client_id=client_id, run_id=run_id)
+        self._agents.send(client_id, agent_pb2.AgentCommand(stop_training=agent_pb2.StopTraining(
+            run_id=run_id, hard=True)))
 
     def _run_over(self, run_id: str) -> bool:
         """Whether ``run_id`` is finished or unknown (on the database thread)."""
@@ -221,37 +225,45 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             state = conn.execute(_RUN_STATE, {"run_id": run_id}).scalar()
         return state is None or state == S.RUN_STATE_FINISHED
 
-    def _store(self, client_id: str, message: agent_pb2.AgentMessage) -> None:
-        """A status change or a data status report (on the database thread)."""
+    def _store(self, client_id: str, message: agent_pb2.AgentMessage) -> bool:
+        """A status change or a data status report (on the database thread); False for a status
+        that says the agent trains a run that is over (:func:`_write_status`)."""
         now = utcnow()
         if message.HasField("data_status"):
             report = message.data_status
             if report.ByteSize() > MAX_DATA_STATUS_BYTES:  # larger reports are dropped, not stored
                 log.warning("data status report too large; dropped", client_id=client_id, size=report.ByteSize())
-                return
+                return True
             with self._sessions.begin() as db:
                 db.add(DataStatusRow(client_id=client_id, run_id=report.run_id[:64], round=max(report.round, 0),
                                      reported_at=now, summary=struct_to_dict(report.summary)))
-            return
+            return True
         with self._engine.begin() as conn:
             row = conn.execute(_CLIENT_STATE, {"client_id": client_id}).first()
             if row is None:  # Session() checked it exists: deleted since
                 raise NotFound(f"client {client_id} is not registered")
-            _write_status(conn, client_id, row, message.status)
+            return _write_status(conn, client_id, row, message.status)
 
 
-def _write_status(conn: Connection, client_id: str, row: Any, status: agent_pb2.StatusChange) -> None:
+def _write_status(conn: Connection, client_id: str, row: Any, status: agent_pb2.StatusChange) -> bool:
     """Store a client's status change; ``row``: its current state and current_run_id. Plain statements
-    (no ORM object), and no UPDATE when nothing changes."""
+    (no ORM object), and no UPDATE when nothing changes. A TRAINING status of a run that is finished
+    (or unknown) is not stored, and False returned: it was sent before the agent heard of the run's
+    end (the SuperNode's "connected as node N" can follow the stop), and stored it left the client
+    in a finished run for good."""
     changes: dict[str, Any] = {"state": status.state, "state_reason": status.reason}
-    if status.state == S.CLIENT_STATE_TRAINING:
+    if status.state == S.CLIENT_STATE_TRAINING and status.run_id:
+        run = conn.execute(_RUN_NODES, {"run_id": status.run_id}).first()
+        if run is None or run.state == S.RUN_STATE_FINISHED:
+            return False
         changes["current_run_id"] = status.run_id
-        if status.node_id:
-            run = conn.execute(_RUN_NODES, {"run_id": status.run_id}).first()
-            if run is not None and client_id in run.client_ids:
-                conn.execute(_UPDATE_RUN_NODES, {"b_run_id": status.run_id,
-                                                 "node_clients": {**run.node_clients, str(status.node_id): client_id}})
+        if status.node_id and client_id in run.client_ids:
+            conn.execute(_UPDATE_RUN_NODES, {"b_run_id": status.run_id,
+                                             "node_clients": {**run.node_clients, str(status.node_id): client_id}})
+    elif status.state == S.CLIENT_STATE_TRAINING:
+        changes["current_run_id"] = ""
     elif status.run_id and row.current_run_id == status.run_id:
         changes["current_run_id"] = ""  # the agent is done with that run
     if any(getattr(row, name) != value for name, value in changes.items()):
         conn.execute(_UPDATE_CLIENT, {"b_client_id": client_id, **changes})
+    return True
