@@ -282,6 +282,9 @@ class LocalProcessLauncher:
             await asyncio.to_thread(stop_process_group, handle.process, detached=True)
         elif handle.pid:
             await asyncio.to_thread(stop_group_by_pid, handle.pid, detached=True)
+        # And whatever still names its directory: once, a ServerApp template outlived the stop of
+        # both groups (no longer under the SuperLink when the groups were read; cause not found).
+        await asyncio.to_thread(_stop_naming, handle.flwr_home.parent)
         self._warm_up()
 
     def abandon(self, run_id: str) -> None:
@@ -334,6 +337,12 @@ def _stop_spare(directory: Path, process: subprocess.Popen[bytes] | None = None)
     ``directory``), then delete the directory."""
     if process is not None:
         stop_process_group(process, detached=True)
+    _stop_naming(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop_naming(directory: Path) -> None:
+    """Stop the process groups of every process whose command line names ``directory``."""
     marker = f"{directory}{os.sep}".encode()
     groups = set()
     for pid, _, cmdline in scan_processes():
@@ -342,4 +351,3 @@ def _stop_spare(directory: Path, process: subprocess.Popen[bytes] | None = None)
                 groups.add(os.getpgid(pid))
     for group in groups - {os.getpgid(0)}:  # never our own group
         stop_group_by_pid(group)
-    shutil.rmtree(directory, ignore_errors=True)
