@@ -6,7 +6,7 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -75,13 +75,13 @@ def stray_processes(stack: LocalStack) -> list[str]:
     return [line for line in found if not any(spare in line for spare in spares)]
 
 
-def wait_gone(stack: LocalStack, run_id: str, timeout_s: float, *extra: Callable[[], list[str]]) -> None:
-    """Wait until no Flower process of the run and none under the stack (but the spare) is left, nor
-    any that ``extra`` lists; else fail naming them."""
+def wait_gone(stack: LocalStack, run_id: str, timeout_s: float) -> None:
+    """Wait until no Flower process of the run and none under the stack (but the spare's) is left;
+    else fail naming them."""
     left: list[str] = []
 
     def gone() -> bool:
-        left[:] = [*flower_processes(run_id), *stray_processes(stack), *(line for more in extra for line in more())]
+        left[:] = [*flower_processes(run_id), *stray_processes(stack)]
         return not left
 
     try:
