@@ -282,8 +282,9 @@ class LocalProcessLauncher:
             await asyncio.to_thread(stop_process_group, handle.process, detached=True)
         elif handle.pid:
             await asyncio.to_thread(stop_group_by_pid, handle.pid, detached=True)
-        # And whatever still names its directory: once, a ServerApp template outlived the stop of
-        # both groups (no longer under the SuperLink when the groups were read; cause not found).
+        # And whatever still names its directory: processes no longer under the SuperLink when the
+        # groups were read (an adopted SuperLink that died: its SuperExec's ServerApp template is an
+        # orphan, found only by its title's FLWR_HOME).
         await asyncio.to_thread(_stop_naming, handle.flwr_home.parent)
         self._warm_up()
 
