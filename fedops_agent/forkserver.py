@@ -31,7 +31,8 @@ from fedops_common.proc import FLOWER_SETTINGS
 PRELOAD = ["__main__", "flwr.supernode.cli", "flwr.supercore.cli"]
 # With warm apps, each run's SuperExec forks a ClientApp template that imports our wrapper: preloaded
 # here, the template is ready in milliseconds instead of importing grpc and the stubs again.
-PRELOAD_WARM_APPS = ["fedops_flower.warmapps.executor", "fedops_flower.warmapps.pull", "fedops_flower.clientapp.app"]
+PRELOAD_WARM_APPS = ["fedops_flower.warmapps.executor", "fedops_flower.warmapps.pull",
+                     "fedops_flower.warmapps.objectpull", "fedops_flower.clientapp.app"]
 _CONTEXT = multiprocessing.get_context("forkserver")
 
 
@@ -109,9 +110,10 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
     if warm_apps:
         # Fast rounds: the SuperNode's 3 s pull sleep and 0.5 s reply check shortened while its
         # run is active (fedops_flower.warmapps.pull says what and why).
-        from fedops_flower.warmapps import pull
+        from fedops_flower.warmapps import objectpull, pull
 
         clock = pull.install()
+        objectpull.install()  # it then pulls a message before the ServerApp has pushed its arrays
         print(f"{pull.INSTALLED_MARK}: {clock.active_pull_s} s for {clock.active_window_s:.0f} s after a message"
               if clock else f"{pull.NOT_INSTALLED_MARK}: the SuperNode loop is not the one expected",
               file=sys.stderr, flush=True)

@@ -70,3 +70,33 @@ def test_framework_imports_are_the_installed_dependencies_import_names() -> None
     names = framework_imports(["numpy>=1.26", "scikit-learn", "flwr[simulation]>=1.42", "PyYAML",
                                "not-installed-anywhere", "!!not a requirement"])
     assert names == ["numpy", "sklearn", "yaml"]
+
+
+def test_object_pull_retries_within_milliseconds_after_install() -> None:
+    """Flower's pull of an object that is not there yet waits 1 s first; after install, 0.02 s.
+    Fails when a Flower upgrade renames the arguments (install then returns False)."""
+    from flwr.supercore.inflatable import inflatable_utils as flower
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from fedops_flower.warmapps import objectpull
+
+    functions = (flower.pull_objects, flower.pull_and_inflate_object_from_tree)
+    saved = [dict(f.__kwdefaults__ or {}) for f in functions]
+    asked: list[float] = []
+
+    def arrives_on_the_third_try(object_id: str) -> bytes:
+        asked.append(time.monotonic())
+        if len(asked) < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"chunk"
+
+    try:
+        assert objectpull.install()
+        assert all(f.__kwdefaults__ and f.__kwdefaults__["initial_backoff"] == objectpull.INITIAL_BACKOFF_S
+                   and f.__kwdefaults__["backoff_cap"] == objectpull.BACKOFF_CAP_S for f in functions)
+        assert flower.pull_objects(["a"], arrives_on_the_third_try) == {"a": b"chunk"}
+    finally:
+        for function, defaults in zip(functions, saved, strict=True):
+            function.__kwdefaults__ = defaults
+    assert asked[-1] - asked[0] < 0.5  # Flower's defaults: at least 0.8 + 1.6 s
+    assert flower.pull_objects.__kwdefaults__["initial_backoff"] == 1  # restored for the other tests

@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 from setproctitle import setproctitle
 
 from fedops_common.runconfig import WARM_FORK_ENV, WARM_IMPORTS_ENV
+from fedops_flower.warmapps import objectpull
 
 # What the template imports before it says it is ready, by task type: Flower's entry point for the
 # task and our wrapper (with grpc, structlog and the generated stubs it imports).
@@ -55,6 +56,7 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
         module, function, wrapper = ENTRY_POINTS[command]
         entry = getattr(importlib.import_module(module), function)
         importlib.import_module(wrapper)
+        objectpull.install()  # its tasks pull their message as soon as they start: no 1 s first backoff
         _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
         _send(sock, {"ready": True, "pid": os.getpid()})
         _loop(sock, command, entry)
