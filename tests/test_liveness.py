@@ -1,4 +1,5 @@
-"""Liveness in memory (agents/sessions.py) and its batches (agents/liveness.py), on a real SQLite file."""
+"""Liveness in memory (agents/sessions.py), its batches (agents/liveness.py) and the HTTP-SD list of
+connected agents built from it, on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def test_batches_persist_last_seen_and_only_what_changed(db_sessions: Any) -> No
     with db_sessions() as db:
         ages = {row.id: (utcnow() - row.last_heartbeat).total_seconds() for row in db.query(ClientRow)}
     assert ages["a"] < 5 and ages["b"] < 5 and ages["c"] > 3000
+
+
+def test_http_sd_lists_connected_agents_with_an_endpoint(db_sessions: Any) -> None:
+    """Prometheus HTTP-SD (served on the /metrics thread): every connected agent that has a
+    metrics endpoint, by client id, with its hostname and device id as labels."""
+    import warnings
+
+    from fedops_control.server.app import AgentTargets
+
+    with db_sessions.begin() as db:
+        db.add(ClientRow(id="b", device={"hostname": "h2", "device_id": "d2"}, state=1, metrics_address="10.0.0.2:9"))
+        db.add(ClientRow(id="a", device={"hostname": "h1"}, state=1, metrics_address="10.0.0.1:9"))
+        db.add(ClientRow(id="c", device={}, state=1, metrics_address=""))  # no endpoint
+        db.add(ClientRow(id="d", device={}, state=1, metrics_address="10.0.0.4:9"))  # not connected
+    agents = AgentSessions()
+    for cid in ("a", "b", "c"):
+        agents.open(cid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated SQLAlchemy API on the way
+        targets = AgentTargets(db_sessions, agents)()
+    assert targets == [
+        {"targets": ["10.0.0.1:9"], "labels": {"client_id": "a", "hostname": "h1", "device_id": ""}},
+        {"targets": ["10.0.0.2:9"], "labels": {"client_id": "b", "hostname": "h2", "device_id": "d2"}},
+    ]

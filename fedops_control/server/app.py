@@ -16,6 +16,7 @@ import grpc
 import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.ca import CertificateAuthority
@@ -118,8 +119,9 @@ class AgentTargets:
         with self._lock:
             if time.monotonic() - self._read_at > self._max_age_s:
                 with self._sessions() as db:
-                    self._endpoints = sorted(db.query(ClientRow.id, ClientRow.metrics_address, ClientRow.device)
-                                             .filter(ClientRow.metrics_address != "").tuples())
+                    rows = db.execute(select(ClientRow.id, ClientRow.metrics_address, ClientRow.device)
+                                      .where(ClientRow.metrics_address != ""))
+                    self._endpoints = sorted((cid, address, device) for cid, address, device in rows)
                 self._read_at = time.monotonic()
             endpoints = self._endpoints
         return [{"targets": [address],
