@@ -44,8 +44,9 @@ def _missing(what: str) -> AssertionError:
 
 
 def wait_for_build(timeout_s: float = BUILD_WAIT_S) -> None:
-    """Wait while ``make test``'s background build of the binaries runs (a fresh machine: 20-50 min
-    on 2 cores); AssertionError with its log's end if it failed or is still running at the timeout."""
+    """Wait while ``make test``'s background build of the binaries runs (a fresh machine: about 15 min
+    on 2 cores beside the other tests); AssertionError with its log's end if it failed or is still
+    running at the timeout."""
     started = time.monotonic()
     deadline = started + timeout_s
     while BUILD_STATUS.exists():
