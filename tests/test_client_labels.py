@@ -328,3 +328,40 @@ def test_migration_0006_names_clients_after_their_enrolment_token_and_indexes_la
     with sqlite3.connect(path) as conn:
         assert "client_labels" not in {row[0] for row in conn.execute("select name from sqlite_master")}
     engine.dispose()
+
+
+def test_reading_clients_leaves_no_cyclic_garbage(db_sessions: sessionmaker[Session]) -> None:
+    """GetClient and a page of clients read memberships, labels and data status with statements built
+    once: a statement built per call left ~30 objects of cyclic garbage each, which at 10,000 agents
+    made the collector's young collections longer (bench/README.md, issue 17)."""
+    import gc
+
+    from fedops_control.server.convert import clients_to_proto
+
+    with db_sessions.begin() as db:
+        db.add(TaskRow(id="t", title="t", app={}, strategy={}))
+        db.flush()
+        for i in range(5):
+            db.add(ClientRow(id=f"g{i}", device={"hostname": "h"}, state=1))
+            db.flush()
+            db.add(MembershipRow(task_id="t", client_id=f"g{i}", enrolled=True))
+    agents = AgentSessions()
+
+    def read() -> list[common_pb2.Client]:
+        with db_sessions() as db:
+            return clients_to_proto(db, db.query(ClientRow).order_by(ClientRow.id).all(), agents)
+
+    assert [c.enrolled_task_ids for c in read()] == [["t"]] * 5
+    for _ in range(5):
+        read()  # SQLAlchemy's caches filled
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            read()
+        gc.collect()
+        leftovers = sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert "BindParameter" not in leftovers, leftovers

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -56,12 +56,16 @@ def validated_keys(field: str, keys: list[str]) -> list[str]:
     return keys
 
 
+# Built once (see _MEMBERSHIPS_OF in server/convert.py: no cyclic garbage per call).
+_LABELS_OF = select(ClientLabelRow.client_id, ClientLabelRow.key, ClientLabelRow.value).where(
+    ClientLabelRow.client_id.in_(bindparam("ids", expanding=True)))
+
+
 def labels_of(db: Session, client_ids: list[str]) -> dict[str, dict[str, str]]:
     """The labels of some clients, in one query."""
     found: dict[str, dict[str, str]] = {cid: {} for cid in client_ids}
     if client_ids:
-        for cid, key, value in db.query(ClientLabelRow.client_id, ClientLabelRow.key, ClientLabelRow.value).filter(
-                ClientLabelRow.client_id.in_(client_ids)):
+        for cid, key, value in db.execute(_LABELS_OF, {"ids": client_ids}):
             found[cid][key] = value
     return found
 
