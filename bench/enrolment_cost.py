@@ -216,6 +216,9 @@ def main() -> None:
                         help="the service's (--service; WARNING as in fleet_load.py, INFO is its default)")
     parser.add_argument("--no-transaction", action="store_true", help="skip the in-process measurement")
     args = parser.parse_args()
+    if args.database_url and args.service and not args.no_transaction:
+        parser.error("--database-url with --service: each measurement needs an empty database; run the "
+                     "transaction and the service apart (--no-transaction for the service), each on a new database")
     result: dict[str, Any] = {"load_average_1min": round(os.getloadavg()[0], 2)}
     if not args.no_transaction:
         result["transaction"] = transaction(args.devices, args.batch, args.database_url)
