@@ -24,29 +24,6 @@ NICE=()
 [ "${FEDOPS_K8S_NICE:-0}" = 1 ] && NICE=(nice -n 19)
 mkdir -p "$BIN" "$WORK"
 
-if [ "${1:-}" = "--background" ]; then
-  STATUS="$(dirname "$BIN")/build.status"
-  LOG="$(dirname "$BIN")/build.log"
-  missing=""
-  for name in etcd kwok helm kube-apiserver kube-scheduler kube-controller-manager; do
-    [ -x "$BIN/$name" ] || missing="$missing $name"
-  done
-  if [ -z "$missing" ]; then
-    echo "install_k8s: ok, all cached ($BIN)"
-    exit 0
-  fi
-  state="" pid=""
-  [ -f "$STATUS" ] && read -r state pid < "$STATUS"
-  if [ "${state:-}" = running ] && kill -0 "${pid:-0}" 2>/dev/null; then
-    echo "install_k8s: a build is already running (pid $pid, log $LOG)"
-    exit 0
-  fi
-  echo "install_k8s: building$missing in the background (log $LOG); the Kubernetes tests wait for it"
-  FEDOPS_K8S_NICE=1 setsid bash -c '"$0"; echo "exit $?" > "$1"' "$0" "$STATUS" > "$LOG" 2>&1 < /dev/null &
-  echo "running $!" > "$STATUS"
-  exit 0
-fi
-
 # Every program is built in one module, the prepared k8s.io/kubernetes with kwok and helm added (and
 # etcd at the version Kubernetes itself requires), by one `go build`: the packages they share
 # (client-go, apimachinery, grpc, protobuf, ...) are compiled once, and the compiler keeps both cores
@@ -64,6 +41,26 @@ missing=()
 for name in "${!PACKAGE[@]}"; do
   [ -x "$BIN/$name" ] || missing+=("$name")
 done
+
+if [ "${1:-}" = "--background" ]; then
+  STATUS="$(dirname "$BIN")/build.status"
+  LOG="$(dirname "$BIN")/build.log"
+  if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install_k8s: ok, all cached ($BIN)"
+    exit 0
+  fi
+  state="" pid=""
+  [ -f "$STATUS" ] && read -r state pid < "$STATUS"
+  if [ "${state:-}" = running ] && kill -0 "${pid:-0}" 2>/dev/null; then
+    echo "install_k8s: a build is already running (pid $pid, log $LOG)"
+    exit 0
+  fi
+  echo "install_k8s: building ${missing[*]} in the background (log $LOG); the Kubernetes tests wait for it"
+  FEDOPS_K8S_NICE=1 setsid bash -c '"$0"; echo "exit $?" > "$1"' "$0" "$STATUS" > "$LOG" 2>&1 < /dev/null &
+  echo "running $!" > "$STATUS"
+  exit 0
+fi
+
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install_k8s: ${missing[*]} (k8s.io/kubernetes $K8S_VERSION, kwok $KWOK_VERSION, helm $HELM_VERSION; slow the first time)"
   prepared="$WORK/kubernetes/.prepared-$K8S_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"

@@ -332,8 +332,8 @@ def test_migration_0006_names_clients_after_their_enrolment_token_and_indexes_la
 
 def test_reading_clients_leaves_no_cyclic_garbage(db_sessions: sessionmaker[Session]) -> None:
     """GetClient and a page of clients read memberships, labels and data status with statements built
-    once: a statement built per call left ~30 objects of cyclic garbage each, which at 10,000 agents
-    made the collector's young collections longer (bench/README.md, issue 17)."""
+    once: a statement built per call left ~30 objects of cyclic garbage each for the collector to free
+    (at 10,000 agents most of what each young collection freed; bench/README.md, issue 17)."""
     import gc
 
     from fedops_control.server.convert import clients_to_proto

@@ -49,9 +49,9 @@ def client_to_proto(db: Session, row: ClientRow, agents: AgentSessions) -> commo
 
 
 # Built once, with the page's ids bound at each call: a statement built per call (``in_(ids)``) left
-# about 30 objects of cyclic garbage per GetClient or page of clients, and at 10,000 agents the
-# collector's young collections, each freeing ~1,900 such objects, paused the event loop for 100 to
-# 160 ms (bench/README.md, issue 17).
+# about 30 objects of cyclic garbage per GetClient or page of clients for the collector to free (at
+# 10,000 agents most of the ~1,900 objects each young collection freed; the pauses themselves came
+# from the live young objects, see tune_garbage_collector in server/app.py).
 _MEMBERSHIPS_OF = select(MembershipRow.task_id, MembershipRow.client_id).where(
     MembershipRow.client_id.in_(bindparam("ids", expanding=True)))
 _LATEST_STATUS_OF = select(DataStatusRow).where(DataStatusRow.id.in_(
