@@ -87,7 +87,25 @@ def start_supernode(supernode_args: list[str], runtime_port: int, superexec_args
     process = _CONTEXT.Process(target=_supernode_main, name="flower-supernode",
                                args=(supernode_args, runtime_port, superexec_args, env, str(log_path), warm_apps))
     process.start()
+    _wait_until_group_leader(process)
     return ForkedProcess(process, ["flower-supernode", *supernode_args])
+
+
+def _wait_until_group_leader(process: ForkServerProcess, timeout_s: float = 10.0) -> None:
+    """Wait until the fork leads its own process group (its first step), or has exited.
+
+    A stop signals the group: one sent before the fork's ``setsid`` finds no group, and the SuperNode
+    then ran on, retrying a SuperLink that was gone (a hard stop right after a start left it, 20 times
+    of 20). ``setsid`` comes within milliseconds of the fork."""
+    assert process.pid is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.exitcode is None:
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                return
+        except ProcessLookupError:
+            return
+        time.sleep(0.001)
 
 
 def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args: list[str],

@@ -74,3 +74,17 @@ def test_forked_supernode_crash_is_seen_as_an_exit_code(tmp_path: Path) -> None:
     assert "`--root-certificates` does not point to a file" in (workdir / "supernode.log").read_text()
     # Its SuperExec fork, still waiting for the Runtime API, leaves with it.
     wait_for(lambda: _titles(str(workdir)) == {}, 10, 0.1)
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "new-process"])
+def test_a_stop_right_after_the_start_leaves_nothing(tmp_path: Path, forked: bool) -> None:
+    """A hard stop of a run that is still starting reaches an agent right after its StartTraining:
+    the SuperNode must not outlive it (a fork signalled before it led its group ran on: CI saw it)."""
+    if forked:
+        forkserver.warm()
+    for attempt in range(5):
+        workdir = tmp_path / f"run-{attempt}"
+        node = start_supernode(f"run-{attempt}", f"127.0.0.1:{free_port()}", {}, workdir, forked=forked)
+        stop_supernode(node, hard=True)
+        assert node.process.poll() is not None
+        wait_for(lambda: _titles(str(workdir)) == {}, 10, 0.1)
