@@ -87,4 +87,5 @@ def test_a_stop_right_after_the_start_leaves_nothing(tmp_path: Path, forked: boo
         node = start_supernode(f"run-{attempt}", f"127.0.0.1:{free_port()}", {}, workdir, forked=forked)
         stop_supernode(node, hard=True)
         assert node.process.poll() is not None
-        wait_for(lambda: _titles(str(workdir)) == {}, 10, 0.1)
+        marker = str(workdir)
+        wait_for(lambda marker=marker: _titles(marker) == {}, 10, 0.1)
