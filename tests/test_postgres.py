@@ -155,7 +155,7 @@ def test_enrolment_group_commit_on_postgresql(postgres: Postgres) -> None:
     with sessions.begin() as db:
         db.add(TaskRow(id="task-1", title="t", app={}, strategy={}))
     tokens = TokenStore(sessions)
-    write = DatabaseWriter(postgres.url("enrolment"))
+    write = DatabaseWriter(threads=4)  # transactions in parallel: they race for the contested tokens
     registrar = Registrar(sessions, tokens, write)
     storm = [token(tokens, labels={"site": "eu"}) for _ in range(120)]
     contested = [token(tokens) for _ in range(20)]

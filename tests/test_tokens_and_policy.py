@@ -12,16 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedops_common.convert import utcnow
 from fedops_common.proto import access_pb2, agent_pb2, control_pb2
 from fedops_common.security import token_digest
+from fedops_control.access import enrolment_tokens as et
 from fedops_control.access import policy
+from fedops_control.access.enrolment_tokens import EnrolmentUse, TokenRaced
 from fedops_control.access.policy import AUDITED, ENROLMENT, METHOD_ROLES, OPEN, allows, required_role
-from fedops_control.access.tokens import (
-    ENROLMENT_RETRY_WINDOW_S,
-    PREFIX,
-    EnrolmentUse,
-    Identity,
-    TokenRaced,
-    TokenStore,
-)
+from fedops_control.access.tokens import ENROLMENT_RETRY_WINDOW_S, PREFIX, Identity, TokenStore
 from fedops_control.state.models import CredentialRow
 
 A = access_pb2
@@ -116,12 +111,27 @@ def test_revoke_subject_only_touches_that_kind_and_subject(tokens: TokenStore) -
     assert tokens.resolve(agent) is not None
 
 
+def check(conn: Connection, secret: str, client_id: str) -> EnrolmentUse | None:
+    """A registration's check of a token: its row read, then judged."""
+    return et.enrolment_use(et.token_rows(conn, [secret]).get(secret), client_id, utcnow())
+
+
 def redeem(tokens: TokenStore, conn: Connection, secret: str, client_id: str) -> EnrolmentUse | None:
     """What a registration does with a token: the check, then (when allowed) the compare-and-set."""
-    use = tokens.enrolment_use(conn, secret, client_id, utcnow())
+    use = check(conn, secret, client_id)
     if use is not None:
-        tokens.mark_used(conn, use, client_id, utcnow())
+        et.mark_used(conn, [(use, client_id)], utcnow())
     return use
+
+
+def holds(conn: Connection, client_id: str) -> bool:
+    return client_id in et.credential_holders(conn, [client_id], utcnow())
+
+
+def issue_credential(conn: Connection, name: str, client_id: str) -> tuple[str, Identity]:
+    secret, identity, row = et.new_agent_credential(name, client_id, utcnow())
+    et.insert_credentials(conn, [row])
+    return secret, identity
 
 
 def test_enrolment_tokens_are_one_time_and_never_resolve(tokens: TokenStore,
@@ -163,16 +173,16 @@ def test_a_token_is_used_once_even_by_transactions_that_both_found_it_unused(
     secret, _ = tokens.issue(ENROL, A.ROLE_AGENT, "enrol")
     engine = sessions.kw["bind"]
     with engine.connect() as conn:
-        first = tokens.enrolment_use(conn, secret, "client-a", utcnow())
-        second = tokens.enrolment_use(conn, secret, "client-b", utcnow())
+        first = check(conn, secret, "client-a")
+        second = check(conn, secret, "client-b")
     assert first is not None and second is not None  # both checked before either wrote
     with engine.begin() as conn:
-        tokens.mark_used(conn, first, "client-a", utcnow())
+        et.mark_used(conn, [(first, "client-a")], utcnow())
     with pytest.raises(TokenRaced), engine.begin() as conn:
-        tokens.mark_used(conn, second, "client-b", utcnow())
+        et.mark_used(conn, [(second, "client-b")], utcnow())
     with engine.connect() as conn:
-        assert tokens.enrolment_use(conn, secret, "client-b", utcnow()) is None
-        retry = tokens.enrolment_use(conn, secret, "client-a", utcnow())
+        assert check(conn, secret, "client-b") is None
+        retry = check(conn, secret, "client-a")
         assert retry is not None and retry.retry
 
 
@@ -191,15 +201,15 @@ def test_agent_credentials_issue_find_and_revoke(tokens: TokenStore, sessions: s
     engine = sessions.kw["bind"]
     tokens.issue(RUN, A.ROLE_RUN, "run", subject="client-b")
     with engine.begin() as conn:
-        assert not tokens.has_agent_credential(conn, "client-a", utcnow())
-        secret, identity = tokens.issue_agent_credential(conn, "lab-pc", "client-a", utcnow())
-        assert tokens.has_agent_credential(conn, "client-a", utcnow())
-        assert not tokens.has_agent_credential(conn, "client-b", utcnow())  # a run token of that subject
+        assert not holds(conn, "client-a")
+        secret, identity = issue_credential(conn, "lab-pc", "client-a")
+        assert holds(conn, "client-a")
+        assert not holds(conn, "client-b")  # a run token of that subject
     assert secret.startswith("foa_")
     assert tokens.resolve(secret) == identity == Identity(identity.token_id, AGENT, A.ROLE_AGENT, "lab-pc", "client-a")
     with engine.begin() as conn:
-        tokens.revoke_agent_credentials(conn, "client-a", utcnow())
-        assert not tokens.has_agent_credential(conn, "client-a", utcnow())
+        et.revoke_agent_credentials(conn, ["client-a"], utcnow())
+        assert not holds(conn, "client-a")
     assert tokens.resolve(secret) is not None  # cached: the caller forgets once its transaction committed
     tokens.forget_resolved()
     assert tokens.resolve(secret) is None
@@ -210,12 +220,12 @@ def test_a_remembered_credential_needs_no_lookup_unless_a_revocation_came_betwee
     engine = sessions.kw["bind"]
     generation = tokens.generation
     with engine.begin() as conn:
-        secret, identity = tokens.issue_agent_credential(conn, "a", "client-a", utcnow())
+        secret, identity = issue_credential(conn, "a", "client-a")
     tokens.remember(secret, identity, None, generation)
     assert tokens.cached(secret) == (True, identity)
     generation = tokens.generation
     with engine.begin() as conn:
-        other, other_identity = tokens.issue_agent_credential(conn, "b", "client-b", utcnow())
+        other, other_identity = issue_credential(conn, "b", "client-b")
     tokens.forget_resolved()  # a revocation committed meanwhile
     tokens.remember(other, other_identity, None, generation)
     assert tokens.cached(other) == (False, None) and tokens.cached(secret) == (False, None)

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.convert import utcnow
@@ -51,26 +51,8 @@ class Identity:
 ANONYMOUS_ADMIN = Identity(token_id="", kind=A.TOKEN_KIND_UNSPECIFIED, role=A.ROLE_ADMIN, name="anonymous")
 
 
-@dataclass(frozen=True)
-class EnrolmentUse:
-    """A valid one-time enrolment token that a client may use now (nothing written yet).
-
-    ``retry``: the same client used it already, less than ENROLMENT_RETRY_WINDOW_S ago (its first
-    response may have been lost); nothing is to be marked then.
-    """
-
-    token_id: str
-    task_id: str
-    name: str
-    labels: dict[str, str]
-    retry: bool
-
-
-class TokenRaced(RuntimeError):
-    """An enrolment token was used by a concurrent transaction between the check and the write."""
-
-
-def _active(row: Any, now: dt.datetime) -> bool:
+def is_active(row: Any, now: dt.datetime) -> bool:
+    """Not revoked and not expired at ``now``."""
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
@@ -79,14 +61,7 @@ def _active(row: Any, now: dt.datetime) -> bool:
 # which was most of the CPU time of a Core statement built per call (cProfile, bench/enrolment_cost.py).
 _C = CREDENTIALS.c
 _BY_DIGEST = select(CREDENTIALS).where(_C.secret_sha256 == bindparam("digest"))
-_MARK_USED = (update(CREDENTIALS).where(_C.id == bindparam("token_id"), _C.used_at.is_(None))
-              .values(used_at=bindparam("at"), used_by=bindparam("client_id")))
-_HAS_AGENT_CREDENTIAL = select(exists().where(
-    _C.kind == A.TOKEN_KIND_AGENT, _C.subject == bindparam("client_id"), _C.revoked_at.is_(None),
-    _C.expires_at.is_(None) | (_C.expires_at > bindparam("now"))))
-_REVOKE_AGENT = (update(CREDENTIALS).where(_C.kind == A.TOKEN_KIND_AGENT, _C.subject == bindparam("client_id"),
-                                           _C.revoked_at.is_(None)).values(revoked_at=bindparam("at")))
-_INSERT = insert(CREDENTIALS)
+
 
 
 def _find(db: Session | Connection, secret: str) -> Any:
@@ -162,7 +137,7 @@ class TokenStore:
         generation = self._generation
         with self._sessions() as db:
             row = _find(db, secret)
-        if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not _active(row, utcnow()):
+        if row is None or row.kind == A.TOKEN_KIND_ENROLMENT or not is_active(row, utcnow()):
             return None
         identity = Identity(token_id=row.id, kind=row.kind, role=row.role, name=row.name, subject=row.subject)
         self.remember(secret, identity, row.expires_at, generation)
@@ -175,60 +150,6 @@ class TokenStore:
             return False, None
         identity, expires = cached
         return True, identity if expires is None or expires > utcnow() else None
-
-    @staticmethod
-    def enrolment_use(conn: Connection, secret: str, client_id: str, now: dt.datetime) -> EnrolmentUse | None:
-        """Whether ``client_id`` may enrol with this one-time token now (a read; :meth:`mark_used` writes).
-
-        None when it is unknown, not an enrolment token, expired, revoked, or used: by another client,
-        or by this one longer than ENROLMENT_RETRY_WINDOW_S ago."""
-        if not secret or len(secret) > MAX_SECRET_CHARS:
-            return None
-        row = _find(conn, secret)
-        if row is None or row.kind != A.TOKEN_KIND_ENROLMENT or not _active(row, now):
-            return None
-        retry = row.used_at is not None
-        if retry and (row.used_by != client_id or (now - row.used_at).total_seconds() >= ENROLMENT_RETRY_WINDOW_S):
-            return None
-        return EnrolmentUse(token_id=row.id, task_id=row.subject, name=row.name, labels=dict(row.labels or {}),
-                            retry=retry)
-
-    @staticmethod
-    def mark_used(conn: Connection, use: EnrolmentUse, client_id: str, now: dt.datetime) -> None:
-        """Use up the token inside the caller's transaction (nothing to do for a retry).
-
-        A compare-and-set (``... WHERE used_at IS NULL``): two transactions that both found the token
-        unused (PostgreSQL runs several) cannot both use it; the second gets TokenRaced and must roll back."""
-        if use.retry:
-            return
-        done = conn.execute(_MARK_USED, {"token_id": use.token_id, "at": now, "client_id": client_id})
-        if done.rowcount != 1:
-            raise TokenRaced(f"enrolment token {use.token_id} was used concurrently")
-
-    @staticmethod
-    def has_agent_credential(conn: Connection, client_id: str, now: dt.datetime) -> bool:
-        """Whether a client holds an active credential (then only that credential may act as it)."""
-        return bool(conn.execute(_HAS_AGENT_CREDENTIAL, {"client_id": client_id, "now": now}).scalar())
-
-    @staticmethod
-    def revoke_agent_credentials(conn: Connection, client_id: str, now: dt.datetime) -> None:
-        """Revoke a client's agent credentials inside the caller's transaction (before issuing a new one).
-        The caller calls :meth:`forget_resolved` once that transaction has committed."""
-        conn.execute(_REVOKE_AGENT, {"client_id": client_id, "at": now})
-
-    @staticmethod
-    def issue_agent_credential(conn: Connection, name: str, client_id: str, now: dt.datetime) -> tuple[str, Identity]:
-        """A new agent credential for a client, inside the caller's transaction: the secret (shown once)
-        and its identity (for :meth:`remember` once committed). One INSERT, no ORM object."""
-        token_id = secrets.token_hex(8)
-        secret = f"{PREFIX[A.TOKEN_KIND_AGENT]}_{secrets.token_urlsafe(32)}"
-        name = name[:200]
-        conn.execute(_INSERT, {"id": token_id, "kind": A.TOKEN_KIND_AGENT, "secret_sha256": token_digest(secret),
-                               "name": name, "role": A.ROLE_AGENT, "subject": client_id,
-                               "created_by": "enrolment token", "created_at": now, "expires_at": None, "used_at": None,
-                               "used_by": "", "labels": {}, "revoked_at": None})
-        return secret, Identity(token_id=token_id, kind=A.TOKEN_KIND_AGENT, role=A.ROLE_AGENT, name=name,
-                                subject=client_id)
 
     def list(self, kind: int = 0, include_revoked: bool = False) -> list[CredentialRow]:
         """Token rows (no secrets), newest first."""

@@ -4,14 +4,18 @@ Every agent registers when it starts and after every reconnect, so a restarted s
 fleet means thousands of registrations at once. With one ORM transaction each (an object graph,
 autoflush, ~10 statements) an enrolment cost 3.1 ms of CPU in process and the service 4.0 ms of
 CPU per ``Register``: about 230 a second on its core (``bench/enrolment_cost.py``, bench/README.md).
-Here a registration is plain SQL: its reads, then its writes, no ORM object; and the registrations
-that arrive while the database thread is busy are committed together (:class:`GroupCommit`). Measured
-the same way: 0.44 ms of CPU per enrolment in groups of 64 (0.89 ms alone, 7-8 statements instead of
-10), and 1.0 ms of the service's CPU per ``Register``, about 940 a second.
+Here a registration is plain SQL, no ORM object, and the registrations that arrive while the
+database thread is busy are committed together (:class:`GroupCommit`), set-based: a group's reads
+are one SELECT per table and its new rows one INSERT per table (``enrolment_group.py``), 8
+statements for a group of 1 or of 64. In process, an enrolment alone costs 0.6 ms of CPU on SQLite;
+in groups of 64, 0.16 ms on PostgreSQL and 0.22 ms on SQLite (it was 0.99 and 0.44 ms with 7
+statements per registration). A real service, 64 calls in flight: about 1,500-1,900 enrolments a
+second on PostgreSQL (483 with a statement per registration and four database threads) and
+900-1,100 on SQLite (bench/README.md).
 
 What one registration does, reads first (a refused registration writes nothing):
 
-1. each enrolment token must be valid for this device now (``TokenStore.enrolment_use``: one-time; a
+1. each enrolment token must be valid for this device now (``enrolment_tokens.enrolment_use``: one-time; a
    retry by the same device within ENROLMENT_RETRY_WINDOW_S is allowed, its response may have been
    lost) and its task must exist; named tasks must exist;
 2. with auth on and no credential presented: an enrolment token is required; a device that is enrolled
@@ -24,6 +28,11 @@ What one registration does, reads first (a refused registration writes nothing):
 
 **Group commit.** Registrations are committed in arrival order, up to MAX_BATCH in one transaction.
 Each still acts alone:
+
+- a group is cut into parts in which no two registrations share a device or a token (the same
+  device twice, one token presented by two devices): a part's reads all come before its writes, so
+  a registration that depends on an earlier one of its group is checked in a later part, against
+  what that one wrote;
 
 - a refused registration (bad token, unknown task, another device's credential) raises before it
   writes anything, and the rest of its group goes on;
@@ -42,12 +51,13 @@ right after, is authenticated without a database lookup.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,30 +65,21 @@ from fedops_common.convert import utcnow
 from fedops_common.logging import get_logger
 from fedops_common.proto import agent_pb2, common_pb2
 from fedops_control import metrics
-from fedops_control.access.tokens import EnrolmentUse, Identity, TokenRaced, TokenStore
+from fedops_control.access import enrolment_tokens
+from fedops_control.access.enrolment_tokens import EnrolmentUse, TokenRaced
+from fedops_control.access.tokens import Identity, TokenStore
+from fedops_control.agents.enrolment_group import CLIENTS, MEMBERSHIPS, GroupReads, GroupWrites
 from fedops_control.clients.labels import LabelSource, first_labels, set_labels, update_agent_labels
 from fedops_control.errors import InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from fedops_control.state.db import DatabaseWriter, GroupCommit
-from fedops_control.state.models import ClientLabelRow, ClientRow, MembershipRow, TaskRow
 
 log = get_logger(__name__)
 S = common_pb2
-# The tables themselves (the ORM declares them as any FromClause): statements on them carry no ORM machinery.
-CLIENTS, LABELS, MEMBERSHIPS, TASKS = (cast(Table, row.__table__) for row in (ClientRow, ClientLabelRow,
-                                                                                MembershipRow, TaskRow))
-# Registrations per transaction. CPU per enrolment in groups of 4, 16, 64 and 256: 0.82, 0.66, 0.58 and
-# 0.49 ms (bench/enrolment_cost.py --batch, one run each; ~1 ms alone). The gain flattens, and a group
-# holds the database thread, which the sessions' status writes share, for its whole duration
-# (64 × ~0.5 ms ≈ 30 ms).
+# Registrations per transaction. CPU per enrolment on SQLite in groups of 4, 16, 64 and 256: 0.28, 0.19,
+# 0.18 and 0.12 ms (bench/enrolment_cost.py --batch, one run each; 0.53-0.70 ms alone). The gain
+# flattens, and a group holds the database thread, which the sessions' status writes share, for its
+# whole duration (64 × ~0.2 ms ≈ 13 ms).
 MAX_BATCH = 64
-# Statements built once with bind parameters (see access/tokens.py: rebuilding one per call was most of its cost).
-_TASK = select(TASKS.c.id).where(TASKS.c.id == bindparam("task_id"))
-_CLIENT = select(CLIENTS.c.name, CLIENTS.c.device, CLIENTS.c.data_path, CLIENTS.c.metrics_address,
-                 CLIENTS.c.supernode_public_key, CLIENTS.c.state, CLIENTS.c.agent_labels).where(
-    CLIENTS.c.id == bindparam("client_id"))
-_MEMBERSHIPS = select(MEMBERSHIPS.c.task_id, MEMBERSHIPS.c.enrolled).where(
-    MEMBERSHIPS.c.client_id == bindparam("client_id"))
-_INSERT_CLIENT, _INSERT_LABELS, _INSERT_MEMBERSHIPS = insert(CLIENTS), insert(LABELS), insert(MEMBERSHIPS)
 _ENROL_AGAIN = update(MEMBERSHIPS).where(MEMBERSHIPS.c.task_id == bindparam("b_task_id"),
                                          MEMBERSHIPS.c.client_id == bindparam("b_client_id")).values(enrolled=True)
 REFUSALS = (InvalidArgument, PermissionDenied, Unauthenticated)  # raised before a registration writes
@@ -171,15 +172,8 @@ class Registrar:
         metrics.registration_group(len(live))
         try:
             with self._engine.begin() as conn:
-                tasks: dict[str, bool] = {}
-                for i in live:
-                    try:
-                        plan = self._check(conn, batch[i], tasks)
-                    except REFUSALS as refusal:
-                        results[i] = refusal
-                        continue
-                    results[i] = self._apply(conn, plan, issued)
-                    revoked |= plan.revoke
+                for part in _disjoint_parts(batch, live):
+                    revoked |= self._register_part(conn, [batch[i] for i in part], part, results, issued)
         except Exception as err:  # a write failed: every registration of the group alone
             log.warning("registration group rolled back; each registration in a transaction of its own",
                         registrations=len(live), error=f"{type(err).__name__}: {err}"[:300])
@@ -189,16 +183,31 @@ class Registrar:
         self._committed(issued, revoked)
         return results
 
+    def _register_part(self, conn: Connection, part: list[Registration], indices: list[int],
+                       results: list[Registered | Exception], issued: list[tuple[str, Identity]]) -> bool:
+        """Registrations of different clients and tokens: read at once, checked, written at once.
+        Fills ``results`` at ``indices``; returns whether a credential was revoked."""
+        now = utcnow()
+        reads, writes, revoked = GroupReads.load(conn, part, now), GroupWrites(), False
+        for i, registration in zip(indices, part, strict=True):
+            try:
+                plan = self._check(reads, registration, now)
+            except REFUSALS as refusal:
+                results[i] = refusal
+                continue
+            results[i] = self._apply(conn, plan, writes, issued, now)
+            revoked |= plan.revoke
+        writes.flush(conn, now)
+        return revoked
+
     def _alone(self, registration: Registration) -> Registered | Exception:
         """One registration in its own transaction; tried twice when it lost a race to another transaction."""
         for attempt in (1, 2):
             issued: list[tuple[str, Identity]] = []
+            result: list[Registered | Exception] = [Overloaded("not done")]
             try:
                 with self._engine.begin() as conn:
-                    plan = self._check(conn, registration, {})
-                    result = self._apply(conn, plan, issued)
-            except REFUSALS as refusal:
-                return refusal
+                    revoked = self._register_part(conn, [registration], [0], result, issued)
             except (TokenRaced, IntegrityError) as err:
                 if attempt == 2:
                     return Unauthenticated("enrolment_tokens: used by a concurrent registration "
@@ -207,8 +216,8 @@ class Registrar:
             except Exception as err:
                 log.exception("registration failed", client_id=registration.client_id)
                 return err
-            self._committed(issued, plan.revoke)
-            return result
+            self._committed(issued, revoked)
+            return result[0]
         raise AssertionError("unreachable")
 
     def _committed(self, issued: list[tuple[str, Identity]], revoked: bool) -> None:
@@ -221,34 +230,26 @@ class Registrar:
             self._tokens.remember(secret, identity, None, generation)
 
     @staticmethod
-    def _task_exists(conn: Connection, task_id: str, known: dict[str, bool]) -> bool:
-        """Whether a task exists; asked once per group (a fleet enrols into few tasks)."""
-        if task_id not in known:
-            known[task_id] = conn.execute(_TASK, {"task_id": task_id}).first() is not None
-        return known[task_id]
-
-    def _check(self, conn: Connection, r: Registration, tasks: dict[str, bool]) -> _Plan:
-        """Reads only: the refusals, and what the registration will write."""
-        cid, now = r.client_id, utcnow()
+    def _check(reads: GroupReads, r: Registration, now: dt.datetime) -> _Plan:
+        """The refusals, and what the registration will write (from its group's reads)."""
+        cid = r.client_id
         uses = []
         for secret in r.enrolment_tokens:
-            use = TokenStore.enrolment_use(conn, secret, cid, now)
+            use = enrolment_tokens.enrolment_use(reads.tokens.get(secret), cid, now)
             if use is None:
                 raise Unauthenticated("enrolment_tokens: unknown, already used, expired or revoked")
-            if not self._task_exists(conn, use.task_id, tasks):
+            if use.task_id not in reads.tasks:
                 raise InvalidArgument("enrolment_tokens", f"the task {use.task_id} of a token no longer exists")
             uses.append(use)
         for task_id in r.task_ids:
-            if not self._task_exists(conn, task_id, tasks):
+            if task_id not in reads.tasks:
                 raise InvalidArgument("task_ids", f"unknown task {task_id!r}")
-        client = conn.execute(_CLIENT, {"client_id": cid}).first()
+        client = reads.clients.get(cid)
         plan = _Plan(registration=r, uses=uses, client=client, memberships={})
         if r.secure and not r.authenticated:
             if not uses:
                 raise Unauthenticated("present the agent credential (authorization) or an enrolment token")
-            # A new device has no credential yet: one query fewer per enrolment (a credential and its
-            # client row are written in one transaction, so never one without the other).
-            if client is not None and TokenStore.has_agent_credential(conn, cid, now):
+            if cid in reads.holders:
                 if not all(use.retry for use in uses):
                     raise PermissionDenied(f"device.device_id: client {cid} is enrolled already; present its "
                                            "credential (an admin can revoke it to re-enrol the device)")
@@ -257,8 +258,7 @@ class Registrar:
                 plan.revoke = True
             plan.issue = True
         if client is not None:
-            plan.memberships = {task_id: bool(enrolled) for task_id, enrolled in
-                                conn.execute(_MEMBERSHIPS, {"client_id": cid})}
+            plan.memberships = dict(reads.memberships.get(cid, {}))
         if r.secure:
             token_tasks = {use.task_id for use in uses}
             for task_id in r.task_ids:
@@ -268,19 +268,21 @@ class Registrar:
         return plan
 
     @staticmethod
-    def _apply(conn: Connection, plan: _Plan, issued: list[tuple[str, Identity]]) -> Registered:
-        """The writes of a checked registration (any failure here rolls back its whole transaction)."""
-        r, client, cid, now = plan.registration, plan.client, plan.registration.client_id, utcnow()
-        for use in plan.uses:
-            TokenStore.mark_used(conn, use, cid, now)
+    def _apply(conn: Connection, plan: _Plan, writes: GroupWrites, issued: list[tuple[str, Identity]],
+               now: dt.datetime) -> Registered:
+        """The writes of a checked registration: new rows into ``writes``; a known device's updates
+        and a revocation now (any failure rolls back the whole transaction)."""
+        r, client, cid = plan.registration, plan.client, plan.registration.client_id
+        writes.uses.extend((use, cid) for use in plan.uses)
         names = [use.name for use in plan.uses if use.name]
         credential = ""
-        if plan.revoke:
-            TokenStore.revoke_agent_credentials(conn, cid, now)
+        if plan.revoke:  # before the new credential is inserted (the group's flush)
+            enrolment_tokens.revoke_agent_credentials(conn, [cid], now)
         if plan.issue:
             name = (client.name if client is not None else "") or next(iter(names), "") or str(
                 r.device.get("hostname") or r.device.get("device_id") or cid)
-            credential, identity = TokenStore.issue_agent_credential(conn, name, cid, now)
+            credential, identity, row = enrolment_tokens.new_agent_credential(name, cid, now)
+            writes.credentials.append(row)
             issued.append((credential, identity))
         token_labels: dict[str, str] = {}
         for use in plan.uses:
@@ -291,17 +293,14 @@ class Registrar:
         token_tasks = {use.task_id for use in plan.uses}
         tasks = sorted({*r.task_ids, *token_tasks})
         if client is None:
-            conn.execute(_INSERT_CLIENT, {
+            writes.clients.append({
                 "id": cid, "device": r.device, "data_path": r.data_path, "state": S.CLIENT_STATE_ONLINE,
                 "state_reason": "", "last_heartbeat": now, "current_run_id": "", "registered_at": now,
                 "metrics_address": r.metrics_address, "supernode_public_key": r.supernode_public_key,
                 "name": next(iter(names), ""), "agent_labels": r.labels, "last_selected_at": None})
-            rows = first_labels(cid, r.labels, enrolment_labels)
-            if rows:
-                conn.execute(_INSERT_LABELS, rows)
-            if tasks:
-                conn.execute(_INSERT_MEMBERSHIPS, [{"task_id": task_id, "client_id": cid, "enrolled": True,
-                                                    "selected": False} for task_id in tasks])
+            writes.labels.extend(first_labels(cid, r.labels, enrolment_labels))
+            writes.memberships.extend({"task_id": task_id, "client_id": cid, "enrolled": True, "selected": False}
+                                      for task_id in tasks)
             return Registered(credential, tasks)
         # A known device: only what changed is written. Re-registering after a control-service restart,
         # a whole fleet at once, is then reads only. The last heartbeat is liveness (agents/liveness.py).
@@ -322,12 +321,27 @@ class Registrar:
                 db.flush()
         if changes:
             conn.execute(update(CLIENTS).where(CLIENTS.c.id == cid).values(**changes))
-        new_tasks = [task_id for task_id in tasks if task_id not in plan.memberships]
-        if new_tasks:
-            conn.execute(_INSERT_MEMBERSHIPS, [{"task_id": task_id, "client_id": cid, "enrolled": True,
-                                                "selected": False} for task_id in new_tasks])
+        writes.memberships.extend({"task_id": task_id, "client_id": cid, "enrolled": True, "selected": False}
+                                  for task_id in tasks if task_id not in plan.memberships)
         for task_id in tasks:
             if plan.memberships.get(task_id) is False:
                 conn.execute(_ENROL_AGAIN, {"b_task_id": task_id, "b_client_id": cid})
         enrolled = {task_id for task_id, is_enrolled in plan.memberships.items() if is_enrolled}
         return Registered(credential, sorted(enrolled | set(tasks)))
+
+
+def _disjoint_parts(batch: Sequence[Registration], live: list[int]) -> list[list[int]]:
+    """``live`` (indices into ``batch``, in arrival order) cut into consecutive parts in which no two
+    registrations share a client or a token: a part's reads all come before its writes, so a
+    registration that depends on an earlier one of its group (the same device twice, one token
+    presented by two devices) must start a new part, which reads what the earlier one wrote."""
+    parts: list[list[int]] = []
+    seen: set[str] = set()
+    for i in live:
+        keys = {f"client:{batch[i].client_id}", *(f"token:{secret}" for secret in batch[i].enrolment_tokens)}
+        if not parts or keys & seen:
+            parts.append([])
+            seen = set()
+        parts[-1].append(i)
+        seen |= keys
+    return parts

@@ -155,13 +155,13 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
                 security: Security | None = None, spare_superlink: bool = True,
                 kubernetes: KubernetesOptions | None = None, liveness: LivenessSettings | None = None,
-                warm_apps: bool = False) -> None:
+                warm_apps: bool = False, database_threads: int = 1) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
     database_url = database_url or sqlite_url(data_dir / "control.db")
     sessions = open_database(database_url)
-    write = DatabaseWriter(database_url)
+    write = DatabaseWriter(database_threads)
     bus = EventBus(sessions, writer)
     agents = AgentSessions(liveness)
     models = ModelStore(sessions, data_dir / "models")
@@ -235,6 +235,10 @@ def run(
     listen: Annotated[str, typer.Option(help="host:port to serve gRPC on")] = "127.0.0.1:50051",
     data_dir: Annotated[Path, typer.Option(help="state, models and run directories")] = Path(".fedops/control"),
     database_url: Annotated[str, typer.Option(help="SQLAlchemy URL; default: SQLite file in data-dir")] = "",
+    database_threads: Annotated[
+        int, typer.Option(min=1, max=32, help="threads for the agents' database writes; more than 1 only pays off "
+                                              "against a PostgreSQL many milliseconds away (state/db.py)")
+    ] = 1,
     superlink_host: Annotated[str, typer.Option(help="host agents use to reach run SuperLinks")] = "127.0.0.1",
     superlink_bind: Annotated[
         str, typer.Option(help="interface run SuperLinks listen on (0.0.0.0 when agents are on other hosts)")
@@ -391,7 +395,8 @@ def run(
     try:
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
                           superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink,
-                          kubernetes=kubernetes, liveness=liveness, warm_apps=warm_apps))
+                          kubernetes=kubernetes, liveness=liveness, warm_apps=warm_apps,
+                          database_threads=database_threads))
     finally:
         telemetry.close()
 

@@ -69,15 +69,22 @@ def sqlite_url(path: Path) -> str:
 
 
 class DatabaseWriter:
-    """Runs the agents' database writes off the event loop, on a small pool of threads.
+    """Runs the agents' database writes off the event loop, on a pool of ``threads`` (default one).
 
-    One thread for SQLite, which admits one writer at a time anyway (more threads would only wait
-    on its lock); a few for PostgreSQL, whose round trips then overlap. Work submitted by one agent
-    session runs in order, because the session awaits each write before reading its next message.
+    One thread for SQLite, which admits one writer at a time anyway, and for PostgreSQL too: the
+    writes that come in bursts (registrations, sessions opened) are committed in groups
+    (:class:`GroupCommit`), so one thread's round trips are shared by a whole group. More threads
+    cost more than their overlapping round trips gain on a busy core: enrolments per second with
+    1, 2 and 4 threads were 1,820-1,910, 1,036 and 464, the service's CPU per enrolment 0.49-0.52,
+    0.95 and 1.97 ms (``bench/enrolment_cost.py --service``, PostgreSQL 15 on the same machine,
+    the service on one core): every thread woken from a round trip must take the GIL back from the
+    event loop. More may pay off against a PostgreSQL many milliseconds away
+    (``fedops-control --database-threads``). Work submitted by one agent session runs in order,
+    because the session awaits each write before reading its next message.
     """
 
-    def __init__(self, url: str) -> None:
-        self.workers = 1 if url.startswith("sqlite") else 4
+    def __init__(self, threads: int = 1) -> None:
+        self.workers = threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fedops-db")
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
@@ -95,7 +102,7 @@ class GroupCommit(Generic[Item, Result]):
     value, or the exception that item's caller gets. The first item of an idle service goes alone at
     once, so a group adds no latency: it forms only while the thread is busy, which is when one
     transaction per item would cost the most (a commit, a thread hand-off and a wake-up of the loop
-    each). ``parallel`` groups may be in flight (the writer's threads: 1 for SQLite). Items whose
+    each). ``parallel`` groups may be in flight (the writer's threads, one by default). Items whose
     caller was cancelled before their group started are dropped.
     """
 
