@@ -34,7 +34,7 @@ from fedops_agent.supernode import (
     stop_supernode,
     wait_exit,
 )
-from fedops_agent.warmapps import warm_apps_wanted, watch_fallback
+from fedops_agent.warmapps import learned_file, warm_apps_wanted, watch_fallback
 from fedops_common import runconfig as keys
 from fedops_common.frameworks import framework_imports
 from fedops_common.grpc_channel import control_aio_channel
@@ -273,7 +273,8 @@ class Agent:
                                root_certificates=root_certificates, auth_key=self.supernode_key,
                                forked=self.preload_flower,
                                warm_apps=self.warm_apps and warm_apps_wanted(start.node_config),
-                               warm_imports=self._frameworks.get(start.run_id, []))
+                               warm_imports=self._frameworks.get(start.run_id, []),
+                               warm_learned=learned_file(self.state_dir, start.node_config))
         node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))

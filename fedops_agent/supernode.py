@@ -38,7 +38,7 @@ class SuperNodeProcess:
 def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
                     root_certificates: Path | None = None, auth_key: Path | None = None,
                     forked: bool = False, warm_apps: bool = False,
-                    warm_imports: list[str] | None = None) -> SuperNodeProcess:
+                    warm_imports: list[str] | None = None, warm_learned: Path | None = None) -> SuperNodeProcess:
     """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
 
     With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
@@ -46,13 +46,16 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
     SuperExec are forks of the agent's fork server (:func:`fedops_agent.forkserver.warm` first),
     else new processes (``flower-supernode`` starts ``flower-superexec`` itself). ``warm_apps`` (forked
     only) makes the SuperExec fork each ClientApp from a warm template (``fedops_flower.warmapps``),
-    which imports ``warm_imports`` (the app's frameworks) before the run's first message.
+    which imports ``warm_imports`` (the app's frameworks) before the run's first message, and the
+    library modules an earlier run of the same task imported, kept in ``warm_learned``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
     env = flower_env(workdir / "flwr")
     if warm_apps and warm_imports:
         env[keys.WARM_IMPORTS_ENV] = ",".join(warm_imports)
+    if warm_apps and warm_learned is not None:
+        env[keys.WARM_LEARNED_ENV] = str(warm_learned)
     security = ["--insecure"]
     if root_certificates is not None:
         security = ["--root-certificates", str(root_certificates)]

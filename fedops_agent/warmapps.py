@@ -1,10 +1,14 @@
-"""The agent's side of warm app processes (``fedops_flower.warmapps``): whether a run gets them, and
-telling the control service when a run's SuperExec fell back to Flower's own executor."""
+"""The agent's side of warm app processes (``fedops_flower.warmapps``): whether a run gets them, where
+its template keeps what it learned, and telling the control service when a run's SuperExec fell back
+to Flower's own executor."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from fedops_agent.supernode import SuperNodeProcess
 from fedops_common import runconfig as keys
@@ -16,12 +20,27 @@ log = get_logger(__name__)
 # agent does not import Flower's executor code).
 FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
 _OFF = {"false", "0", "no", "off"}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def warm_apps_wanted(node_config: Mapping[str, str]) -> bool:
     """False when the task's client config sets ``fedops-warm-apps`` to false (a JSON or bare value)."""
     value = node_config.get(keys.NODE_WARM_APPS, "")
     return value.strip().strip('"').lower() not in _OFF
+
+
+def learned_file(state_dir: Path, node_config: Mapping[str, str]) -> Path | None:
+    """Where the ClientApp templates of this run's task keep the library modules its tasks import
+    (``FEDOPS_WARM_LEARNED``): one file per task on this agent, so the next run of the task starts
+    with them imported. None when the run names no task (or an id unfit for a file name)."""
+    raw = node_config.get(keys.NODE_TASK_ID, "")
+    try:
+        task_id = json.loads(raw) if raw else ""
+    except ValueError:
+        task_id = raw
+    if not isinstance(task_id, str) or not _SAFE_NAME.fullmatch(task_id):
+        return None
+    return state_dir / "warm-imports" / f"{task_id}.json"
 
 
 async def watch_fallback(node: SuperNodeProcess, read_log: Callable[[], str],

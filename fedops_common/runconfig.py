@@ -38,3 +38,7 @@ NODE_WARM_APPS = "fedops-warm-apps"
 WARM_IMPORTS_ENV = "FEDOPS_WARM_IMPORTS"
 # Set in each task a warm template forks: the task says so in its reports (a new process has none).
 WARM_FORK_ENV = "FEDOPS_WARM_FORK"
+# Environment of a run's SuperNode with warm apps: a file (per task, on the agent) in which the ClientApp
+# template keeps the library modules the app's first task imported; a template of a later run of the
+# task imports them before the first message.
+WARM_LEARNED_ENV = "FEDOPS_WARM_LEARNED"

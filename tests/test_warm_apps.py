@@ -159,6 +159,26 @@ def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, An
     assert len(found) == CLIENTS and all("/telemetry/logs/fedops-clientapp-" in path for path in found), found
 
 
+def test_the_next_run_of_a_task_starts_with_the_library_modules_its_first_run_learned(
+        fleet: dict[str, Any]) -> None:
+    """The template keeps the library modules the run's first task imported (scikit-learn's
+    submodules here), not the app's own (the next run may bring them changed), in the agent's state;
+    the task's next run imports them before its first message."""
+    stack: LocalStack = fleet["stack"]
+    task_id = fleet["tasks"]["sklearn_logreg"]
+    first = run_to_end(fleet, "sklearn_logreg")  # the style test may have run it before: the same either way
+    assert first["outcome"] == "RUN_OUTCOME_COMPLETED", first.get("reason")
+    for i in range(CLIENTS):
+        kept = json.loads((stack.root / "agents" / f"warm{i}" / "warm-imports" / f"{task_id}.json").read_text())
+        assert kept["modules"] and not any(name.startswith("sklearn_logreg_app") for name in kept["modules"]), kept
+    second = run_to_end(fleet, "sklearn_logreg")
+    assert second["outcome"] == "RUN_OUTCOME_COMPLETED", second.get("reason")
+    for text in supernode_logs(fleet, second["id"]):
+        learned = re.search(r"imported (\d+) modules learned in an earlier run", text)
+        assert learned and int(learned.group(1)) > 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+
+
 def test_hard_crash_fails_only_its_own_reply(fleet: dict[str, Any]) -> None:
     """Client 0 calls os._exit in round 1's train: that reply is missing, the round goes on with the
     others (quorum 2), the template survives, and client 0 trains again in round 2."""

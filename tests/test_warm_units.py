@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import sys
 import time
+from pathlib import Path
 
+import pytest
+
+from fedops_common import runconfig as keys
 from fedops_common.frameworks import framework_imports
 from fedops_flower.warmapps import pull
 
@@ -100,3 +107,36 @@ def test_object_pull_retries_within_milliseconds_after_install() -> None:
             function.__kwdefaults__ = defaults
     assert asked[-1] - asked[0] < 0.5  # Flower's defaults: at least 0.8 + 1.6 s
     assert flower.pull_objects.__kwdefaults__["initial_backoff"] == 1  # restored for the other tests
+
+
+def test_a_template_keeps_the_library_modules_of_its_first_task_for_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the first task imported from the app's own FAB is not kept (the next run may bring it
+    changed); library modules are, and the next run's template imports them before it is ready."""
+    from fedops_flower.warmapps import template
+
+    fab = tmp_path / "fab"
+    fab.mkdir()
+    (fab / "warm_units_app_task.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(fab))
+    importlib.import_module("warm_units_app_task")
+    importlib.import_module("colorsys")  # a library module (the standard library's, here)
+    kept = tmp_path / "agent" / "warm-imports" / "task-1.json"
+    template._remember(str(kept), ["warm_units_app_task", "colorsys", "never_imported", "__main__"], [str(fab)])
+    assert json.loads(kept.read_text()) == {"modules": ["colorsys"]}
+    monkeypatch.delitem(sys.modules, "colorsys")
+    template._import_learned(str(kept))
+    assert "colorsys" in sys.modules
+    assert "imported 1 modules learned in an earlier run" in capsys.readouterr().err
+    template._import_learned(str(tmp_path / "none-yet.json"))  # the task's first run on this agent: nothing
+    assert "learned" not in capsys.readouterr().err
+
+
+def test_the_learned_modules_are_kept_per_task_under_the_agents_state() -> None:
+    from fedops_agent.warmapps import learned_file
+
+    state = Path("/var/lib/agent")
+    assert learned_file(state, {keys.NODE_TASK_ID: '"task-3f2a"'}) == state / "warm-imports" / "task-3f2a.json"
+    assert learned_file(state, {keys.NODE_TASK_ID: "task-3f2a"}) == state / "warm-imports" / "task-3f2a.json"
+    assert learned_file(state, {}) is None
+    assert learned_file(state, {keys.NODE_TASK_ID: '"../../etc/passwd"'}) is None
