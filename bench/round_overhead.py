@@ -37,7 +37,7 @@ from fedops_common.proc import console_script, flower_env, stop_process_group  #
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc  # noqa: E402 - imported once sys.path holds the app
 from fedops_control.devstack import LocalStack  # noqa: E402 - imported once sys.path holds the app
 from fedops_control.run import flower_control  # noqa: E402 - imported once sys.path holds the app
-from fedops_control.run.launcher import SuperLinkHandle  # noqa: E402 - imported once sys.path holds the app
+from fedops_control.run.launcher import CLAIMED_BY, SuperLinkHandle  # noqa: E402 - imported once sys.path holds the app
 from fedops_flower.warmapps.executor import READY_MARK  # noqa: E402 - imported once sys.path holds the app
 
 APP = ROOT / "examples" / "digits"
@@ -114,7 +114,7 @@ def serverapp_running_s(state_db: Path, flower_run_id: int) -> float:
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
            superlink_tls: bool = True, spare_superlink: bool = True,
            server_cpus: set[int] | None = None, preload_flower: bool = True,
-           warm_apps: bool = False, app: Path = APP) -> dict[str, float]:
+           warm_apps: bool = False, app: Path = APP, prior_runs: int = 0) -> dict[str, float]:
     """Seconds per round, StartRun -> first round start, median phase overhead and peak memory,
     through FedOps.
 
@@ -144,7 +144,19 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         stack.ctl("task", "select", task["id"], *clients)
         os.sched_setaffinity(0, every_cpu)
         time.sleep(2)
-        spare_wait_s = wait_for_warm_spare(root / "control" / "superlinks", spares_before) if warm_apps else 0.0
+        for _ in range(prior_runs):  # untimed runs of the task first: agents that ran it before
+            prior = stack.ctl_json("run", "start", task["id"])
+            deadline = time.monotonic() + 600
+            while stack.ctl_json("run", "show", prior["id"])["state"] != "RUN_STATE_FINISHED":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"FedOps run {prior['id']} (an untimed one) did not finish in 600 s")
+                time.sleep(1)
+        if warm_apps and prior_runs:
+            spare_wait_s = wait_for_unclaimed_spare(root / "control" / "superlinks")
+        elif warm_apps:
+            spare_wait_s = wait_for_warm_spare(root / "control" / "superlinks", spares_before)
+        else:
+            spare_wait_s = 0.0
         t0 = time.time()
         run = stack.ctl_json("run", "start", task["id"])
         # Polled over gRPC in process: a `fedopsctl` process per poll would take CPU from the run.
@@ -208,6 +220,19 @@ def wait_for_warm_spare(superlinks: Path, before: set[Path], timeout_s: float = 
                 return round(time.monotonic() - started, 2)
         time.sleep(0.1)
     raise TimeoutError(f"no spare SuperLink in {superlinks} had its warm template ready in {timeout_s:.0f} s")
+
+
+def wait_for_unclaimed_spare(superlinks: Path, timeout_s: float = 60.0) -> float:
+    """Seconds waited until a spare SuperLink no run has claimed has its ServerApp template ready
+    (after runs of the task: the one started when the last of them ended)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        for spare in superlinks.glob("spare-*"):
+            log = spare / "superlink.log"
+            if not (spare / CLAIMED_BY).exists() and log.exists() and READY_MARK in log.read_text(errors="replace"):
+                return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    raise TimeoutError(f"no unclaimed spare SuperLink in {superlinks} was ready in {timeout_s:.0f} s")
 
 
 def sample_memory(agents: list[subprocess.Popen[bytes]], peak: dict[str, float]) -> None:
@@ -286,6 +311,9 @@ def main() -> None:
                         help="agents fork ClientApps, the control service ServerApps, from warm templates "
                              "(fedops_flower/warmapps); both: run "
                              "FedOps without and with them in each repeat, side by side with plain Flower")
+    parser.add_argument("--prior-runs", type=int, default=0,
+                        help="FedOps: run the task this many times (untimed) on the same fleet before the timed "
+                             "run, as agents that ran it before (a user's later runs) find it")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (every run's logs: supernode.log, superlink.log, ...)")
     parser.add_argument("--server-cpus", default="",
@@ -309,11 +337,11 @@ def main() -> None:
             ours[mode].append(fedops(
                 work / f"fedops{rep}{'w' if mode else ''}", data, args.rounds, args.superlink_bind,
                 args.superlink_tls, args.spare_superlink, server_cpus, args.preload_flower, warm_apps=mode,
-                app=args.app.resolve()))
+                app=args.app.resolve(), prior_runs=args.prior_runs))
     result: dict[str, object] = {
         "app": str(args.app), "rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
         "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
-        "preload_flower": args.preload_flower, "server_cpus": sorted(server_cpus),
+        "preload_flower": args.preload_flower, "server_cpus": sorted(server_cpus), "prior_runs": args.prior_runs,
         "load_average_after": os.getloadavg()}
     if plain:
         result["plain_flower_s_per_round"] = statistics.median(plain)

@@ -122,7 +122,14 @@ def test_a_template_keeps_the_library_modules_of_its_first_task_for_the_next_run
     importlib.import_module("warm_units_app_task")
     importlib.import_module("colorsys")  # a library module (the standard library's, here)
     kept = tmp_path / "agent" / "warm-imports" / "task-1.json"
-    template._remember(str(kept), ["warm_units_app_task", "colorsys", "never_imported", "__main__"], [str(fab)])
+    names = ["warm_units_app_task", "colorsys", "never_imported", "__main__"]
+    monkeypatch.delenv("FLWR_HOME", raising=False)
+    template._remember(str(kept), names, [str(fab)])
+    assert json.loads(kept.read_text()) == {"modules": ["colorsys"]}
+    # With the run's FLWR_HOME (always set in a run), what was loaded from under it is the app's,
+    # whatever the task added to sys.path (it can be a directory that holds the virtualenv too).
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    template._remember(str(kept), names, [str(tmp_path.parent), str(fab)])
     assert json.loads(kept.read_text()) == {"modules": ["colorsys"]}
     monkeypatch.delitem(sys.modules, "colorsys")
     template._import_learned(str(kept))

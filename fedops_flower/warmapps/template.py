@@ -110,11 +110,14 @@ def _import_learned(path: str) -> None:
 
 
 def _remember(path: str, names: list[str], app_paths: list[str]) -> None:
-    """Keep the library modules of ``names`` (those not loaded from the app's own ``app_paths``) in
-    ``path`` for the template of the task's next run; written whole, then renamed into place."""
+    """Keep the library modules of ``names`` in ``path`` for the template of the task's next run;
+    written whole, then renamed into place. The app's own modules are those loaded from under the
+    run's FLWR_HOME (where Flower installs the FAB), or else from ``app_paths``, the entries the task
+    added to ``sys.path`` (these can hold the working directory, and a virtualenv under it)."""
     if not path:
         return
-    app = tuple(os.path.join(entry, "") for entry in app_paths)
+    home = os.environ.get("FLWR_HOME", "")
+    app = (os.path.join(home, ""),) if home else tuple(os.path.join(entry, "") for entry in app_paths if entry)
     library = [name for name in names if name in sys.modules and not name.startswith(_SKIPPED_PREFIXES)
                and not str(getattr(sys.modules[name], "__file__", None) or "").startswith(app)]
     try:
