@@ -90,10 +90,11 @@ def run(
         bool,
         typer.Option(
             envvar="FEDOPS_WARM_APPS",
-            help="fork each ClientApp from a per-run template with the app already imported "
+            help="fork each ClientApp from a per-run template with the app already imported; "
+                 "--no-warm-apps: a new flwr-clientapp process per message, as Flower does "
                  "(needs --preload-flower; a task opts out with client config fedops-warm-apps=false)"
         ),
-    ] = False,
+    ] = True,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps device agent."""

@@ -108,7 +108,8 @@ def relayed(tmp_path: Path, digits_data: list[Path]) -> Iterator[Relayed]:
         run_id = stack.ctl_json("run", "start", task["id"])["id"]
         # Running, and its ServerApp (holding for 120 s), a local process here, has reported the
         # local way (the run's token file, this service's own certificate under mutual TLS).
-        wait_for(lambda: ("app_started", "ServerApp started") in _events_so_far(stack, run_id), 120)
+        wait_for(lambda: any(kind == "app_started" and message.startswith("ServerApp started")  # a fork or not
+                             for kind, message in _events_so_far(stack, run_id)), 120)
         token_file = stack.root / "control" / "runs" / run_id / "run.token"
         port = free_port()
         out = open(tmp_path / "relay.out", "wb")

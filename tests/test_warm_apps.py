@@ -293,23 +293,25 @@ def test_template_that_cannot_be_built_falls_back_to_flowers_executor(caplog: py
 def test_template_not_ready_in_time_falls_back_and_the_run_says_so(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A device whose template is not ready within FEDOPS_WARM_TEMPLATE_TIMEOUT_S runs its ClientApps
-    with Flower's own executor: the run completes, and its events name the client that fell back."""
-    stack = LocalStack(tmp_path / "stack")
+    with Flower's own executor: the run completes, and its events name the client that fell back.
+    Warm apps are on by default; a third agent and the control service opt out (``--no-warm-apps``):
+    their apps are new processes, and no fallback is reported for an agent that opted out."""
+    stack = LocalStack(tmp_path / "stack", control_args=["--no-warm-apps"])
     try:
         stack.start_control()
         task = stack.ctl_json("task", "create", "--title", "slow", "--app", str(APPS / "warm_probe"), "--rounds", "1",
                               "--min-clients", "2", "--round-timeout", "60",
                               "--client-config", "partition-id=${client.index}")["id"]
-        for name in ("fast", "slow"):
+        for name in ("fast", "slow", "cold"):
             (tmp_path / name).mkdir()
             if name == "slow":
                 monkeypatch.setenv("FEDOPS_WARM_TEMPLATE_TIMEOUT_S", "0.001")
-            stack.start_agent(name, [task], tmp_path / name, extra_args=["--warm-apps"])
-        monkeypatch.delenv("FEDOPS_WARM_TEMPLATE_TIMEOUT_S")
-        fast, slow = stack.client_id("fast"), stack.client_id("slow")
+            stack.start_agent(name, [task], tmp_path / name, extra_args=["--no-warm-apps"] if name == "cold" else [])
+            monkeypatch.delenv("FEDOPS_WARM_TEMPLATE_TIMEOUT_S", raising=False)
+        fast, slow, cold = stack.client_id("fast"), stack.client_id("slow"), stack.client_id("cold")
         wait_for(lambda: sum(c["state"] == "CLIENT_STATE_ONLINE" for c in stack.ctl_json("clients", "list")["clients"])
-                 == 2, 30)
-        stack.ctl("task", "select", task, fast, slow)
+                 == 3, 30)
+        stack.ctl("task", "select", task, fast, slow, cold)
         run = stack.ctl_json("run", "start", task)
         final = wait_finished(stack, run["id"], 240)
         assert final["outcome"] == "RUN_OUTCOME_COMPLETED", final.get("reason")
@@ -318,11 +320,12 @@ def test_template_not_ready_in_time_falls_back_and_the_run_says_so(tmp_path: Pat
         fell_back = [e for e in events if e["kind"] == "warm_apps_fallback"]
         assert [e["client_id"] for e in fell_back] == [slow], fell_back
         assert "not ready within 0.001 s (FEDOPS_WARM_TEMPLATE_TIMEOUT_S)" in fell_back[0]["message"]
-        # Both clients trained; the slow one's ClientApps were new processes, the fast one's forks.
+        # All clients trained; the slow and cold ones' ClientApps were new processes, the fast one's forks.
         trained = {c["client_id"] for c in results(final) if c["phase"] == "train" and not c.get("error")}
-        assert trained == {fast, slow}
+        assert trained == {fast, slow, cold}
         logs = {name: (stack.root / "agents" / name / "runs" / run["id"] / "supernode.log").read_text()
-                for name in ("fast", "slow")}
+                for name in ("fast", "slow", "cold")}
         assert FORKED.search(logs["fast"]) and not FORKED.search(logs["slow"])
+        assert "fedops warm apps" not in logs["cold"]
     finally:
         stack.stop()

@@ -131,6 +131,10 @@ def test_a_template_keeps_the_library_modules_of_its_first_task_for_the_next_run
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     template._remember(str(kept), names, [str(tmp_path.parent), str(fab)])
     assert json.loads(kept.read_text()) == {"modules": ["colorsys"]}
+    # A later run's template imported colorsys from the file, so its first task sees only the app's
+    # modules and one new library module: what was kept stays, the new one is added.
+    template._remember(str(kept), ["warm_units_app_task", "json"], [str(fab)])
+    assert json.loads(kept.read_text()) == {"modules": ["colorsys", "json"]}
     monkeypatch.delitem(sys.modules, "colorsys")
     template._import_learned(str(kept))
     assert "colorsys" in sys.modules

@@ -155,7 +155,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
                 security: Security | None = None, spare_superlink: bool = True,
                 kubernetes: KubernetesOptions | None = None, liveness: LivenessSettings | None = None,
-                warm_apps: bool = False, database_threads: int = 1) -> None:
+                warm_apps: bool = True, database_threads: int = 1) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -282,9 +282,10 @@ def run(
         typer.Option(
             envvar="FEDOPS_WARM_APPS",
             help="fork each run's ServerApp from a template that has Flower and the app's framework imported "
-                 "(local launcher; the spare SuperLink's template holds them, about 0.8 GB with torch)"
+                 "(local launcher; the spare SuperLink's template holds them, about 0.8 GB with torch); "
+                 "--no-warm-apps: a new flwr-serverapp process per run, as Flower does"
         ),
-    ] = False,
+    ] = True,
     launcher: Annotated[
         str, typer.Option(help="where runs' SuperLinks run: 'local' (here) or 'kubernetes' (a namespace each)")
     ] = "local",

@@ -90,15 +90,24 @@ def _import_frameworks(names: str) -> None:
               + (f", not {failed}" if failed else ""), file=sys.stderr, flush=True)
 
 
-def _import_learned(path: str) -> None:
-    """Import the library modules an earlier run's first task of this app imported (:func:`_remember`)."""
+def _learned(path: str) -> list[str]:
+    """The module names kept in ``path`` (:func:`_remember`); none when there is no such file yet (the
+    task's first run here) or it is unreadable (they are learned again in this run)."""
     try:
         names = json.loads(open(path, encoding="utf-8").read())["modules"] if path else []
     except (OSError, ValueError, KeyError, TypeError):
-        return  # none yet (the task's first run here), or unreadable: learned again in this run
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def _import_learned(path: str) -> None:
+    """Import the library modules earlier runs' first tasks of this app imported (:func:`_remember`)."""
+    names = _learned(path)
+    if not names:
+        return
     imported = 0
     for name in names:
-        if not isinstance(name, str) or name in sys.modules:
+        if name in sys.modules:
             continue
         try:
             importlib.import_module(name)
@@ -110,16 +119,21 @@ def _import_learned(path: str) -> None:
 
 
 def _remember(path: str, names: list[str], app_paths: list[str]) -> None:
-    """Keep the library modules of ``names`` in ``path`` for the template of the task's next run;
-    written whole, then renamed into place. The app's own modules are those loaded from under the
+    """Keep the library modules of ``names`` in ``path`` for the template of the task's next run,
+    added to those kept before (a template that imported them from the file sees only the app's own
+    modules in its first task: replacing the file would forget them every other run); written whole,
+    then renamed into place. The app's own modules are those loaded from under the
     run's FLWR_HOME (where Flower installs the FAB), or else from ``app_paths``, the entries the task
     added to ``sys.path`` (these can hold the working directory, and a virtualenv under it)."""
     if not path:
         return
     home = os.environ.get("FLWR_HOME", "")
     app = (os.path.join(home, ""),) if home else tuple(os.path.join(entry, "") for entry in app_paths if entry)
-    library = [name for name in names if name in sys.modules and not name.startswith(_SKIPPED_PREFIXES)
-               and not str(getattr(sys.modules[name], "__file__", None) or "").startswith(app)]
+    kept = _learned(path)
+    known = set(kept)
+    library = kept + [name for name in names if name not in known and name in sys.modules
+                      and not name.startswith(_SKIPPED_PREFIXES)
+                      and not str(getattr(sys.modules[name], "__file__", None) or "").startswith(app)]
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(f"{path}.{os.getpid()}", "w", encoding="utf-8") as out:
