@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,50 @@ def test_the_learned_modules_are_kept_per_task_under_the_agents_state() -> None:
     assert learned_file(state, {keys.NODE_TASK_ID: "task-3f2a"}) == state / "warm-imports" / "task-3f2a.json"
     assert learned_file(state, {}) is None
     assert learned_file(state, {keys.NODE_TASK_ID: '"../../etc/passwd"'}) is None
+
+
+def _in_forks(draw: Callable[[], str], forks: int = 2) -> list[str]:
+    """What ``draw`` returns in each of ``forks`` forked children of this process."""
+    answers = []
+    for _ in range(forks):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: answer, then leave without pytest's clean-up
+            os.close(read)
+            os.write(write, draw().encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as answer:
+            answers.append(answer.read().decode())
+        os.waitpid(pid, 0)
+    return answers
+
+
+def test_each_forked_task_writes_its_own_event_ids() -> None:
+    """Warm tasks are forks of one template: each must number its documents under its own instance,
+    or Elasticsearch (``create`` by ``event.id``) keeps only one task's first line, one second line..."""
+    from fedops_common.telemetry.writer import EVENT_IDS
+
+    parent = EVENT_IDS.next()
+    children = _in_forks(EVENT_IDS.next)
+    prefixes = {event_id.split("-")[0] for event_id in [parent, *children]}
+    assert len(prefixes) == 3, (parent, children)
+    assert all(child.endswith("-0000000001") for child in children)  # a new instance counts from 1
+
+
+def test_each_forked_task_draws_its_own_random_numbers() -> None:
+    """As new processes would: numpy's and torch's global generators are reseeded in each fork."""
+    import numpy as np
+    import torch
+
+    from fedops_flower.warmapps import template
+
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+    def draw() -> str:
+        template._reseed()
+        return f"{np.random.randint(1 << 30)} {torch.randint(1 << 30, (1,)).item()}"
+
+    first, second = (answer.split() for answer in _in_forks(draw))
+    assert first[0] != second[0] and first[1] != second[1], (first, second)

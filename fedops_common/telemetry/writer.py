@@ -25,10 +25,16 @@ class EventIds:
     """Process-unique, deterministic document ids: ``<instance>-<sequence>``.
 
     The id is written into the document itself, so a replay of the same line after an
-    outage carries the same id and Elasticsearch's ``create`` refuses the duplicate.
+    outage carries the same id and Elasticsearch's ``create`` refuses the duplicate. A forked
+    child (a warm app's task is a fork of its template) starts a new instance: with the parent's,
+    every task's first line would carry the same id and Elasticsearch would keep only one of them.
     """
 
     def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self.instance = uuid.uuid4().hex[:16]
         self._seq = itertools.count(1)
         self._lock = threading.Lock()

@@ -218,6 +218,19 @@ def _reap() -> None:
                   file=sys.stderr, flush=True)
 
 
+def _reseed() -> None:
+    """Fresh seeds for the global random generators the template imported, as a new process has: a
+    fork inherits the template's state, so an app that draws from numpy's or torch's global
+    generator without seeding it would draw the same numbers in every round (Python's ``random``
+    reseeds itself after a fork). An app that seeds them itself sets its seed after this, as before."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()  # no argument: from the OS's entropy
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "seed"):
+        torch.seed()  # a non-deterministic seed, as torch's start-up picks
+
+
 def _task(command: str, entry: Callable[[], None], argv: list[str], quiet: bool, learn_w: int) -> NoReturn:
     """In the task's fork: run Flower's entry point as ``argv`` would, then exit with its code."""
     code = 0
@@ -230,6 +243,7 @@ def _task(command: str, entry: Callable[[], None], argv: list[str], quiet: bool,
             os.close(devnull)
         sys.argv = [command, *argv]
         os.environ[WARM_FORK_ENV] = "1"
+        _reseed()
         setproctitle(_home() + " ".join(sys.argv))
         entry()
     except SystemExit as done:
