@@ -29,10 +29,12 @@ def own_elasticsearch() -> Iterator[Elasticsearch]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def cardinality(es: Elasticsearch, index: str, field: str, query: dict) -> int:
+def repeated_values(es: Elasticsearch, index: str, field: str, query: dict) -> list[str]:
+    """Values of ``field`` that more than one document holds: exact, unlike a ``cardinality``
+    aggregation (an estimate: it once counted 13,552 distinct values among 13,551 documents)."""
     answer = es.search(index, query, size=0,
-                       aggs={"n": {"cardinality": {"field": field, "precision_threshold": 40000}}})
-    return int(answer["aggregations"]["n"]["value"])
+                       aggs={"n": {"terms": {"field": field, "min_doc_count": 2, "size": 100}}})
+    return [str(bucket["key"]) for bucket in answer["aggregations"]["n"]["buckets"]]
 
 
 @pytest.mark.e2e
@@ -71,7 +73,7 @@ def test_no_document_lost_or_duplicated_across_a_60s_outage(tmp_path: Path, own_
     shipper.stop()
     assert written > written_during_outage > 1000
     assert es.count(alias_for("logs"), query) == written  # 0 lost
-    assert cardinality(es, alias_for("logs"), "labels.n", query) == written  # 0 duplicated
+    assert repeated_values(es, alias_for("logs"), "labels.n", query) == []  # 0 duplicated
     # A crash that loses every checkpoint replays everything: Elasticsearch refuses each duplicate.
     shutil.rmtree(tmp_path / "telemetry" / ".shipper")
     replay = Shipper(elasticsearch_client(es.url), tmp_path / "telemetry").ship_once()
