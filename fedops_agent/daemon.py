@@ -36,7 +36,7 @@ from fedops_agent.supernode import (
 )
 from fedops_agent.warmapps import learned_file, warm_apps_wanted, watch_fallback
 from fedops_common import runconfig as keys
-from fedops_common.frameworks import framework_imports
+from fedops_common.frameworks import framework_imports, training_imports
 from fedops_common.grpc_channel import control_aio_channel
 from fedops_common.logging import bind_ids, get_logger
 from fedops_common.proto import agent_pb2, agent_pb2_grpc, common_pb2
@@ -240,8 +240,8 @@ class Agent:
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
             if self.warm_apps:  # only a warm template imports them
-                self._frameworks[request.run_id] = await asyncio.to_thread(framework_imports,
-                                                                           list(request.requirements))
+                frameworks = await asyncio.to_thread(framework_imports, list(request.requirements))
+                self._frameworks[request.run_id] = training_imports(frameworks)
             problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
                                                request.check_data_path)
             self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))

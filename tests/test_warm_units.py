@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedops_common import runconfig as keys
-from fedops_common.frameworks import framework_imports
+from fedops_common.frameworks import framework_imports, training_imports
 from fedops_flower.warmapps import pull
 
 
@@ -79,6 +80,36 @@ def test_framework_imports_are_the_installed_dependencies_import_names() -> None
     names = framework_imports(["numpy>=1.26", "scikit-learn", "flwr[simulation]>=1.42", "PyYAML",
                                "not-installed-anywhere", "!!not a requirement"])
     assert names == ["numpy", "sklearn", "yaml"]
+
+
+TRAIN_STEP = """
+import sys
+import torch
+for name in sys.argv[1:]:
+    __import__(name)
+before = set(sys.modules)
+model = torch.nn.Linear(4, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+torch.nn.functional.cross_entropy(model(torch.randn(3, 4)), torch.tensor([0, 1, 0])).backward()
+optimizer.step()
+print(len(set(sys.modules) - before))
+"""
+
+
+def test_a_clientapp_template_imports_what_torch_imports_when_a_model_first_trains() -> None:
+    """With the training imports, torch's first optimizer step imports nothing more (in a new
+    interpreter); without them it imports hundreds of modules. Fails when a torch upgrade moves its
+    lazy imports elsewhere."""
+    names = training_imports(framework_imports(["numpy", "torch>=2"]))
+    assert names == ["numpy", "torch", "torch._dynamo"]
+
+    def new_modules(*imports: str) -> int:
+        done = subprocess.run([sys.executable, "-c", TRAIN_STEP, *imports], capture_output=True, text=True,
+                              check=True, timeout=120)
+        return int(done.stdout.split()[-1])
+
+    assert new_modules() > 100
+    assert new_modules(*names) == 0
 
 
 def test_object_pull_retries_within_milliseconds_after_install() -> None:
