@@ -377,6 +377,35 @@ def test_client_event_learns_the_node_mapping(h: Harness) -> None:
     assert h.run().node_clients == {"4242": "client-c"}
 
 
+def test_a_phase_started_before_its_nodes_were_named_is_renamed_when_they_are(h: Harness) -> None:
+    """With warm ServerApps round 1 can start before the agents said which node they are: the round
+    names those nodes ``node:<id>`` until then, and by client once the name arrives, from the
+    ClientApp's first report or the agent's "connected as node N" status. Finished rounds stay."""
+    from types import SimpleNamespace
+
+    from fedops_control.server.agent_servicer import _write_status
+
+    h.set_run(node_clients={})
+    h.strategy()
+    h.phase(1, "train")
+    h.replies(1, "train", ok={"client-c": {"loss": 1.0}})
+    assert h.round(1).phase_expected == ["node:101", "node:102", "node:103"]
+    h.client_event(client_id="client-a", node_id=101, round=1, phase="train")
+    with h.sessions.begin() as db:  # the agent's status, as the agent servicer stores it
+        status = A.StatusChange(state=S.CLIENT_STATE_TRAINING, run_id=RUN, node_id=102)
+        _write_status(db.connection(), "client-b", SimpleNamespace(state=S.CLIENT_STATE_TRAINING, state_reason="",
+                                                                     current_run_id=RUN), status)
+    one = h.round(1)
+    assert one.phase_expected == ["client-a", "client-b", "node:103"]
+    assert one.selected == ["client-a", "client-b", "node:103"]
+    assert one.phase_received == one.responded == ["node:103"]
+    assert h.run().node_clients == {"101": "client-a", "102": "client-b"}
+    with h.sessions.begin() as db:
+        db.get(RoundRow, (RUN, 1)).finished_at = one.started_at
+    h.client_event(client_id="client-c", node_id=103, round=1, phase="train")
+    assert h.round(1).selected == ["client-a", "client-b", "node:103"]  # finished: as it was recorded
+
+
 def test_record_client_result_is_one_row_per_client_round_phase(h: Harness) -> None:
     with h.sessions.begin() as db:
         assert record_client_result(db, RUN, 1, "train", "client-a", "101", {"x": 1.0}, 3.0) is True

@@ -22,6 +22,7 @@ from fedops_control import metrics
 from fedops_control.agents.sessions import AgentSessions
 from fedops_control.errors import InvalidArgument, NotFound
 from fedops_control.run.events import EventBus
+from fedops_control.run.nodenames import name_node_in_open_rounds, placeholder
 from fedops_control.state.models import (
     ClientResultRow,
     ClientRow,
@@ -57,7 +58,7 @@ class Applied:
         return self.event.round
 
     def client_of(self, node_id: int) -> str:
-        return self.run.node_clients.get(str(node_id), "") or f"node:{node_id}"
+        return self.run.node_clients.get(str(node_id), "") or placeholder(node_id)
 
     def doc(self, scope: str, phase: str = "", client_id: str = "", values: Any = None,
             extra: dict[str, Any] | None = None) -> None:
@@ -369,7 +370,9 @@ class ClientReports:
                 raise NotFound(f"run {event.run_id} not found")
             if event.client_id not in run.client_ids:
                 raise InvalidArgument("client_id", f"{event.client_id!r} is not a participant of {run.id}")
-            run.node_clients = {**run.node_clients, str(event.node_id): event.client_id}
+            if run.node_clients.get(str(event.node_id)) != event.client_id:  # its first report in this run
+                name_node_in_open_rounds(db.connection(), run.id, event.node_id, event.client_id)
+                run.node_clients = {**run.node_clients, str(event.node_id): event.client_id}
             # A ClientApp learns its round from the config or the group id, which not every app sets.
             number = event.round or run.current_round
             record_client_result(db, run.id, number, event.phase, event.client_id, str(event.node_id), values,

@@ -23,6 +23,7 @@ from fedops_control.agents.sessions import AgentSessions
 from fedops_control.clients.labels import validated
 from fedops_control.errors import InvalidArgument, NotFound, PermissionDenied
 from fedops_control.run.manager import RunManager
+from fedops_control.run.nodenames import name_node_in_open_rounds
 from fedops_control.run.preflight import Preflight
 from fedops_control.server.errors import grpc_errors
 from fedops_control.state.db import DatabaseWriter, GroupCommit
@@ -260,6 +261,7 @@ def _write_status(conn: Connection, client_id: str, row: Any, status: agent_pb2.
         if status.node_id and client_id in run.client_ids:
             conn.execute(_UPDATE_RUN_NODES, {"b_run_id": status.run_id,
                                              "node_clients": {**run.node_clients, str(status.node_id): client_id}})
+            name_node_in_open_rounds(conn, status.run_id, status.node_id, client_id)  # a phase may have started
     elif status.state == S.CLIENT_STATE_TRAINING:
         changes["current_run_id"] = ""
     elif status.run_id and row.current_run_id == status.run_id:
