@@ -209,10 +209,14 @@ def test_hard_stop_leaves_no_template_or_task(fleet: dict[str, Any]) -> None:
     assert final["state"] == "RUN_STATE_FINISHED" and final["outcome"] == "RUN_OUTCOME_STOPPED"
     # The control service answers once the run's SuperLink, SuperExec (in a session of its own),
     # ServerApp template and ServerApp are gone; the agents stop their SuperNodes when told.
-    superlink = [spare for spare in (stack.root / "control" / "superlinks").glob("spare-*")
-                 if (spare / CLAIMED_BY).exists() and (spare / CLAIMED_BY).read_text() == run["id"]]
-    assert len(superlink) == 1
-    assert [cmdline for _, _, cmdline in scan_processes() if f"{superlink[0]}/".encode() in cmdline] == []
+    claimed = [spare for spare in (stack.root / "control" / "superlinks").glob("spare-*")
+               if (spare / CLAIMED_BY).exists() and (spare / CLAIMED_BY).read_text() == run["id"]]
+    assert len(claimed) <= 1
+    # The warm spare it took, or its own SuperLink when the run started before the previous run's
+    # SuperLink had stopped (a new spare starts only then).
+    superlink = claimed[0] if claimed else stack.root / "control" / "runs" / run["id"]
+    assert (superlink / "superlink.log").exists()
+    assert [cmdline for _, _, cmdline in scan_processes() if f"{superlink}/".encode() in cmdline] == []
     # Templates and tasks included: their titles hold "flwr-" and the stack's directory (the new spare's
     # ServerApp template is the spare's, as the spare SuperLink is).
     wait_gone(stack, run["id"], 30)
