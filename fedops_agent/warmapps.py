@@ -23,22 +23,28 @@ _OFF = {"false", "0", "no", "off"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+def _config_value(node_config: Mapping[str, str], key: str) -> str:
+    """A node-config value as text: Flower's node config holds TOML-style values (a string quoted),
+    a task's client config may hold a bare word."""
+    raw = node_config.get(key, "").strip()
+    try:
+        value = json.loads(raw) if raw else ""
+    except ValueError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
 def warm_apps_wanted(node_config: Mapping[str, str]) -> bool:
     """False when the task's client config sets ``fedops-warm-apps`` to false (a JSON or bare value)."""
-    value = node_config.get(keys.NODE_WARM_APPS, "")
-    return value.strip().strip('"').lower() not in _OFF
+    return _config_value(node_config, keys.NODE_WARM_APPS).lower() not in _OFF
 
 
 def learned_file(state_dir: Path, node_config: Mapping[str, str]) -> Path | None:
     """Where the ClientApp templates of this run's task keep the library modules its tasks import
     (``FEDOPS_WARM_LEARNED``): one file per task on this agent, so the next run of the task starts
     with them imported. None when the run names no task (or an id unfit for a file name)."""
-    raw = node_config.get(keys.NODE_TASK_ID, "")
-    try:
-        task_id = json.loads(raw) if raw else ""
-    except ValueError:
-        task_id = raw
-    if not isinstance(task_id, str) or not _SAFE_NAME.fullmatch(task_id):
+    task_id = _config_value(node_config, keys.NODE_TASK_ID)
+    if not _SAFE_NAME.fullmatch(task_id):
         return None
     return state_dir / "warm-imports" / f"{task_id}.json"
 
