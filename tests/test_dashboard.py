@@ -188,7 +188,12 @@ def test_tasks_page_validates_edits_selects_starts_and_the_run_page_stops(finish
     [b for b in app.button if b.label == "Save selection"][0].click().run()
     assert sorted(stack.ctl_json("task", "show", finished_run["task_id"])["selected_client_ids"]) == sorted(
         finished_run["clients"][:2])
-    [b for b in app.button if b.label == "Start FL"][0].click().run()
+    # Many rounds: with warm apps a 1-round run can end before the stop below reaches it.
+    stack.ctl("task", "update", finished_run["task_id"], "--rounds", "50")
+    try:
+        [b for b in app.button if b.label == "Start FL"][0].click().run()
+    finally:
+        stack.ctl("task", "update", finished_run["task_id"], "--rounds", "1")
     no_errors(app)
     started = app.success[-1].value
     run_id = started.split()[1]
@@ -423,10 +428,12 @@ def test_browser_every_page_from_a_cold_start(finished_run: dict[str, Any], brow
     browser.wait.until(lambda _: browser.charts() == 5)  # loss, accuracy, local metric, train time, timeline
     assert "round None" not in body and "CLIENT_STATE" not in body and "RUN_STATE" not in body
     browser.shot("run")
+    # The newest version (a run started and stopped by an earlier test may have stored one after the fixture's).
+    newest = max(m["version"] for m in stack.ctl_json("models", "list", "--task", finished_run["task_id"])["models"])
     pages = [("Overview", ("Recent runs (newest first)", "Clients finished")),
              ("Tasks", ("Runs of this task (newest first)",)),
              ("Clients", ("Data status (aggregates only)", "Compare with", "samples in the last 15 minutes")),
-             ("Models", ("Model card: v1", "Lineage")),
+             ("Models", (f"Model card: v{newest}", "Lineage")),
              ("Logs", ("Level or above", "lines, newest first"))]
     for title, needles in pages:
         browser.nav(title)
