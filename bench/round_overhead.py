@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -99,18 +97,6 @@ def plain_flower(root: Path, data: list[Path], rounds: int, app: Path = APP) -> 
             stop_process_group(proc, hard=True)
 
 
-def serverapp_running_s(state_db: Path, flower_run_id: int) -> float:
-    """The ServerApp's running -> finished seconds from the run's SuperLink database: what the plain
-    side reads through `ListRuns`, read here after the run because the control service stops the
-    SuperLink once the run is over."""
-    signed = flower_run_id - 2**64 if flower_run_id >= 2**63 else flower_run_id  # Flower stores int64
-    with contextlib.closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)) as db:
-        running_at, finished_at = db.execute(
-            "SELECT running_at, finished_at FROM task WHERE run_id = ? AND running_at IS NOT NULL", (signed,)
-        ).fetchone()
-    return (datetime.fromisoformat(str(finished_at)) - datetime.fromisoformat(str(running_at))).total_seconds()
-
-
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
            superlink_tls: bool = True, spare_superlink: bool = True,
            server_cpus: set[int] | None = None, preload_flower: bool = True,
@@ -176,8 +162,9 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         events = [json.loads(line) for line in watched.splitlines()]
         started = [e for e in events if e["kind"] == "app_started"][0]
         finished = [e for e in events if e["kind"] == "run_finished"][0]
-        running_s = serverapp_running_s(stack.root / "control" / "runs" / run["id"] / "superlink" / "state.db",
-                                        int(info.flower_run_id))
+        # Flower's record of the ServerApp (running -> finished), what the plain side reads with
+        # `ListRuns`: the control service reads it before it stops the run's SuperLink.
+        running_s = float(finished["data"]["flower_serverapp_s"])
 
         def ts(e):
             return datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()

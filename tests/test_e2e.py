@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +12,10 @@ import grpc
 import pytest
 
 from fedops_common.grpc_channel import control_channel
+from fedops_common.proc import scan_processes
 from fedops_common.proto import common_pb2, control_pb2, control_pb2_grpc
 from fedops_control.devstack import LocalStack
-from fedops_control.run.launcher import CLAIMED_BY
+from fedops_control.run.launcher import CLAIMED_BY, flwr_home_of
 from tests.conftest import DIGITS_APP
 
 pytestmark = pytest.mark.e2e
@@ -62,8 +62,16 @@ def wait_finished(stack: LocalStack, run_id: str, timeout_s: float = 400) -> dic
 
 
 def flower_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and ("flower-" in line or "flwr-" in line)]
+    """Flower processes whose command line or FLWR_HOME names ``marker`` ("PID FLWR_HOME=… ARGS"): a
+    SuperLink with in-memory state and no TLS names no file in its command line."""
+    found = []
+    for pid, proc, cmdline in scan_processes():
+        args = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        if "flower-" in args or "flwr-" in args:
+            line = f"{pid} FLWR_HOME={flwr_home_of(proc) or ''} {args}"
+            if marker in line:
+                found.append(line)
+    return found
 
 
 def stray_processes(stack: LocalStack) -> list[str]:
@@ -133,12 +141,17 @@ def test_full_run_learns_and_registers_models(stack, tmp_path: Path) -> None:
     out = tmp_path / "model.npz"
     download = local.ctl_json("models", "download", "latest", "--task", task_id, "--out", str(out))
     assert hashlib.sha256(out.read_bytes()).hexdigest() == download["sha256"] == by_round[3]["sha256"]
+    # Flower's own record of the ServerApp, read before the SuperLink (its state in memory) stopped.
+    events = [json.loads(line) for line in local.ctl("--output", "json", "run", "watch", run["id"]).stdout.splitlines()]
+    finished = [e for e in events if e["kind"] == "run_finished"][0]
+    assert 0 < finished["data"]["flower_serverapp_s"] < 500, finished
     diagnosis = local.ctl_json("run", "diagnose", run["id"])
     assert "completed" in diagnosis["summary"]
     assert flower_processes(run["id"]) == [] and stray_processes(local) == []
     # The run took the warm spare SuperLink, started before the run was.
     link = local.root / "control" / "runs" / run["id"] / "superlink"
     assert link.is_symlink() and (link.resolve().parent / CLAIMED_BY).read_text() == run["id"]
+    assert not (link / "state.db").exists()  # Flower's in-memory state (--superlink-state-on-disk: a file)
     # Each agent forked its SuperNode from its preloaded fork server (the default).
     starts = [json.loads(line) for path in (local.root / "agents").glob("*/telemetry/logs/*.jsonl")
               for line in path.read_text().splitlines() if '"SuperNode started"' in line and run["id"] in line]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import pytest
 
 from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.run import flower_control
-from fedops_control.run.launcher import CLAIMED_BY, ControlRoute, LocalProcessLauncher, is_loopback
+from fedops_control.run.launcher import (
+    CLAIMED_BY,
+    ControlRoute,
+    LocalProcessLauncher,
+    flwr_home_of,
+    is_loopback,
+    superlink_database,
+)
 
 pytestmark = pytest.mark.integration  # real servers or processes, no FL run
 CONTROL = ControlRoute("127.0.0.1:50051")  # the local launcher passes it on to the ServerApp unchanged
@@ -26,7 +34,33 @@ def test_loopback_names() -> None:
 
 
 def _group(workdir: Path) -> list[int]:
-    return [pid for pid, _, cmdline in scan_processes() if str(workdir).encode() in cmdline]
+    """Processes that name ``workdir`` or run with their FLWR_HOME in it (the SuperLink, its SuperExec
+    and what that started), or in the spare directory it links to."""
+    homes = {workdir.resolve(), (workdir / "superlink").resolve().parent}
+    return [pid for pid, proc, cmdline in scan_processes()
+            if str(workdir).encode() in cmdline
+            or any((home := flwr_home_of(proc)) is not None and home.is_relative_to(h) for h in homes)]
+
+
+def test_superlink_state_in_memory_unless_on_disk(tmp_path: Path) -> None:
+    """Flower's in-memory state by default; a SQLite file in the SuperLink's home when asked for."""
+    assert superlink_database(tmp_path, on_disk=False) == ":flwr-in-memory:"
+    assert superlink_database(tmp_path, on_disk=True) == str(tmp_path / "state.db")
+
+
+def test_flwr_home_of_reads_a_live_process_environment(tmp_path: Path) -> None:
+    home = tmp_path / "link-target"
+    home.mkdir()
+    (tmp_path / "link").symlink_to(home)
+    child = subprocess.Popen(["sleep", "30"], env={**os.environ, "FLWR_HOME": str(tmp_path / "link")})
+    plain = subprocess.Popen(["sleep", "30"], env={k: v for k, v in os.environ.items() if k != "FLWR_HOME"})
+    try:
+        assert flwr_home_of(Path(f"/proc/{child.pid}")) == home  # resolved
+        assert flwr_home_of(Path(f"/proc/{plain.pid}")) is None
+        assert flwr_home_of(tmp_path / "no-such-process") is None
+    finally:
+        child.kill()
+        plain.kill()
 
 
 @pytest.mark.parametrize(("bind_host", "warm_apps"), [("127.0.0.1", False), ("0.0.0.0", False), ("127.0.0.1", True)])
@@ -52,6 +86,7 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str, warm_apps: bool) -
         # under it): a stop ends them too, at once.
         superexec = wait_for_superexec(handle.process.pid, warm_apps)
         assert os.getpgid(superexec[0]) != handle.process.pid
+        assert handle.process.pid in _group(workdir) and set(superexec) <= set(_group(workdir))
         adopted = LocalProcessLauncher(bind_host=bind_host).adopt("run-1", workdir, handle.address)
         assert adopted is not None
         assert adopted.pid == handle.process.pid  # the group leader
@@ -61,6 +96,23 @@ def test_start_adopt_and_stop(tmp_path: Path, bind_host: str, warm_apps: bool) -
         assert not pid_alive(handle.process.pid) or handle.process.poll() is not None
         assert _group(workdir) == []
         assert not any(map(pid_alive, superexec))
+    finally:
+        asyncio.run(launcher.stop(handle))
+
+
+def test_state_on_disk_keeps_a_sqlite_file_and_is_adopted(tmp_path: Path) -> None:
+    """``--superlink-state-on-disk``: the SuperLink's state is a SQLite file in its home; found again
+    (by its FLWR_HOME) and stopped like an in-memory one."""
+    workdir = tmp_path / "run-1"
+    launcher = LocalProcessLauncher(state_on_disk=True)
+    handle = asyncio.run(launcher.start("run-1", workdir, CONTROL))
+    try:
+        assert handle.process is not None
+        assert (workdir / "superlink" / "state.db").exists()
+        adopted = LocalProcessLauncher().adopt("run-1", workdir, handle.address)
+        assert adopted is not None and adopted.pid == handle.process.pid
+        asyncio.run(launcher.stop(adopted))
+        assert _group(workdir) == []
     finally:
         asyncio.run(launcher.stop(handle))
 
@@ -99,6 +151,7 @@ def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> Non
         adopted = LocalProcessLauncher(spare_dir=spares).adopt("run-1", workdir, handle.address)
         assert adopted is not None and adopted.pid == handle.process.pid
         assert flower_control.status_text(await flower_control.get_run(handle, "1")) == "unknown"
+        assert handle.process.pid in _group(spare.flwr_home.parent)
         await launcher.stop(handle)
         assert not pid_alive(handle.process.pid) and _group(spare.flwr_home.parent) == []
         assert launcher._spare is not None  # the next one warms up once a run's SuperLink is gone
@@ -107,7 +160,7 @@ def test_warm_spare_is_taken_by_the_next_run_and_replaced(tmp_path: Path) -> Non
         await launcher.close()
         assert replacement.process.poll() is not None and _group(replacement.flwr_home.parent) == []
         assert not replacement.flwr_home.parent.exists()  # unclaimed: nothing to keep
-        assert spare.flwr_home.parent.exists()            # the run's: its state and log stay
+        assert spare.flwr_home.parent.exists()            # the run's: its log stays
 
     asyncio.run(scenario())
 

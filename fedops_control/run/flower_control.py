@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +140,14 @@ def status_text(run: Run | None) -> str:
         return "unknown"
     status, sub_status = run.status.status, run.status.sub_status
     return f"{status}:{sub_status}" if sub_status else status or "unknown"
+
+
+def serverapp_seconds(run: Run | None) -> float | None:
+    """Flower's own record of the ServerApp: running -> finished seconds, as `flwr ls` shows them;
+    None before it finished."""
+    if run is None or not run.running_at or not run.finished_at:
+        return None
+    return (datetime.fromisoformat(run.finished_at) - datetime.fromisoformat(run.running_at)).total_seconds()
 
 
 async def stop_run(handle: SuperLinkHandle, flower_run_id: str) -> None:

@@ -214,8 +214,10 @@ class RunManager(RunLaunch):
                                     data={"by": by})
         return self.get_run_row(run_id)
 
-    async def finish(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str) -> None:
-        """Mark the run finished, stop its SuperNodes and SuperLink. Idempotent."""
+    async def finish(self, run_id: str, outcome: common_pb2.RunOutcome.ValueType, reason: str,
+                     record: dict[str, float] | None = None) -> None:
+        """Mark the run finished, stop its SuperNodes and SuperLink. Idempotent. ``record`` goes into
+        the run_finished event's data (Flower's running -> finished seconds of the ServerApp)."""
         if run_id in self._finishing:
             return
         self._finishing.add(run_id)
@@ -253,7 +255,8 @@ class RunManager(RunLaunch):
                 self._tokens.revoke_subject(access_pb2.TOKEN_KIND_RUN, run_id)
             name = common_pb2.RunOutcome.Name(outcome).split("_")[-1].lower()
             metrics.run_finished(run_id, task_id, name)
-            await self._bus.publish(run_id, "run_finished", f"run {name}: {reason}", data={"outcome": name})
+            await self._bus.publish(run_id, "run_finished", f"run {name}: {reason}",
+                                    data={"outcome": name, **(record or {})})
         finally:
             self._finishing.discard(run_id)
 
@@ -283,6 +286,7 @@ class RunManager(RunLaunch):
         and exit, then finish. Stopping the SuperLink first would leave it retrying against a dead port."""
         active, flower_run_id = self._active.get(run_id), self.get_run_row(run_id).flower_run_id
         handle = active.handle if active is not None else None
+        record: dict[str, float] = {}  # Flower's record of the ServerApp, in the run_finished event
         if handle is not None and flower_run_id:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + FLOWER_FINISH_WAIT_S
@@ -293,9 +297,11 @@ class RunManager(RunLaunch):
                     log.warning("could not read the Flower run's status", run_id=run_id, error=str(err))
                     break
                 if flower_control.status_text(run).startswith("finished"):
+                    if (seconds := flower_control.serverapp_seconds(run)) is not None:
+                        record["flower_serverapp_s"] = seconds
                     break
                 await asyncio.sleep(0.2)
-        await self.finish(run_id, outcome, reason)
+        await self.finish(run_id, outcome, reason, record)
 
     def _round_notice(self, db: Session, run: RunRow, number: int) -> agent_pb2.AgentCommand:
         """The RoundStarted command: which global model version round ``number`` trains from."""

@@ -155,7 +155,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
                 stop_runs_on_exit: bool = False, ready: asyncio.Event | None = None,
                 security: Security | None = None, spare_superlink: bool = True,
                 kubernetes: KubernetesOptions | None = None, liveness: LivenessSettings | None = None,
-                warm_apps: bool = True, database_threads: int = 1) -> None:
+                warm_apps: bool = True, database_threads: int = 1, superlink_state_on_disk: bool = False) -> None:
     """Run the control service until cancelled or signalled."""
     security = security or Security()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     else:
         launcher = LocalProcessLauncher(bind_host=superlink_bind, advertised_host=superlink_host, ca=superlink_ca,
                                         spare_dir=data_dir / "superlinks" if spare_superlink else None,
-                                        warm_apps=warm_apps)
+                                        warm_apps=warm_apps, state_on_disk=superlink_state_on_disk)
     preflight = Preflight()  # StartRun sends the checks (RunManager), agents' answers arrive (AgentServicer)
     runs = RunManager(sessions, bus, agents, models, launcher, data_dir, control_address=f"{local_host}:{port}",
                       writer=writer, tokens=tokens if security.auth else None,
@@ -286,6 +286,14 @@ def run(
                  "--no-warm-apps: a new flwr-serverapp process per run, as Flower does"
         ),
     ] = True,
+    superlink_state_on_disk: Annotated[
+        bool,
+        typer.Option(
+            help="local launcher: keep each SuperLink's state (messages and their arrays) in a SQLite file in "
+                 "the run's directory, not in memory (Flower's default, with about half the overhead per phase): "
+                 "for models too large to hold a phase's replies in RAM"
+        ),
+    ] = False,
     launcher: Annotated[
         str, typer.Option(help="where runs' SuperLinks run: 'local' (here) or 'kubernetes' (a namespace each)")
     ] = "local",
@@ -397,7 +405,7 @@ def run(
         asyncio.run(serve(listen, data_dir, database_url, superlink_host, telemetry.writer, metrics_listen,
                           superlink_bind, stop_runs_on_exit, security=security, spare_superlink=spare_superlink,
                           kubernetes=kubernetes, liveness=liveness, warm_apps=warm_apps,
-                          database_threads=database_threads))
+                          database_threads=database_threads, superlink_state_on_disk=superlink_state_on_disk))
     finally:
         telemetry.close()
 
