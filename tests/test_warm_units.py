@@ -113,8 +113,9 @@ def test_a_clientapp_template_imports_what_torch_imports_when_a_model_first_trai
 
 
 def test_object_pull_retries_within_milliseconds_after_install() -> None:
-    """Flower's pull of an object that is not there yet waits 1 s first; after install, 0.02 s.
-    Fails when a Flower upgrade renames the arguments (install then returns False)."""
+    """Flower's pull of an object that is not there yet waits 1 s first; after install, 0.02 s, and
+    in a template (local hops) at most 0.05 s between tries. Fails when a Flower upgrade renames the
+    arguments (install then returns False)."""
     from flwr.supercore.inflatable import inflatable_utils as flower
     from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
@@ -135,6 +136,20 @@ def test_object_pull_retries_within_milliseconds_after_install() -> None:
         assert all(f.__kwdefaults__ and f.__kwdefaults__["initial_backoff"] == objectpull.INITIAL_BACKOFF_S
                    and f.__kwdefaults__["backoff_cap"] == objectpull.BACKOFF_CAP_S for f in functions)
         assert flower.pull_objects(["a"], arrives_on_the_third_try) == {"a": b"chunk"}
+        # A template's local hops: the waits stop doubling at 0.05 s (Flower's would reach 0.64 s by
+        # the sixth try, the SuperNode's 1 s cap 0.32 s).
+        assert objectpull.install(backoff_cap_s=objectpull.LOCAL_BACKOFF_CAP_S)
+        asked.clear()
+
+        def arrives_on_the_seventh_try(object_id: str) -> bytes:
+            asked.append(time.monotonic())
+            if len(asked) < 7:
+                raise ObjectUnavailableError(object_id)
+            return b"chunk"
+
+        assert flower.pull_objects(["b"], arrives_on_the_seventh_try) == {"b": b"chunk"}
+        waits = [later - earlier for earlier, later in zip(asked, asked[1:], strict=False)]
+        assert max(waits) < 0.05 * 1.2 + 0.03, waits  # the cap, its 20 % jitter, and scheduling
     finally:
         for function, defaults in zip(functions, saved, strict=True):
             function.__kwdefaults__ = defaults

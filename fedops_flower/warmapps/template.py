@@ -60,7 +60,8 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
         module, function, wrapper = ENTRY_POINTS[command]
         entry = getattr(importlib.import_module(module), function)
         importlib.import_module(wrapper)
-        objectpull.install()  # its tasks pull their message as soon as they start: no 1 s first backoff
+        # Its tasks pull their message as soon as they start, from a local SuperNode or SuperLink.
+        objectpull.install(backoff_cap_s=objectpull.LOCAL_BACKOFF_CAP_S)
         _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
         _import_learned(os.environ.get(WARM_LEARNED_ENV, ""))
         _send(sock, {"ready": True, "pid": os.getpid()})
