@@ -321,7 +321,6 @@ class LocalProcessLauncher:
         return None
 
 
-
 def superlink_database(flwr_home: Path, on_disk: bool) -> str:
     """The SuperLink's ``--database``: Flower's in-memory state (its own default), or a SQLite file.
 
@@ -329,7 +328,7 @@ def superlink_database(flwr_home: Path, on_disk: bool) -> str:
     process. On disk, every message, every object of it (Flower moves a message as some ten objects,
     each its own request) and every node's poll is a SQLite transaction in the SuperLink's one
     process; in the issue-16 bench (numpy app, 3 SuperNodes, 2 cores) that doubled the median phase
-    overhead: 0.95-1.20 s on disk, 0.49-0.56 s in memory. On disk the messages' arrays wait on disk
+    overhead: 0.95-1.20 s on disk, 0.46-0.65 s in memory. On disk the messages' arrays wait on disk
     rather than in RAM, for models too large to hold a phase's replies in memory
     (``fedops-control --superlink-state-on-disk``)."""
     return str(flwr_home / "state.db") if on_disk else FLWR_IN_MEMORY_DB_NAME
