@@ -376,8 +376,7 @@ def _stop_naming(directory: Path) -> None:
     marker, resolved = f"{directory}{os.sep}".encode(), directory.resolve()
     groups = set()
     for pid, proc, cmdline in scan_processes():
-        home = flwr_home_of(proc)
-        if marker in cmdline or (home is not None and home.is_relative_to(resolved)):
+        if marker in cmdline or ((home := flwr_home_of(proc)) is not None and home.is_relative_to(resolved)):
             with contextlib.suppress(ProcessLookupError):
                 groups.add(os.getpgid(pid))
     for group in groups - {os.getpgid(0)}:  # never our own group
