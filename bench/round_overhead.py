@@ -37,6 +37,7 @@ from fedops_control.devstack import LocalStack  # noqa: E402 - imported once sys
 from fedops_control.run import flower_control  # noqa: E402 - imported once sys.path holds the app
 from fedops_control.run.launcher import CLAIMED_BY, SuperLinkHandle  # noqa: E402 - imported once sys.path holds the app
 from fedops_flower.warmapps.executor import READY_MARK  # noqa: E402 - imported once sys.path holds the app
+from fedops_flower.warmapps.spare import READY_SUFFIX as SPARE_READY_SUFFIX  # noqa: E402 - imported once sys.path holds the app
 
 APP = ROOT / "examples" / "digits"
 
@@ -100,7 +101,8 @@ def plain_flower(root: Path, data: list[Path], rounds: int, app: Path = APP) -> 
 def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127.0.0.1",
            superlink_tls: bool = True, spare_superlink: bool = True,
            server_cpus: set[int] | None = None, preload_flower: bool = True,
-           warm_apps: bool = False, app: Path = APP, prior_runs: int = 0) -> dict[str, float]:
+           warm_apps: bool = False, app: Path = APP, prior_runs: int = 0,
+           agent_spares: bool = True) -> dict[str, float]:
     """Seconds per round, StartRun -> first round start, median phase overhead and peak memory,
     through FedOps.
 
@@ -125,7 +127,8 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         for i, path in enumerate(data):
             stack.start_agent(f"b{i}", [task["id"]], path,
                               ["--preload-flower" if preload_flower else "--no-preload-flower",
-                               "--warm-apps" if warm_apps else "--no-warm-apps"])
+                               "--warm-apps" if warm_apps else "--no-warm-apps",
+                               "--warm-spares", "1" if agent_spares else "0"])
         clients = [stack.client_id(f"b{i}") for i in range(len(data))]
         stack.ctl("task", "select", task["id"], *clients)
         os.sched_setaffinity(0, every_cpu)
@@ -143,6 +146,7 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
             spare_wait_s = wait_for_warm_spare(root / "control" / "superlinks", spares_before)
         else:
             spare_wait_s = 0.0
+        agent_spare_wait_s = wait_for_agent_spares(list(stack.agents.values())) if warm_apps and agent_spares else 0.0
         t0 = time.time()
         run = stack.ctl_json("run", "start", task["id"])
         # Polled over gRPC in process: a `fedopsctl` process per poll would take CPU from the run.
@@ -184,7 +188,7 @@ def fedops(root: Path, data: list[Path], rounds: int, superlink_bind: str = "127
         overheads = phase_breakdown(events, ts)
         return {"s_per_round": running_s / rounds, "startrun_to_first_round_s": first_phase - received,
                 "phase_overhead_s": statistics.median(overheads) if overheads else 0.0,
-                "spare_wait_s": spare_wait_s, **memory}
+                "spare_wait_s": spare_wait_s, "agent_spare_wait_s": agent_spare_wait_s, **memory}
     finally:
         stack.stop()
 
@@ -220,6 +224,35 @@ def wait_for_unclaimed_spare(superlinks: Path, timeout_s: float = 60.0) -> float
                 return round(time.monotonic() - started, 2)
         time.sleep(0.1)
     raise TimeoutError(f"no unclaimed spare SuperLink in {superlinks} was ready in {timeout_s:.0f} s")
+
+
+def wait_for_agent_spares(agents: list[subprocess.Popen[bytes]], timeout_s: float = 120.0) -> float:
+    """Seconds waited until every agent has a spare ClientApp template that has imported the app's
+    frameworks (``fedops_agent/spares.py``: started when the clients were selected for the task, and
+    again after each run of it), as a run started a few seconds after the selection finds them."""
+    import psutil
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        ready = 0
+        for agent in agents:
+            try:
+                tree = psutil.Process(agent.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for process in tree:
+                try:
+                    title = process.cmdline()
+                except psutil.Error:
+                    continue
+                words = " ".join(title).split()
+                if words[:1] == ["fedops-warm-spare"] and Path(words[-1] + SPARE_READY_SUFFIX).exists():
+                    ready += 1
+                    break
+        if ready == len(agents):
+            return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    raise TimeoutError(f"not every agent had a ready spare ClientApp template within {timeout_s:.0f} s")
 
 
 def sample_memory(agents: list[subprocess.Popen[bytes]], peak: dict[str, float]) -> None:
@@ -301,6 +334,9 @@ def main() -> None:
     parser.add_argument("--prior-runs", type=int, default=0,
                         help="FedOps: run the task this many times (untimed) on the same fleet before the timed "
                              "run, as agents that ran it before (a user's later runs) find it")
+    parser.add_argument("--no-agent-spares", dest="agent_spares", action="store_false",
+                        help="agents keep no spare ClientApp templates (--warm-spares 0): each run's template "
+                             "imports the app's frameworks when the run starts")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (every run's logs: supernode.log, superlink.log, ...)")
     parser.add_argument("--server-cpus", default="",
@@ -324,12 +360,12 @@ def main() -> None:
             ours[mode].append(fedops(
                 work / f"fedops{rep}{'w' if mode else ''}", data, args.rounds, args.superlink_bind,
                 args.superlink_tls, args.spare_superlink, server_cpus, args.preload_flower, warm_apps=mode,
-                app=args.app.resolve(), prior_runs=args.prior_runs))
+                app=args.app.resolve(), prior_runs=args.prior_runs, agent_spares=args.agent_spares))
     result: dict[str, object] = {
         "app": str(args.app), "rounds": args.rounds, "repeats": args.repeats, "superlink_bind": args.superlink_bind,
         "superlink_tls": args.superlink_tls, "spare_superlink": args.spare_superlink,
         "preload_flower": args.preload_flower, "server_cpus": sorted(server_cpus), "prior_runs": args.prior_runs,
-        "load_average_after": os.getloadavg()}
+        "agent_spares": args.agent_spares, "load_average_after": os.getloadavg()}
     if plain:
         result["plain_flower_s_per_round"] = statistics.median(plain)
         result["plain_flower_s_per_round_each"] = [round(value, 2) for value in plain]

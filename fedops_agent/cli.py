@@ -15,6 +15,7 @@ import typer
 from fedops_agent import forkserver
 from fedops_agent.daemon import Agent
 from fedops_agent.resources import ResourceSampler
+from fedops_agent.spares import DEFAULT_CAPACITY
 from fedops_common.labels import LabelError, check_labels, parse_pairs
 from fedops_common.security import ChannelSecurity
 from fedops_common.telemetry.actor import ENV_ELASTICSEARCH_URL, start_telemetry
@@ -95,6 +96,15 @@ def run(
                  "(needs --preload-flower; a task opts out with client config fedops-warm-apps=false)"
         ),
     ] = True,
+    warm_spares: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="with warm apps: keep spare ClientApp templates, the app's frameworks imported, for this many "
+                 "tasks (the last prepared), so a run's first round does not wait for them; each holds the "
+                 "frameworks in memory (torch: ~870 MB); 0: none"
+        ),
+    ] = DEFAULT_CAPACITY,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start the FedOps device agent."""
@@ -130,7 +140,7 @@ def run(
         data_path=data_path if data_path is not None else str(file_cfg.get("data_path", "")),
         state_dir=state, device_id=device_id or file_cfg.get("device_id", ""),
         telemetry=telemetry, sampler=sampler, metrics_address=metrics_address, enrolment_tokens=tokens,
-        security=security, preload_flower=preload_flower, warm_apps=warm_apps)
+        security=security, preload_flower=preload_flower, warm_apps=warm_apps, warm_spares=warm_spares)
     if preload_flower:
         forkserver.warm(warm_apps=warm_apps)
 

@@ -28,13 +28,15 @@ from fedops_agent.identity import (
     supernode_keypair,
 )
 from fedops_agent.resources import ResourceSampler, TrainingTags
+from fedops_agent.spares import DEFAULT_CAPACITY, Spares
+from fedops_agent.spares import stop as stop_spare
 from fedops_agent.supernode import (
     SuperNodeProcess,
     start_supernode,
     stop_supernode,
     wait_exit,
 )
-from fedops_agent.warmapps import learned_file, warm_apps_wanted, watch_fallback
+from fedops_agent.warmapps import learned_file, learned_path, task_of, watch_fallback
 from fedops_common import runconfig as keys
 from fedops_common.frameworks import framework_imports, training_imports
 from fedops_common.grpc_channel import control_aio_channel
@@ -78,7 +80,8 @@ class Agent:
                  telemetry: Telemetry | None = None, sampler: ResourceSampler | None = None,
                  metrics_address: str = "", enrolment_tokens: list[str] | None = None,
                  security: ChannelSecurity | None = None, preload_flower: bool = False,
-                 warm_apps: bool = False, labels: dict[str, str] | None = None) -> None:
+                 warm_apps: bool = False, labels: dict[str, str] | None = None,
+                 warm_spares: int = DEFAULT_CAPACITY) -> None:
         self.control = control
         self.labels = dict(labels or {})  # sent at every registration; the service applies changes only
         self.preload_flower = preload_flower  # SuperNodes are forks of the fork server (forkserver.warm())
@@ -100,6 +103,9 @@ class Agent:
         # The import names of the app's declared dependencies by run, from its preflight: what a warm
         # template imports.
         self._frameworks: dict[str, list[str]] = {}
+        # The same by task (its last run, or the control service's PrepareTask): what its spare imports.
+        self._task_frameworks: dict[str, list[str]] = {}
+        self.spares = Spares(state_dir / "warm-spares", warm_spares) if self.warm_apps and warm_spares > 0 else None
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
 
     def _send(self, **body: Any) -> None:
@@ -237,6 +243,12 @@ class Agent:
             self._frameworks.pop(command.stop_training.run_id, None)
             if node is not None:
                 await asyncio.to_thread(stop_supernode, node, command.stop_training.hard)
+        elif body == "prepare_task":
+            if self.spares is not None:
+                prepare = command.prepare_task
+                frameworks = await asyncio.to_thread(framework_imports, list(prepare.requirements))
+                self._task_frameworks[prepare.task_id] = training_imports(frameworks)
+                self._prepare_spare(prepare.task_id)
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
             if self.warm_apps:  # only a warm template imports them
@@ -269,13 +281,16 @@ class Agent:
         if start.superlink_root_certificates:
             root_certificates = workdir / "superlink-ca.pem"
             root_certificates.write_bytes(start.superlink_root_certificates)
+        warm, task_id = self.warm_apps and keys.warm_apps_wanted(start.node_config), task_of(start.node_config)
+        frameworks = self._frameworks.get(start.run_id, [])
+        if warm and task_id:
+            self._task_frameworks[task_id] = frameworks  # what the spare for its next run imports
+        spare = self.spares.take(task_id, frameworks) if warm and self.spares is not None else None
         node = start_supernode(start.run_id, start.superlink_address, node_config, workdir,
                                root_certificates=root_certificates, auth_key=self.supernode_key,
-                               forked=self.preload_flower,
-                               warm_apps=self.warm_apps and warm_apps_wanted(start.node_config),
-                               warm_imports=self._frameworks.get(start.run_id, []),
-                               warm_learned=learned_file(self.state_dir, start.node_config))
-        node.restarts, node.crashed_at, node.launch = restarts, crashed_at, start.launch
+                               forked=self.preload_flower, warm_apps=warm, warm_imports=frameworks,
+                               warm_learned=learned_file(self.state_dir, start.node_config), warm_spare=spare)
+        node.restarts, node.crashed_at, node.launch, node.task_id = restarts, crashed_at, start.launch, task_id
         self.nodes[start.run_id] = node
         SUPERNODES.set(len(self.nodes))
         if self.sampler is not None:
@@ -299,11 +314,18 @@ class Agent:
                 return
             await asyncio.sleep(0.2)
 
+    def _prepare_spare(self, task_id: str) -> None:
+        """A spare template for the task's next run (fedops_agent/spares.py), when its frameworks are known."""
+        if self.spares is not None and task_id in self._task_frameworks:
+            self.spares.prepare(task_id, self._task_frameworks[task_id], learned_path(self.state_dir, task_id))
+
     async def _supervise(self, node: SuperNodeProcess) -> None:
         code = await wait_exit(node)
         if self.nodes.get(node.run_id) is node:
             self.nodes.pop(node.run_id)
         SUPERNODES.set(len(self.nodes))
+        if node.spare is not None:  # the run's template and its tasks end with its SuperNode
+            await asyncio.to_thread(stop_spare, node.spare)
         if node.replaced:
             return
         if self.sampler is not None and self.sampler.tags.run_id == node.run_id:
@@ -312,6 +334,7 @@ class Agent:
             self._starts.pop(node.run_id, None)
             self._send(training=agent_pb2.TrainingReport(run_id=node.run_id, succeeded=True, exit_code=code))
             self._status(S.CLIENT_STATE_FINISHED, f"run {node.run_id} finished", node.run_id)
+            self._prepare_spare(node.task_id)  # for the task's next run
             return
         reason = f"SuperNode exited unexpectedly with code {code}"
         start = self._starts.get(node.run_id)
@@ -341,8 +364,13 @@ class Agent:
         self._send(training=agent_pb2.TrainingReport(run_id=node.run_id, succeeded=False, reason=reason,
                                                      exit_code=code))
         self._status(S.CLIENT_STATE_FAILED, reason, node.run_id)
+        # Not while the SuperNode is restarted (a crashed node may be refused for a minute, and each
+        # try would start a spare, importing the frameworks, only to stop it): once the run is over.
+        self._prepare_spare(node.task_id)
 
     def shutdown(self) -> None:
         """Stop every SuperNode this agent started."""
         for node in list(self.nodes.values()):
             stop_supernode(node, hard=False)
+        if self.spares is not None:
+            self.spares.close()

@@ -11,6 +11,7 @@ and the process scans that find a run's Flower processes by their command line s
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -28,11 +29,19 @@ from fedops_common.proc import FLOWER_SETTINGS
 
 # What a SuperNode and its SuperExec import; "__main__" (the agent's script) too, or every fork
 # would import it again to prepare itself.
-PRELOAD = ["__main__", "flwr.supernode.cli", "flwr.supercore.cli"]
+PRELOAD = ["__main__", "flwr.supernode.cli", "flwr.supercore.cli",
+           # What they import only once they run: the HTTP client stack of the SuperNode's and the
+           # SuperExec's first request, and the server stack of the SuperNode's app API. A profile of
+           # the bench's SuperNodes (py-spy) found these imports in every run's start, 0.1 to 0.3 s
+           # of CPU each while three agents started theirs at once; a module missing here is skipped.
+           "httpx", "httpcore", "h11", "anyio._backends._asyncio", "uvicorn.config", "uvicorn.lifespan.on",
+           "uvicorn.loops.auto", "uvicorn.protocols.http.auto", "uvicorn.protocols.websockets.auto"]
 # With warm apps, each run's SuperExec forks a ClientApp template that imports our wrapper: preloaded
 # here, the template is ready in milliseconds instead of importing grpc and the stubs again.
 PRELOAD_WARM_APPS = ["fedops_flower.warmapps.executor", "fedops_flower.warmapps.pull",
-                     "fedops_flower.warmapps.objectpull", "fedops_flower.clientapp.app"]
+                     "fedops_flower.warmapps.objectpull", "fedops_flower.warmapps.spare",
+                     "fedops_flower.warmapps.wake",
+                     "fedops_flower.clientapp.app"]
 _CONTEXT = multiprocessing.get_context("forkserver")
 
 
@@ -91,6 +100,38 @@ def start_supernode(supernode_args: list[str], runtime_port: int, superexec_args
     return ForkedProcess(process, ["flower-supernode", *supernode_args])
 
 
+def start_spare(socket_path: Path, env: dict[str, str], log_path: Path) -> ForkedProcess:
+    """Fork a spare ClientApp template (``fedops_flower.warmapps.spare``) in a new process group: it
+    imports what ``env`` names (``FEDOPS_WARM_IMPORTS``, ``FEDOPS_WARM_LEARNED``), then waits on
+    ``socket_path`` for the run whose SuperExec adopts it; it writes to ``log_path`` until then."""
+    process = _CONTEXT.Process(target=_spare_main, name="fedops-warm-spare",
+                               args=(str(socket_path), env, str(log_path)))
+    process.start()
+    _wait_until_group_leader(process)
+    return ForkedProcess(process, ["fedops-warm-spare", str(socket_path)])
+
+
+def _spare_main(socket_path: str, env: dict[str, str], log_path: str) -> None:
+    """In the fork: lead a group of its own (a stop of the run's SuperNode stops this one too), then
+    be the spare (which never returns)."""
+    os.setsid()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.environ.update(env)
+    # Every fork of the fork server holds the fd that keeps the fork server running while its agent
+    # lives; a spare does not need it, and without it the fork server exits with a killed agent and
+    # the spare with the fork server (its parent-death signal, spare.py).
+    alive_fd = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_alive_fd", None)
+    if isinstance(alive_fd, int):
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+    from fedops_flower.warmapps import spare
+
+    spare.serve(Path(socket_path))
+
+
 def _wait_until_group_leader(process: ForkServerProcess, timeout_s: float = 10.0) -> None:
     """Wait until the fork leads its own process group (its first step), or has exited.
 
@@ -120,17 +161,22 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
     os.close(log_fd)
     os.environ.clear()
     os.environ.update(env)
+    wake_r, wake_w = _wake_pipe() if warm_apps else (-1, -1)
     if os.fork() == 0:
+        if wake_w >= 0:
+            os.close(wake_w)
         _superexec_main(superexec_args, runtime_port, supernode_pid=os.getppid(), flwr_home=env["FLWR_HOME"],
-                        warm_apps=warm_apps)
+                        warm_apps=warm_apps, wake_fd=wake_r)
     from flwr.supernode.cli import flower_supernode
 
     if warm_apps:
         # Fast rounds: the SuperNode's 3 s pull sleep and 0.5 s reply check shortened while its
-        # run is active (fedops_flower.warmapps.pull says what and why).
-        from fedops_flower.warmapps import objectpull, pull
+        # run is active (fedops_flower.warmapps.pull says what and why), and its SuperExec woken
+        # when a message is stored (fedops_flower.warmapps.wake).
+        from fedops_flower.warmapps import objectpull, pull, wake
 
-        clock = pull.install()
+        os.close(wake_r)
+        clock = pull.install(on_message=lambda: wake.notify(wake_w))
         objectpull.install()  # it then pulls a message before the ServerApp has pushed its arrays
         print(f"{pull.INSTALLED_MARK}: {clock.active_pull_s} s for {clock.active_window_s:.0f} s after a message"
               if clock else f"{pull.NOT_INSTALLED_MARK}: the SuperNode loop is not the one expected",
@@ -138,8 +184,14 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
     flower_supernode()
 
 
+def _wake_pipe() -> tuple[int, int]:
+    from fedops_flower.warmapps import wake
+
+    return wake.pipe()
+
+
 def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid: int, flwr_home: str,
-                    warm_apps: bool = False) -> None:
+                    warm_apps: bool = False, wake_fd: int = -1) -> None:
     """In the SuperNode's fork: wait for its Runtime API (Flower's SuperExec backs off for seconds
     between connection attempts), then run the SuperExec; it exits with the SuperNode (``--parent-pid``)."""
     code = 0
@@ -151,8 +203,12 @@ def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid:
 
             _become("flower-superexec", [*superexec_args, "--parent-pid", str(supernode_pid)], flwr_home)
             if warm_apps:
+                from fedops_flower.warmapps import wake
                 from fedops_flower.warmapps.executor import install
 
+                if wake_fd >= 0 and wake.install(wake_fd):
+                    print(f"{wake.INSTALLED_MARK} (fallback poll {wake.FALLBACK_POLL_S} s)", file=sys.stderr,
+                          flush=True)
                 install()
             flower_superexec()
     except SystemExit as done:

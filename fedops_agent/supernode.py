@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedops_agent import forkserver
+from fedops_agent import forkserver, spares
 from fedops_common import runconfig as keys
 from fedops_common.logging import get_logger
 from fedops_common.net import free_port
@@ -33,12 +33,15 @@ class SuperNodeProcess:
     launch: int = 0          # the run's launch it serves (StartTraining.launch)
     replaced: bool = False   # stopped for a newer launch of its run: its exit is not the run's end
     log_offset: int = 0  # where this process's lines start in supernode.log
+    task_id: str = ""
+    spare: spares.Spare | None = None  # the agent's spare template its SuperExec adopted
 
 
 def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], workdir: Path,
                     root_certificates: Path | None = None, auth_key: Path | None = None,
                     forked: bool = False, warm_apps: bool = False,
-                    warm_imports: list[str] | None = None, warm_learned: Path | None = None) -> SuperNodeProcess:
+                    warm_imports: list[str] | None = None, warm_learned: Path | None = None,
+                    warm_spare: spares.Spare | None = None) -> SuperNodeProcess:
     """Start ``flower-supernode`` in its own process group with its own FLWR_HOME and port.
 
     With ``root_certificates`` it talks TLS to the SuperLink and proves its identity with ``auth_key``
@@ -47,7 +50,8 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
     else new processes (``flower-supernode`` starts ``flower-superexec`` itself). ``warm_apps`` (forked
     only) makes the SuperExec fork each ClientApp from a warm template (``fedops_flower.warmapps``),
     which imports ``warm_imports`` (the app's frameworks) before the run's first message, and the
-    library modules an earlier run of the same task imported, kept in ``warm_learned``.
+    library modules an earlier run of the same task imported, kept in ``warm_learned``; or adopts
+    ``warm_spare``, a template that imported them before the run (``fedops_agent/spares.py``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = " ".join(f"{key}={value}" for key, value in sorted(node_config.items()))
@@ -56,6 +60,8 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
         env[keys.WARM_IMPORTS_ENV] = ",".join(warm_imports)
     if warm_apps and warm_learned is not None:
         env[keys.WARM_LEARNED_ENV] = str(warm_learned)
+    if warm_apps and forked and warm_spare is not None:
+        env[keys.WARM_SPARE_ENV] = str(warm_spare.socket_path)
     security = ["--insecure"]
     if root_certificates is not None:
         security = ["--root-certificates", str(root_certificates)]
@@ -78,14 +84,19 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
                                    stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
     log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink,
-             tls=root_certificates is not None, forked=forked, warm_apps=forked and warm_apps)
-    return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset)
+             tls=root_certificates is not None, forked=forked, warm_apps=forked and warm_apps,
+             spare_template=warm_spare.process.pid if warm_spare is not None and keys.WARM_SPARE_ENV in env else None)
+    spare = warm_spare if keys.WARM_SPARE_ENV in env else None
+    return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset, spare=spare)
 
 
 def stop_supernode(node: SuperNodeProcess, hard: bool, grace_s: float = 5.0) -> None:
-    """Stop the SuperNode and its ClientApp processes (the whole process group)."""
+    """Stop the SuperNode and its ClientApp processes (the whole process group, and the group of the
+    spare template its SuperExec adopted)."""
     node.stop_requested = True
     stop_process_group(node.process, hard=hard, grace_s=grace_s)
+    if node.spare is not None:
+        spares.stop(node.spare, hard=hard, grace_s=grace_s)
 
 
 async def wait_exit(node: SuperNodeProcess) -> int:

@@ -5,7 +5,6 @@ to Flower's own executor."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,31 +18,23 @@ log = get_logger(__name__)
 # What fedops_flower.warmapps.executor logs when it cannot build a template (kept here as text: the
 # agent does not import Flower's executor code).
 FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
-_OFF = {"false", "0", "no", "off"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def _config_value(node_config: Mapping[str, str], key: str) -> str:
-    """A node-config value as text: Flower's node config holds TOML-style values (a string quoted),
-    a task's client config may hold a bare word."""
-    raw = node_config.get(key, "").strip()
-    try:
-        value = json.loads(raw) if raw else ""
-    except ValueError:
-        return raw
-    return value if isinstance(value, str) else raw
-
-
-def warm_apps_wanted(node_config: Mapping[str, str]) -> bool:
-    """False when the task's client config sets ``fedops-warm-apps`` to false (a JSON or bare value)."""
-    return _config_value(node_config, keys.NODE_WARM_APPS).lower() not in _OFF
 
 
 def learned_file(state_dir: Path, node_config: Mapping[str, str]) -> Path | None:
     """Where the ClientApp templates of this run's task keep the library modules its tasks import
     (``FEDOPS_WARM_LEARNED``): one file per task on this agent, so the next run of the task starts
     with them imported. None when the run names no task (or an id unfit for a file name)."""
-    task_id = _config_value(node_config, keys.NODE_TASK_ID)
+    return learned_path(state_dir, task_of(node_config))
+
+
+def task_of(node_config: Mapping[str, str]) -> str:
+    """The task a run's node config names ("" when none)."""
+    return keys.config_text(node_config, keys.NODE_TASK_ID)
+
+
+def learned_path(state_dir: Path, task_id: str) -> Path | None:
+    """:func:`learned_file` of a task id (None for an id unfit for a file name)."""
     if not _SAFE_NAME.fullmatch(task_id):
         return None
     return state_dir / "warm-imports" / f"{task_id}.json"

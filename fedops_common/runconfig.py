@@ -8,6 +8,10 @@ with a user's own run-config keys.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 # Run config (the bundle's [tool.flwr.app.config]): read by both wrappers.
 RUN_ID = "fedops-run-id"
 TASK_ID = "fedops-task-id"
@@ -42,3 +46,30 @@ WARM_FORK_ENV = "FEDOPS_WARM_FORK"
 # template keeps the library modules the app's first task imported; a template of a later run of the
 # task imports them before the first message.
 WARM_LEARNED_ENV = "FEDOPS_WARM_LEARNED"
+# Environment of a run's SuperNode with warm apps: the Unix socket of the agent's spare ClientApp
+# template for the task (started before the run, fedops_agent/spares.py), which the run's SuperExec
+# adopts as its template.
+WARM_SPARE_ENV = "FEDOPS_WARM_SPARE"
+# The file a spare writes beside its socket once its imports are done (the socket's name + this).
+WARM_SPARE_READY_SUFFIX = ".ready"
+
+_OFF = {"false", "0", "no", "off"}
+
+
+def config_text(config: Mapping[str, Any], key: str) -> str:
+    """A node-config (or a task's client-config) value as text: Flower's node config holds TOML-style
+    values (a string quoted), a task's client config may hold a bare word or a JSON value."""
+    raw = config.get(key, "")
+    if not isinstance(raw, str):
+        return str(raw)
+    raw = raw.strip()
+    try:
+        value = json.loads(raw) if raw else ""
+    except ValueError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def warm_apps_wanted(config: Mapping[str, Any]) -> bool:
+    """False when the task's client config sets ``fedops-warm-apps`` to false (a JSON or bare value)."""
+    return config_text(config, NODE_WARM_APPS).lower() not in _OFF

@@ -573,7 +573,9 @@ def test_browser_health_banner_of_a_live_run_with_a_straggler(finished_run: dict
     stack.ctl("task", "select", task_id, other, straggler)
     run_id = stack.ctl_json("run", "start", task_id)["id"]
     try:
-        wait_until(lambda: stack.pause_apps("dash1"), 120, "the straggler's SuperExec, to pause it")
+        # As soon as its SuperExec exists: with the agents' spare templates round 1 starts about 0.5 s
+        # after StartRun, and a task already forked and done would leave no straggler.
+        wait_until(lambda: stack.pause_apps("dash1"), 120, "the straggler's SuperExec, to pause it", interval_s=0.01)
         replies = wait_until(lambda: [c for r in stack.ctl_json("run", "show", run_id).get("rounds", [])
                                       for c in r.get("client_results", []) if c.get("phase") == "train"], 600,
                              "the other client's reply in round 1")
@@ -607,7 +609,8 @@ def test_browser_health_banner_of_a_live_run_that_loses_its_quorum(finished_run:
     task_id, clients = finished_run["task_id"], finished_run["clients"]
     wait_until(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 120,
                "the clients to be free")
-    stack.ctl("task", "update", task_id, "--rounds", "3", "--round-timeout", "30")
+    # 50 rounds: with warm apps a round takes about 2 s, and the agent must die during one of them.
+    stack.ctl("task", "update", task_id, "--rounds", "50", "--round-timeout", "30")
     stack.ctl("task", "select", task_id, *clients)
     run_id = stack.ctl_json("run", "start", task_id)["id"]
     browser.open(f"run?run={run_id}")
@@ -618,8 +621,8 @@ def test_browser_health_banner_of_a_live_run_that_loses_its_quorum(finished_run:
     status = browser.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
     assert not any(widget.is_displayed() for widget in status)  # no Streamlit "Stop" beside a running FL run
     browser.shot("run-running")
-    wait_until(lambda: any(r.get("phase") == "train" for r in stack.ctl_json("run", "show", run_id).get("rounds", [])),
-               120, "round 1 train")
+    wait_until(lambda: any(r.get("phase") in ("train", "evaluate")
+                           for r in stack.ctl_json("run", "show", run_id).get("rounds", [])), 120, "a round under way")
     stack.kill_agent("dash1")
     body = browser.until("can no longer reach its quorum", f"{clients[1]} is offline since")
     assert "The run fails when the round times out, in " in body

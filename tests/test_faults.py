@@ -160,8 +160,11 @@ def test_failed_client_is_restarted_with_backoff_and_rejoins(tmp_path: Path, dig
     from fedops_common.proc import scan_processes
 
     with control_stack(tmp_path / "retry") as stack:
-        # Flower releases a crashed node after 60 s; rounds 2-3 wait for it at most their timeout.
-        task_id = create_task(stack, rounds=5, timeout_s=45, quorum=2)
+        # Flower releases a crashed node after 60 s; a round that sent it a message waits for it at
+        # most its timeout. With warm apps and spare templates a round takes about 2 s here: 25 rounds
+        # keep the run going well past the release, so the restarted node rejoins for the last rounds
+        # (5 rounds ended 55 s after the kill, before it could).
+        task_id = create_task(stack, rounds=25, timeout_s=45, quorum=2)
         policy = stack.ctl_json("task", "update", task_id, "--client-max-restarts", "3",
                                 "--client-restart-backoff", "0.5")["strategy"]
         assert (policy["client_max_restarts"], policy["client_restart_backoff_s"]) == (3, 0.5)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fedops_common.proc import scan_processes
+from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.devstack import LocalStack
 from fedops_control.run.launcher import CLAIMED_BY
 from tests.test_e2e import get_run, wait_finished, wait_for, wait_gone
@@ -107,6 +107,18 @@ def results(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def by_number(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {int(r.get("number", 0)): r for r in run.get("rounds", [])}
+
+
+def test_selecting_clients_for_a_task_starts_their_spare_templates(fleet: dict[str, Any]) -> None:
+    """``task select`` sends each selected agent the app's dependencies (``PrepareTask``), and the
+    agent starts a spare ClientApp template that imports them before any run (the first test of the
+    module: the fixture's last selection, the opt-out task, is the one each agent prepared)."""
+    stack: LocalStack = fleet["stack"]
+    spares = wait_for(lambda: ready_spares(stack), 120, 0.2)
+    for i in range(CLIENTS):
+        logs = (stack.root / "agents" / f"warm{i}" / "warm-spares").glob("spare-*.log")
+        assert any(re.search(r"imported the app's frameworks \[[^]]*'numpy'", log.read_text()) for log in logs)
+    assert all(Path(f"/proc/{pid}").exists() for pid in spares)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -221,6 +233,48 @@ def test_hard_stop_leaves_no_template_or_task(fleet: dict[str, Any]) -> None:
     # ServerApp template is the spare's, as the spare SuperLink is).
     wait_gone(stack, run["id"], 30)
     wait_for(lambda: all(not c.get("current_run_id") for c in stack.ctl_json("clients", "list")["clients"]), 30)
+
+
+def ready_spares(stack: LocalStack) -> list[int]:
+    """The pids of the agents' spare ClientApp templates that have imported everything (one per
+    agent), or [] until every agent has one."""
+    import psutil
+
+    found = []
+    for agent in stack.agents.values():
+        for process in psutil.Process(agent.pid).children(recursive=True):
+            try:
+                words = " ".join(process.cmdline()).split()
+            except psutil.Error:
+                continue
+            if words[:1] == ["fedops-warm-spare"] and Path(words[-1] + ".ready").exists():
+                found.append(process.pid)
+    return found if len(found) == CLIENTS else []
+
+
+def test_a_tasks_next_run_adopts_the_spares_its_agents_prepared(fleet: dict[str, Any]) -> None:
+    """When a run of a task ends, each agent starts a spare ClientApp template for the task's next
+    run (fedops_agent/spares.py); that run's SuperExecs adopt them, so its first message waits for
+    no import, and a hard stop of the run leaves none of them."""
+    stack: LocalStack = fleet["stack"]
+    first = run_to_end(fleet, "probe")
+    assert first["outcome"] == "RUN_OUTCOME_COMPLETED", first.get("reason")
+    spares = wait_for(lambda: ready_spares(stack), 120, 0.2)
+    run = stack.ctl_json("run", "start", fleet["tasks"]["probe"])
+    try:
+        def all_forked() -> list[str]:
+            texts = supernode_logs(fleet, run["id"])
+            return texts if all(FORKED.search(text) for text in texts) else []
+
+        logs = wait_for(all_forked, 120, 0.2)
+    finally:
+        stack.ctl("run", "stop", run["id"], "--hard")
+    adopted = {int(pid) for text in logs
+               for pid in re.findall(r"template ready: flwr-clientapp pid (\d+) \(the agent's spare\)", text)}
+    assert adopted == set(spares), logs[0][-3000:]
+    assert all("adopted by the run" in text for text in logs)
+    wait_for(lambda: not any(pid_alive(pid) for pid in adopted), 30, 0.2)
+    wait_gone(stack, run["id"], 30)
 
 
 def test_task_opt_out_runs_flowers_own_executor(fleet: dict[str, Any]) -> None:

@@ -249,12 +249,15 @@ def test_each_forked_task_draws_its_own_random_numbers() -> None:
 
 
 def test_a_task_opts_out_with_a_quoted_or_bare_false_and_names_its_learned_file() -> None:
-    from fedops_agent.warmapps import learned_file, warm_apps_wanted
+    from fedops_agent.warmapps import learned_file
+    from fedops_common.runconfig import warm_apps_wanted
 
     for off in ('"false"', "false", " False ", "0", '"off"', "no"):
         assert not warm_apps_wanted({keys.NODE_WARM_APPS: off}), off
     for on in ("", '"true"', "true", "1"):
         assert warm_apps_wanted({keys.NODE_WARM_APPS: on}), on
+    # A task's client config as the control service stores it may hold JSON values, not text.
+    assert not warm_apps_wanted({keys.NODE_WARM_APPS: False}) and warm_apps_wanted({keys.NODE_WARM_APPS: True})
     state = Path("/var/lib/agent")
     assert learned_file(state, {keys.NODE_TASK_ID: '"task-1"'}) == state / "warm-imports" / "task-1.json"
     assert learned_file(state, {keys.NODE_TASK_ID: '"../etc"'}) is None

@@ -529,6 +529,36 @@ class Preflight(_message.Message):
 Global___Preflight: _TypeAlias = Preflight  # noqa: Y015
 
 @_typing.final
+class PrepareTask(_message.Message):
+    """This agent was selected for a task: its runs are coming. An agent with warm apps prepares a
+    spare ClientApp template that imports the app's frameworks now, so that the first round of
+    the task's next run does not wait for them (fedops_agent/spares.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the app's [project] dependencies (PEP 508)"""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        requirements: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareTask: _TypeAlias = PrepareTask  # noqa: Y015
+
+@_typing.final
 class AgentCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -536,6 +566,7 @@ class AgentCommand(_message.Message):
     STOP_TRAINING_FIELD_NUMBER: _builtins.int
     ROUND_STARTED_FIELD_NUMBER: _builtins.int
     PREFLIGHT_FIELD_NUMBER: _builtins.int
+    PREPARE_TASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_training(self) -> Global___StartTraining: ...
     @_builtins.property
@@ -544,6 +575,8 @@ class AgentCommand(_message.Message):
     def round_started(self) -> Global___RoundStarted: ...
     @_builtins.property
     def preflight(self) -> Global___Preflight: ...
+    @_builtins.property
+    def prepare_task(self) -> Global___PrepareTask: ...
     def __init__(
         self,
         *,
@@ -551,12 +584,13 @@ class AgentCommand(_message.Message):
         stop_training: Global___StopTraining | None = ...,
         round_started: Global___RoundStarted | None = ...,
         preflight: Global___Preflight | None = ...,
+        prepare_task: Global___PrepareTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "prepare_task", b"prepare_task", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "preflight", b"preflight", "prepare_task", b"prepare_task", "round_started", b"round_started", "start_training", b"start_training", "stop_training", b"stop_training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training", "round_started", "preflight"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_training", "stop_training", "round_started", "preflight", "prepare_task"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fedops_common import runconfig as keys
 from fedops_common.convert import utcnow
 from fedops_common.frameworks import framework_imports
 from fedops_common.logging import get_logger
@@ -157,6 +158,24 @@ class RunManager(RunLaunch):
             with contextlib.suppress(InvalidArgument):  # a broken app is reported at StartRun
                 requirements = app_requirements(Path(app["local_path"]).expanduser().resolve())
                 self._launcher.expect_frameworks(await asyncio.to_thread(framework_imports, requirements))
+
+    async def prepare_clients(self, task_id: str, client_ids: list[str]) -> None:
+        """Clients were selected for a task: its runs are coming, so each connected agent may start a
+        spare ClientApp template that imports the app's frameworks now (``PrepareTask``,
+        ``fedops_agent/spares.py``); a git app's are known once it is fetched, at its first run."""
+        with self._sessions() as db:
+            task = db.get(TaskRow, task_id)
+            app = dict(task.app) if task is not None else {}
+            wanted = task is not None and keys.warm_apps_wanted(dict(task.client_config or {}))
+        if "local_path" not in app or not client_ids or not wanted:  # a task that opted out: no spare
+            return
+        try:
+            requirements = await asyncio.to_thread(app_requirements, Path(app["local_path"]).expanduser().resolve())
+        except InvalidArgument:  # a broken app is reported at StartRun
+            return
+        command = agent_pb2.AgentCommand(prepare_task=agent_pb2.PrepareTask(task_id=task_id, requirements=requirements))
+        for client_id in client_ids:
+            self._agents.send(client_id, command)  # an agent offline now prepares after its next run
 
     def _admit_clients(self, db: Session, task_id: str, selection: Selection) -> list[str]:
         """The run's clients (default: the task's selection); each enrolled, connected and free. A label

@@ -239,6 +239,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     db.add(members[cid])
             for cid, member in members.items():
                 member.selected = cid in request.client_ids
+        await self._runs.prepare_clients(request.task_id, list(request.client_ids))
         with self._sessions() as db:
             return task_to_proto(db, db.get(TaskRow, request.task_id))
 

@@ -28,7 +28,7 @@ from flwr.supercore import log
 from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND, TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, SubprocessExecutor
 
-from fedops_flower.warmapps import template
+from fedops_flower.warmapps import spare, template
 
 FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
 READY_MARK = "fedops warm apps: template ready"
@@ -61,25 +61,19 @@ class _Template:
     (``python -m fedops_flower.warmapps.template``), which pays the imports once more.
     """
 
-    def __init__(self, command: str, fresh_process: bool = False) -> None:
-        ours, theirs = socket.socketpair()
-        if fresh_process:
-            process = subprocess.Popen([sys.executable, "-m", template.__name__, command, str(theirs.fileno())],
-                                       pass_fds=[theirs.fileno()])
-            pid = process.pid
-            self._popen: subprocess.Popen[bytes] | None = process
+    def __init__(self, command: str, fresh_process: bool = False, spare_socket: str = "") -> None:
+        timeout = ready_timeout_s()
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._adopted = bool(spare_socket)
+        if spare_socket:  # the agent's spare, started before the run (spare.py): not our child
+            ours = spare.connect(spare_socket, timeout)
+            pid = -1
         else:
-            pid = os.fork()
-            if pid == 0:
-                ours.close()
-                template.serve(theirs, command)
-            self._popen = None
-        theirs.close()
+            ours, pid = self._start(command, fresh_process)
         self.pid = pid
         self.command = command
         self._sock = ours
         self._reader = ours.makefile("rb")
-        timeout = ready_timeout_s()
         self._sock.settimeout(timeout)
         started = time.monotonic()
         try:
@@ -89,12 +83,28 @@ class _Template:
             if isinstance(err.__cause__, TimeoutError):  # importing a large framework on a slow device
                 raise TemplateError(f"template {pid} not ready within {timeout:g} s ({TIMEOUT_ENV})") from err
             raise
-        if not ready.get("ready"):
+        if not ready.get("ready") or not isinstance(ready.get("pid"), int):
             self.close()
             raise TemplateError(f"template {pid} did not start: {ready}")
+        self.pid = int(ready["pid"])  # type: ignore[call-overload]  # checked to be an int just above
         self.ready_s = time.monotonic() - started
         # A fork request waits while the template imports what the run's first task used (torch:
         # 2-10 s on the loaded 2-core VM); a task started cold would have paid that import itself.
+
+    def _start(self, command: str, fresh_process: bool) -> tuple[socket.socket, int]:
+        ours, theirs = socket.socketpair()
+        if fresh_process:
+            process = subprocess.Popen([sys.executable, "-m", template.__name__, command, str(theirs.fileno())],
+                                       pass_fds=[theirs.fileno()])
+            pid = process.pid
+            self._popen = process
+        else:
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                template.serve(theirs, command)
+        theirs.close()
+        return ours, pid
 
     def _answer(self) -> dict[str, object]:
         try:
@@ -120,6 +130,16 @@ class _Template:
     def alive(self) -> bool:
         if self._popen is not None:
             return self._popen.poll() is None
+        if self._adopted:  # the agent's fork server reaps it
+            if self.pid <= 0:
+                return False
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -133,11 +153,13 @@ class _Template:
             if not self.alive():
                 return
             time.sleep(0.05)
+        if self.pid <= 0:
+            return
         try:
             os.kill(self.pid, signal.SIGKILL)
             if self._popen is not None:
                 self._popen.wait()
-            else:
+            elif not self._adopted:
                 os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
@@ -153,7 +175,22 @@ class WarmExecutor(SubprocessExecutor):
         self._templates: dict[TaskType, _Template | None] = {}
         self._rebuilds = 0
         for task_type in task_types:
-            self._templates[task_type] = self._build(task_type)
+            self._templates[task_type] = self._adopt_spare(task_type) or self._build(task_type)
+
+    def _adopt_spare(self, task_type: TaskType) -> _Template | None:
+        """The agent's spare ClientApp template (``spare.py``), when it handed this run one; None
+        (and a template of our own) when there is none or it cannot be adopted."""
+        path = os.environ.pop(spare.SPARE_ENV, "")  # one spare, one adoption: a rebuild forks its own
+        if not path or task_type != TaskType.CLIENT_APP:
+            return None
+        try:
+            adopted = _Template(TASK_TYPE_TO_COMMAND[task_type], spare_socket=path)
+        except (OSError, TemplateError, ValueError) as err:
+            log(WARNING, "fedops warm apps: the agent's spare template %s could not be adopted (%s); "
+                "forking one", path, err)
+            return None
+        log(INFO, "%s: %s pid %d (the agent's spare) in %.2f s", READY_MARK, task_type, adopted.pid, adopted.ready_s)
+        return adopted
 
     def _build(self, task_type: TaskType, fresh_process: bool = False) -> _Template | None:
         try:

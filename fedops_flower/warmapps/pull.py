@@ -81,9 +81,10 @@ def _expects_flowers_sleeps(module: ModuleType) -> bool:
             and callable(getattr(module, "_pull_and_store_message", None)))
 
 
-def install(clock: PollClock | None = None) -> PollClock | None:
+def install(clock: PollClock | None = None, on_message: Callable[[], None] | None = None) -> PollClock | None:
     """Patch this process's Flower SuperNode loop (call before ``flower_supernode()``); the clock
-    installed, or None when Flower's code is not the one this was written for."""
+    installed, or None when Flower's code is not the one this was written for. ``on_message`` is
+    called each time the SuperNode has stored a message (``wake.py``: it wakes the SuperExec)."""
     from flwr.supernode import start_client_internal as module
 
     if not _expects_flowers_sleeps(module):
@@ -95,6 +96,8 @@ def install(clock: PollClock | None = None) -> PollClock | None:
         run_id = pull(*args, **kwargs)
         if run_id is not None:
             clock.message_pulled()
+            if on_message is not None:
+                on_message()
         return run_id
 
     # The loop looks both names up in the module at each call: the only seams it has.

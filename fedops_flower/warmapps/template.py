@@ -55,17 +55,11 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
     """Run the template on ``sock`` (in a fresh fork of the SuperExec); never returns."""
     code = 0
     try:
-        _reset_inherited_handlers()
-        setproctitle(f"{_home()}fedops-warm-template {command}")
-        module, function, wrapper = ENTRY_POINTS[command]
-        entry = getattr(importlib.import_module(module), function)
-        importlib.import_module(wrapper)
-        # Its tasks pull their message as soon as they start, from a local SuperNode or SuperLink.
-        objectpull.install(backoff_cap_s=objectpull.LOCAL_BACKOFF_CAP_S)
-        _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
-        _import_learned(os.environ.get(WARM_LEARNED_ENV, ""))
-        _send(sock, {"ready": True, "pid": os.getpid()})
-        _loop(sock, command, entry)
+        reset_inherited_handlers()
+        setproctitle(f"{home_title()}fedops-warm-template {command}")
+        entry = prepare(command)
+        send(sock, {"ready": True, "pid": os.getpid()})
+        loop(sock, command, entry)
     except BaseException:  # noqa: B036  # the template must end here, never in the SuperExec's code
         traceback.print_exc()
         code = 1
@@ -73,6 +67,19 @@ def serve(sock: socket.socket, command: str) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def prepare(command: str) -> Callable[[], None]:
+    """Import what every task of ``command`` needs (Flower's entry point, our wrapper, the app's
+    frameworks and the modules learned in earlier runs); return the entry point."""
+    module, function, wrapper = ENTRY_POINTS[command]
+    entry: Callable[[], None] = getattr(importlib.import_module(module), function)
+    importlib.import_module(wrapper)
+    # Its tasks pull their message as soon as they start, from a local SuperNode or SuperLink.
+    objectpull.install(backoff_cap_s=objectpull.LOCAL_BACKOFF_CAP_S)
+    _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
+    _import_learned(os.environ.get(WARM_LEARNED_ENV, ""))
+    return entry
 
 
 def _import_frameworks(names: str) -> None:
@@ -144,7 +151,7 @@ def _remember(path: str, names: list[str], app_paths: list[str]) -> None:
         print(f"fedops warm apps: could not keep the learned modules in {path}: {err}", file=sys.stderr, flush=True)
 
 
-def _reset_inherited_handlers() -> None:
+def reset_inherited_handlers() -> None:
     """A template rebuilt mid-run is a fork of a SuperExec that registered Flower's exit and signal
     handlers (close its Runtime API client): its tasks must not run those."""
     from flwr.supercore.exit import exit_handler
@@ -155,7 +162,8 @@ def _reset_inherited_handlers() -> None:
     atexit._clear()
 
 
-def _loop(sock: socket.socket, command: str, entry: Callable[[], None]) -> None:
+def loop(sock: socket.socket, command: str, entry: Callable[[], None]) -> None:
+    """Fork a task for each request on ``sock``, until it closes."""
     reader = sock.makefile("rb")
     learning: dict[int, bytearray] = {}  # read end of a learning task's pipe -> what it wrote so far
     warmed = False  # the app's modules are imported (learned from a task that ran to its end)
@@ -181,7 +189,7 @@ def _loop(sock: socket.socket, command: str, entry: Callable[[], None]) -> None:
                 if learn_w >= 0:
                     os.close(learn_w)
                     learning[learn_r] = bytearray()
-                _send(sock, {"pid": pid})
+                send(sock, {"pid": pid})
             else:
                 chunk = os.read(fd, 65536)
                 if chunk:
@@ -191,14 +199,14 @@ def _loop(sock: socket.socket, command: str, entry: Callable[[], None]) -> None:
                 warmed = _warm_up(bytes(learning.pop(fd))) or warmed
 
 
-def _home() -> str:
+def home_title() -> str:
     """As the run's other Flower processes show it (``fedops_agent/forkserver.py``): scans for a run's
     processes look for its directory in their command lines."""
     home = os.environ.get("FLWR_HOME")
     return f"FLWR_HOME={home} " if home else ""
 
 
-def _send(sock: socket.socket, body: dict[str, Any]) -> None:
+def send(sock: socket.socket, body: dict[str, Any]) -> None:
     sock.sendall(json.dumps(body).encode() + b"\n")
 
 
@@ -245,7 +253,7 @@ def _task(command: str, entry: Callable[[], None], argv: list[str], quiet: bool,
         sys.argv = [command, *argv]
         os.environ[WARM_FORK_ENV] = "1"
         _reseed()
-        setproctitle(_home() + " ".join(sys.argv))
+        setproctitle(home_title() + " ".join(sys.argv))
         entry()
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
