@@ -51,7 +51,8 @@ class Spares:
         self.capacity = capacity
         self._log_dir = log_dir
         # Unix socket paths are limited to 107 bytes, and an agent's state directory can be deep:
-        # the sockets live in a private directory of their own (mode 0700).
+        # the sockets live in a private directory of their own (mode 0700), in the system's temporary
+        # directory (there, not under the agent's state, a waiting spare's title names no run's files).
         self._socket_dir: Path | None = None  # made with the first spare
         self._spares: OrderedDict[str, Spare] = OrderedDict()
         self._count = 0
@@ -104,7 +105,10 @@ class Spares:
         return spare.socket_path.with_name(spare.socket_path.name + keys.WARM_SPARE_READY_SUFFIX).exists()
 
     def _stop(self, spare: Spare) -> None:
-        stop(spare)
+        stop(spare)  # a killed spare leaves its socket and ready file behind
+        ready = spare.socket_path.with_name(spare.socket_path.name + keys.WARM_SPARE_READY_SUFFIX)
+        for path in (spare.socket_path, ready):
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop every spare and remove their sockets' directory."""
