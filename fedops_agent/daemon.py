@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,11 @@ def restart_delay(policy: agent_pb2.RetryPolicy, restarts: int) -> float:
     """Seconds before restarting a failed SuperNode that was restarted ``restarts`` times already:
     the task's initial backoff, doubling, at most ``backoff_max_s`` (30 s when unset)."""
     return float(min(policy.backoff_initial_s * 2 ** restarts, policy.backoff_max_s or 30.0))
+
+
+async def template_imports(requirements: Iterable[str]) -> list[str]:
+    """What a warm template imports for an app with these declared dependencies."""
+    return training_imports(await asyncio.to_thread(framework_imports, list(requirements)))
 
 
 class Agent:
@@ -246,14 +252,12 @@ class Agent:
         elif body == "prepare_task":
             if self.spares is not None:
                 prepare = command.prepare_task
-                frameworks = await asyncio.to_thread(framework_imports, list(prepare.requirements))
-                self._task_frameworks[prepare.task_id] = training_imports(frameworks)
+                self._task_frameworks[prepare.task_id] = await template_imports(prepare.requirements)
                 self._prepare_spare(prepare.task_id)
         elif body == "preflight":
             request = command.preflight  # answered in order, before any start_training that follows it
             if self.warm_apps:  # only a warm template imports them
-                frameworks = await asyncio.to_thread(framework_imports, list(request.requirements))
-                self._frameworks[request.run_id] = training_imports(frameworks)
+                self._frameworks[request.run_id] = await template_imports(request.requirements)
             problems = await asyncio.to_thread(preflight.check, list(request.requirements), self.data_path,
                                                request.check_data_path)
             self._send(preflight=agent_pb2.PreflightResult(preflight_id=request.preflight_id, problems=problems))

@@ -161,7 +161,11 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
     os.close(log_fd)
     os.environ.clear()
     os.environ.update(env)
-    wake_r, wake_w = _wake_pipe() if warm_apps else (-1, -1)
+    wake_r, wake_w = -1, -1
+    if warm_apps:
+        from fedops_flower.warmapps import wake
+
+        wake_r, wake_w = wake.pipe()
     if os.fork() == 0:
         if wake_w >= 0:
             os.close(wake_w)
@@ -173,7 +177,7 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
         # Fast rounds: the SuperNode's 3 s pull sleep and 0.5 s reply check shortened while its
         # run is active (fedops_flower.warmapps.pull says what and why), and its SuperExec woken
         # when a message is stored (fedops_flower.warmapps.wake).
-        from fedops_flower.warmapps import objectpull, pull, wake
+        from fedops_flower.warmapps import objectpull, pull
 
         os.close(wake_r)
         clock = pull.install(on_message=lambda: wake.notify(wake_w))
@@ -182,12 +186,6 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
               if clock else f"{pull.NOT_INSTALLED_MARK}: the SuperNode loop is not the one expected",
               file=sys.stderr, flush=True)
     flower_supernode()
-
-
-def _wake_pipe() -> tuple[int, int]:
-    from fedops_flower.warmapps import wake
-
-    return wake.pipe()
 
 
 def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid: int, flwr_home: str,

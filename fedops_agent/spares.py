@@ -43,6 +43,11 @@ class Spare:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def ready_file(self) -> Path:
+        """Written by the spare once it has imported everything."""
+        return self.socket_path.with_name(self.socket_path.name + keys.WARM_SPARE_READY_SUFFIX)
+
 
 class Spares:
     """The agent's spare templates, by task (at most ``capacity``, the most recently prepared)."""
@@ -102,12 +107,11 @@ class Spares:
         spare = self._spares.get(task_id)
         if spare is None or not spare.alive():
             return False
-        return spare.socket_path.with_name(spare.socket_path.name + keys.WARM_SPARE_READY_SUFFIX).exists()
+        return spare.ready_file.exists()
 
     def _stop(self, spare: Spare) -> None:
         stop(spare)  # a killed spare leaves its socket and ready file behind
-        ready = spare.socket_path.with_name(spare.socket_path.name + keys.WARM_SPARE_READY_SUFFIX)
-        for path in (spare.socket_path, ready):
+        for path in (spare.socket_path, spare.ready_file):
             path.unlink(missing_ok=True)
 
     def close(self) -> None:

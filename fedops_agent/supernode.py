@@ -60,8 +60,11 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
         env[keys.WARM_IMPORTS_ENV] = ",".join(warm_imports)
     if warm_apps and warm_learned is not None:
         env[keys.WARM_LEARNED_ENV] = str(warm_learned)
-    if warm_apps and forked and warm_spare is not None:
-        env[keys.WARM_SPARE_ENV] = str(warm_spare.socket_path)
+    spare = warm_spare if warm_apps and forked else None
+    if spare is not None:
+        env[keys.WARM_SPARE_ENV] = str(spare.socket_path)
+    elif warm_spare is not None:  # a spare this SuperNode cannot use is not left waiting
+        spares.stop(warm_spare)
     security = ["--insecure"]
     if root_certificates is not None:
         security = ["--root-certificates", str(root_certificates)]
@@ -85,8 +88,7 @@ def start_supernode(run_id: str, superlink: str, node_config: dict[str, str], wo
         log_file.close()
     log.info("SuperNode started", run_id=run_id, pid=process.pid, superlink=superlink,
              tls=root_certificates is not None, forked=forked, warm_apps=forked and warm_apps,
-             spare_template=warm_spare.process.pid if warm_spare is not None and keys.WARM_SPARE_ENV in env else None)
-    spare = warm_spare if keys.WARM_SPARE_ENV in env else None
+             spare_template=spare.process.pid if spare is not None else None)
     return SuperNodeProcess(run_id=run_id, process=process, log_offset=offset, spare=spare)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -154,10 +153,9 @@ class RunManager(RunLaunch):
     async def expect_app(self, app: dict[str, Any]) -> None:
         """A task's app, created or changed: its runs are coming, so a launcher that keeps processes
         warm may import its frameworks now (a git app's are known once it is fetched, at its run)."""
-        if "local_path" in app:
-            with contextlib.suppress(InvalidArgument):  # a broken app is reported at StartRun
-                requirements = app_requirements(Path(app["local_path"]).expanduser().resolve())
-                self._launcher.expect_frameworks(await asyncio.to_thread(framework_imports, requirements))
+        requirements = await _local_requirements(app)
+        if requirements is not None:
+            self._launcher.expect_frameworks(await asyncio.to_thread(framework_imports, requirements))
 
     async def prepare_clients(self, task_id: str, client_ids: list[str]) -> None:
         """Clients were selected for a task: its runs are coming, so each connected agent may start a
@@ -167,11 +165,8 @@ class RunManager(RunLaunch):
             task = db.get(TaskRow, task_id)
             app = dict(task.app) if task is not None else {}
             wanted = task is not None and keys.warm_apps_wanted(dict(task.client_config or {}))
-        if "local_path" not in app or not client_ids or not wanted:  # a task that opted out: no spare
-            return
-        try:
-            requirements = await asyncio.to_thread(app_requirements, Path(app["local_path"]).expanduser().resolve())
-        except InvalidArgument:  # a broken app is reported at StartRun
+        requirements = await _local_requirements(app) if client_ids and wanted else None  # opted out: no spare
+        if requirements is None:
             return
         command = agent_pb2.AgentCommand(prepare_task=agent_pb2.PrepareTask(task_id=task_id, requirements=requirements))
         for client_id in client_ids:
@@ -444,3 +439,14 @@ class RunManager(RunLaunch):
             self._active[run_id] = ActiveRun(handle)
             await self._bus.publish(run_id, "control_restarted",
                                     "control service restarted; run re-attached to its SuperLink")
+
+
+async def _local_requirements(app: dict[str, Any]) -> list[str] | None:
+    """The declared dependencies of a local app; None for a git app (known once fetched, at its run)
+    or a broken one (reported at StartRun)."""
+    if "local_path" not in app:
+        return None
+    try:
+        return await asyncio.to_thread(app_requirements, Path(app["local_path"]).expanduser().resolve())
+    except InvalidArgument:
+        return None

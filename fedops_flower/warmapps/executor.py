@@ -28,6 +28,7 @@ from flwr.supercore import log
 from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND, TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, SubprocessExecutor
 
+from fedops_common.proc import pid_alive
 from fedops_flower.warmapps import spare, template
 
 FALLBACK_MARK = "fedops warm apps: falling back to Flower's subprocess executor"
@@ -130,16 +131,8 @@ class _Template:
     def alive(self) -> bool:
         if self._popen is not None:
             return self._popen.poll() is None
-        if self._adopted:  # the agent's fork server reaps it
-            if self.pid <= 0:
-                return False
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
+        if self._adopted:  # not our child: the agent's fork server reaps it
+            return self.pid > 0 and pid_alive(self.pid)
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
