@@ -24,6 +24,7 @@ from pathlib import Path
 
 from setproctitle import setproctitle
 
+from fedops_common import heap
 from fedops_common.net import accepts_connections
 from fedops_common.proc import FLOWER_SETTINGS
 
@@ -185,6 +186,7 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
         print(f"{pull.INSTALLED_MARK}: {clock.active_pull_s} s for {clock.active_window_s:.0f} s after a message"
               if clock else f"{pull.NOT_INSTALLED_MARK}: the SuperNode loop is not the one expected",
               file=sys.stderr, flush=True)
+    heap.freeze()  # the fork server's preloaded modules (fedops_common.heap)
     flower_supernode()
 
 
@@ -208,6 +210,7 @@ def _superexec_main(superexec_args: list[str], runtime_port: int, supernode_pid:
                     print(f"{wake.INSTALLED_MARK} (fallback poll {wake.FALLBACK_POLL_S} s)", file=sys.stderr,
                           flush=True)
                 install()
+            heap.freeze()
             flower_superexec()
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

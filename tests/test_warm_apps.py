@@ -146,12 +146,15 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
 
 def test_each_message_is_a_fresh_fork_with_the_app_preloaded(fleet: dict[str, Any]) -> None:
     """Module-level state never reaches the next message; every task is its own process, forked
-    (not started) by the template, which imported the app after the first task; prints are captured."""
+    (not started) by the template, which imported the app after the first task, with what it
+    inherited frozen for the garbage collector; prints are captured."""
     run = run_to_end(fleet, "probe")
     assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
     done = [c for c in results(run) if c["phase"] in ("train", "evaluate")]
     assert len(done) == 2 * 2 * CLIENTS and not any(c.get("error") for c in done)
     assert all(c["metrics"]["handled-in-process"] == 1 for c in done)
+    # What a task inherits from its template (Flower, numpy, the app) is frozen: no collection walks it.
+    assert all(c["metrics"]["gc-frozen"] > 10_000 for c in done), [c["metrics"]["gc-frozen"] for c in done]
     pids = [int(c["metrics"]["pid"]) for c in done]
     assert len(set(pids)) == len(pids)
     logs = supernode_logs(fleet, run["id"])

@@ -18,10 +18,12 @@ def main() -> None:
     from flwr.supercore.cli import flower_superexec
     from flwr.supercore.constant import TaskType
 
+    from fedops_common import heap
     from fedops_flower.warmapps.executor import install
 
     sys.argv = ["flower-superexec", *sys.argv[1:]]
     install(frozenset({TaskType.SERVER_APP}))  # before Flower's SuperExec starts any thread
+    heap.freeze()  # its imports are never garbage (fedops_common.heap)
     flower_superexec()
 
 

@@ -1,10 +1,13 @@
 """warm-probe-app: A Flower / NumPy ClientApp (Message API) that shows how it was run.
 
-Each reply carries the process id and how many messages this process's module has handled (1 when
-each message gets a fresh process, as Flower promises). With ``crash-round`` set, client 0 exits
-hard (``os._exit``, no reply, no exit handlers) in that round's train step.
+Each reply carries the process id, how many messages this process's module has handled (1 when
+each message gets a fresh process, as Flower promises) and how many objects the garbage collector
+leaves alone (``gc.get_freeze_count()``: what a forked task inherited from its template). With
+``crash-round`` set, client 0 exits hard (``os._exit``, no reply, no exit handlers) in that round's
+train step.
 """
 
+import gc
 import os
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -44,6 +47,7 @@ def train_fn(msg: Message, context: Context) -> Message:
         "num-examples": len(y_train),
         "pid": os.getpid(),
         "handled-in-process": len(HANDLED),
+        "gc-frozen": gc.get_freeze_count(),
     }
     metric_record = MetricRecord(metrics)
     content = RecordDict({"arrays": model_record, "metrics": metric_record})
@@ -68,6 +72,7 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
         "num-examples": len(y_test),
         "pid": os.getpid(),
         "handled-in-process": len(HANDLED),
+        "gc-frozen": gc.get_freeze_count(),
     }
     metric_record = MetricRecord(metrics)
     content = RecordDict({"metrics": metric_record})
