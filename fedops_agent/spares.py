@@ -15,6 +15,7 @@ is stopped with that run's SuperNode.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -24,10 +25,11 @@ from pathlib import Path
 from fedops_agent import forkserver
 from fedops_common import runconfig as keys
 from fedops_common.logging import get_logger
-from fedops_common.proc import ChildProcess, stop_process_group
+from fedops_common.proc import ChildProcess, pid_alive, stop_process_group
 
 log = get_logger(__name__)
 DEFAULT_CAPACITY = 1
+SOCKET_DIR_PREFIX = "fedops-spares-"  # then the agent's pid and a random part: fedops-spares-PID-XXXXXXXX
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Spares:
     def _start(self, task_id: str, imports: tuple[str, ...], learned: str) -> Spare:
         self._count += 1
         if self._socket_dir is None:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="fedops-spares-"))
+            sweep_left_socket_dirs(Path(tempfile.gettempdir()))
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         socket_path = self._socket_dir / f"{self._count}.sock"
         env = {keys.WARM_IMPORTS_ENV: ",".join(imports), keys.WARM_LEARNED_ENV: learned}
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,25 @@ class Spares:
             self._stop(self._spares.popitem()[1])
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def sweep_left_socket_dirs(tmp: Path) -> list[Path]:
+    """Remove the spares' socket directories that agents killed outright (SIGKILL: no :meth:`Spares.close`)
+    left in ``tmp``: those of this user whose agent pid, in the name, no longer runs. Another agent's
+    live directory is kept (several agents may share a machine). Returns what was removed."""
+    removed = []
+    for directory in tmp.glob(f"{SOCKET_DIR_PREFIX}*-*"):
+        pid = directory.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            mine = directory.is_dir() and directory.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    if removed:
+        log.info("removed spare socket directories of agents that were killed", directories=[str(d) for d in removed])
+    return removed
 
 
 def stop(spare: Spare, hard: bool = True, grace_s: float = 5.0) -> None:

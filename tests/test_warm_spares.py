@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedops_agent import forkserver
-from fedops_agent.spares import Spares
+from fedops_agent.spares import SOCKET_DIR_PREFIX, Spares, sweep_left_socket_dirs
 from fedops_common.proc import pid_alive
 from fedops_flower.warmapps import spare, wake
 from tests.test_e2e import wait_for
@@ -221,3 +221,28 @@ def test_the_agent_prepares_a_spare_when_selected_and_only_with_warm_apps(tmp_pa
                        warm_spares=0)):
         assert cold.spares is None
         asyncio.run(cold._handle(command))  # nothing to do, and no error
+
+
+def test_socket_dirs_left_by_killed_agents_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    """An agent killed outright cannot remove its spares' socket directory; the next agent to start a
+    spare on the machine removes it, and never one whose agent still runs."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not pid_alive(gone.pid)
+    left = tmp_path / f"{SOCKET_DIR_PREFIX}{gone.pid}-abc123"
+    (left / "sub").mkdir(parents=True)
+    (left / "1.sock").write_text("")
+    live_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f"{SOCKET_DIR_PREFIX}{live_agent.pid}-def456"
+        live.mkdir()
+        own = tmp_path / f"{SOCKET_DIR_PREFIX}{os.getpid()}-ghi789"
+        own.mkdir()
+        legacy = tmp_path / f"{SOCKET_DIR_PREFIX}k2j3h4"  # an older agent's name: no pid to check
+        legacy.mkdir()
+        assert sweep_left_socket_dirs(tmp_path) == [left]
+        assert not left.exists() and live.is_dir() and own.is_dir() and legacy.is_dir()
+    finally:
+        live_agent.kill()
+        live_agent.wait()
+    assert sweep_left_socket_dirs(tmp_path) == [live]  # its agent is gone now
