@@ -287,6 +287,9 @@ class Browser:
         from selenium.webdriver.common.by import By
 
         self.until("Sign in to FedOps")
+        # Streamlit draws the form's heading before its fields: on a loaded machine the field came
+        # later than the text (the whole suite on a fresh 2-core VM, with the Kubernetes build beside it).
+        self.wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=password]"))
         field = self.driver.find_element(By.CSS_SELECTOR, "input[type=password]")
         field.clear()
         field.send_keys(token)
