@@ -16,6 +16,7 @@ import pytest
 from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.devstack import LocalStack
 from fedops_control.run.launcher import CLAIMED_BY
+from fedops_flower.warmapps import gates, gridwake
 from tests.test_e2e import get_run, wait_finished, wait_for, wait_gone
 
 pytestmark = pytest.mark.e2e
@@ -125,6 +126,11 @@ def test_selecting_clients_for_a_task_starts_their_spare_templates(fleet: dict[s
 def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], style: str) -> None:
     run = run_to_end(fleet, style)
     assert run["outcome"] == "RUN_OUTCOME_COMPLETED", run.get("reason")
+    if style != "no_message":  # the run's FAB was unpacked and checked once per agent (warmapps/fabcache.py)
+        stack: LocalStack = fleet["stack"]
+        marks = [list((stack.root / "agents" / f"warm{i}" / "runs" / run["id"]).glob("**/.fedops-installed/*"))
+                 for i in range(CLIENTS)]
+        assert all(len(found) == 1 for found in marks), marks
     for text in supernode_logs(fleet, run["id"]):
         assert "fedops warm apps: template ready" in text
         # Every ClientApp task was a fork of the template (a ServerApp that sends nothing starts none).
@@ -140,6 +146,8 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
     text = superlink_log(fleet, run["id"])
     assert "template ready: flwr-serverapp" in text and FORKED.search(text), text[-3000:]
     assert "falling back" not in text
+    # The run's SuperLink woke its Grid and gated its one-API middlewares (warmapps/gridwake.py, gates.py).
+    assert gridwake.INSTALLED_MARK in text and gates.INSTALLED_MARK in text, text[:2000]
     started = [e for e in run_events(fleet, run["id"]) if e["kind"] == "app_started"]
     assert [e["message"] for e in started] == ["ServerApp started (a fork of the warm template)"]
 

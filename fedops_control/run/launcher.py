@@ -22,7 +22,6 @@ from typing import Protocol
 
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 
-from fedops_common import heap
 from fedops_common import runconfig as keys
 from fedops_common.ca import CA_CERT, CertificateAuthority
 from fedops_common.net import free_port, wait_for_port
@@ -38,6 +37,7 @@ from fedops_control.run.superexec import warm_superexec_env
 
 LOOPBACK = "127.0.0.1"
 GATEWAY_MODULE = "fedops_control.run.fleet_gateway"
+SUPERLINK_MODULE = "fedops_flower.warmapps.superlink"  # run by name: no import across roles
 MAX_FRAMEWORKS = 8  # imported by warm ServerApp templates: torch alone is about 0.8 GB resident
 
 
@@ -249,8 +249,9 @@ class LocalProcessLauncher:
         superlink_tls, gateway_tls, ca_file = self._security_args(workdir)
         internal_port = free_port(LOOPBACK)
         # Its imports frozen (fedops_common.heap): a full collection no longer stalls it 0.1 s
-        # in a phase; its command line still names flower-superlink for the process scans.
-        command = [sys.executable, "-m", heap.__name__, console_script("flower-superlink"), *superlink_tls,
+        # in a phase; it wakes its ServerApp's Grid when a reply arrives (fedops_flower/warmapps/
+        # gridwake.py); its command line still names flower-superlink for the process scans.
+        command = [sys.executable, "-m", SUPERLINK_MODULE, console_script("flower-superlink"), *superlink_tls,
                    "--host", LOOPBACK, "--port", str(internal_port),
                    "--database", superlink_database(flwr_home, self.state_on_disk),
                    "--disable-runtime-dependency-installation"]

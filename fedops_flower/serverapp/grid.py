@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedops_common import metricvalues
 from fedops_common.proto import agent_pb2, common_pb2
 from fedops_flower.serverapp.reporter import CooperativeStop, QuorumNotMet, Reporter
+from fedops_flower.warmapps.gridwake import Waiter
 
 POLL_INTERVAL_S = 0.1
 # Before the first send, how long get_node_ids waits for the run's nodes to join. Flower's
@@ -66,6 +67,8 @@ class ObservedGrid(Grid):
         self._reporter = reporter
         self._state = reporter.state
         self._batch: _Step | None = None
+        # Woken by the SuperLink when a reply arrives (warmapps/gridwake.py); else it polls as before.
+        self._wake = Waiter.open()
 
     @property
     def run(self):
@@ -148,7 +151,8 @@ class ObservedGrid(Grid):
                                f"succeeded, {needed} needed for the quorum ({len(timed_out)} timed out)", failure)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push, then poll replies every 100 ms, reporting each reply as it arrives."""
+        """Push, then pull replies as the SuperLink says they arrive (at least every 100 ms),
+        reporting each reply as it arrives."""
         messages = list(messages)
         if not messages:
             return []
@@ -169,9 +173,10 @@ class ObservedGrid(Grid):
         replies: list[Message] = []
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
+            seen = self._wake.seen
             batch_replies = list(self._inner.pull_messages(pending))
             if not batch_replies:
-                time.sleep(POLL_INTERVAL_S)
+                self._wake.wait(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())), seen)
                 continue
             results = []
             for reply in batch_replies:

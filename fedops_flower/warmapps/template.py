@@ -41,7 +41,7 @@ from setproctitle import setproctitle
 
 from fedops_common import heap
 from fedops_common.runconfig import WARM_FORK_ENV, WARM_IMPORTS_ENV, WARM_LEARNED_ENV
-from fedops_flower.warmapps import objectpull
+from fedops_flower.warmapps import fabcache, flowerevents, objectpull
 
 # What the template imports before it says it is ready, by task type: Flower's entry point for the
 # task and our wrapper (with grpc, structlog and the generated stubs it imports).
@@ -78,6 +78,8 @@ def prepare(command: str) -> Callable[[], None]:
     importlib.import_module(wrapper)
     # Its tasks pull their message as soon as they start, from a local SuperNode or SuperLink.
     objectpull.install(backoff_cap_s=objectpull.LOCAL_BACKOFF_CAP_S)
+    fabcache.install()  # the run's FAB unpacked and checked by its first task only
+    flowerevents.install()  # no thread and `file` process per task for Flower's switched-off telemetry
     _import_frameworks(os.environ.get(WARM_IMPORTS_ENV, ""))
     _import_learned(os.environ.get(WARM_LEARNED_ENV, ""))
     heap.freeze()  # what every task inherits is never walked by a collection (fedops_common.heap)
