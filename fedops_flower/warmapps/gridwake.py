@@ -3,7 +3,7 @@
 The observing Grid (``fedops_flower/serverapp/grid.py``) asks the SuperLink for a phase's replies,
 and when none is in sleeps 0.1 s before it asks again. The last reply of a phase therefore waited
 for that poll: 0.05 s on average, up to 0.1 s, in every phase (the "handler end -> phase finished"
-hop of the issue-16 bench), while the polls themselves cost the SuperLink ten requests a second.
+hop of the issue-16 bench).
 
 A run's ServerApp and its SuperLink are processes on one host that share ``FLWR_HOME`` (the
 SuperLink's directory, which its SuperExec and every ServerApp inherit). The Grid binds a datagram
@@ -11,10 +11,11 @@ socket in the abstract namespace named after that directory (:class:`Waiter`: no
 no path-length limit); the SuperLink, started as ``python -m fedops_flower.warmapps.superlink``,
 sends it one empty datagram each time a SuperNode has pushed a whole reply, the message and every
 object of it (:func:`install`, around Flower's Fleet handlers ``push_messages`` and
-``push_object``), and the Grid's wait returns at once. The wait stays
-bounded by the poll interval, so a SuperLink without the hook (a Flower release whose handler
-differs, a SuperLink in another network namespace) or a datagram dropped under load costs what it
-did before, never a lost reply. Flower's handlers, state and requests are unchanged.
+``push_object``), and the Grid's wait returns at once. The wait stays bounded by the poll
+interval, so a SuperLink without the hook (a Flower release whose handlers differ, a SuperLink in
+another network namespace), a datagram dropped under load, or another local process that took the
+address first costs what it did before, never a lost reply. Flower's handlers, state and requests
+are unchanged.
 """
 
 from __future__ import annotations
