@@ -16,7 +16,8 @@ trace of the issue-16 bench (digits app, 3 SuperNodes, 2 cores; ``gc.callbacks``
 :func:`freeze` moves every object the process holds into the collector's permanent generation
 (``gc.freeze``): O(1), no object touched. Later collections walk only what the process allocated
 since, which is also all that can become garbage. Forked processes call it first thing (what they
-inherited); :func:`run_frozen` runs a console script with its imports frozen (the SuperLink).
+inherited); :func:`run_frozen` runs a console script with its imports frozen (the SuperLink, through
+``python -m fedops_flower.warmapps.superlink``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,3 @@ def run_frozen(script: str, args: list[str]) -> NoReturn:
     sys.argv = [script, *args]
     sys.exit(main())
 
-
-if __name__ == "__main__":  # python -m fedops_common.heap SCRIPT [ARGS...]
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: python -m fedops_common.heap SCRIPT [ARGS...]")
-    run_frozen(sys.argv[1], sys.argv[2:])

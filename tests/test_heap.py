@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fedops_common import heap
+from fedops_flower.warmapps import gates, gridwake
 
 
 @pytest.fixture(autouse=True)
@@ -61,12 +64,15 @@ def test_run_frozen_runs_the_console_script_frozen_with_its_arguments(monkeypatc
     assert seen["frozen"] > 1000
 
 
-def test_a_real_console_script_runs_under_it_and_an_unknown_one_is_refused() -> None:
-    ran = subprocess.run([sys.executable, "-m", "fedops_common.heap", "fedopsctl", "--help"],
-                         capture_output=True, text=True, timeout=120)
+def test_a_real_console_script_runs_under_it_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    """Through the module the control service starts every run's SuperLink with, hooks and all."""
+    env = {**os.environ, "FLWR_HOME": str(tmp_path)}
+    ran = subprocess.run([sys.executable, "-m", "fedops_flower.warmapps.superlink", "fedopsctl", "--help"],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert ran.returncode == 0, ran.stderr
     assert "Usage" in ran.stdout
-    refused = subprocess.run([sys.executable, "-m", "fedops_common.heap", "no-such-script"],
-                             capture_output=True, text=True, timeout=60)
+    assert gridwake.INSTALLED_MARK in ran.stderr and gates.INSTALLED_MARK in ran.stderr
+    refused = subprocess.run([sys.executable, "-m", "fedops_flower.warmapps.superlink", "no-such-script"],
+                             capture_output=True, text=True, timeout=60, env=env)
     assert refused.returncode == 1
     assert "no console script named 'no-such-script'" in refused.stderr

@@ -122,8 +122,8 @@ class _ReplyTracker:
     """Which reply pushes still miss objects: a reply is complete when the SuperNode has pushed
     every object the SuperLink asked it for (``objects_to_push`` of its ``PushMessages`` answer,
     in the session that answer opened). Waking the Grid on the message alone made it pull the
-    reply before its arrays and retry those until they came (0.13 to 0.30 s, a hop trace of the
-    bench): the wait moved, it did not shrink."""
+    reply before its arrays and retry those until they came (pulls of 0.05 to 0.30 s, a hop trace of
+    the bench): the wait moved, it did not shrink."""
 
     MAX_OPEN = 1024  # sessions of SuperNodes that died mid-push are forgotten, oldest first
 

@@ -16,7 +16,8 @@ from fedops_flower.warmapps import gates, gridwake
 
 
 def main(argv: list[str]) -> None:
-    """Install the Grid's wake-up, then run the console script ``argv[0]`` with the rest."""
+    """Install the Grid's wake-up and the middleware gates, then run the console script ``argv[0]``
+    with the rest."""
     if len(argv) < 1:
         raise SystemExit("usage: python -m fedops_flower.warmapps.superlink SCRIPT [ARGS...]")
     for installed, mark in ((gridwake.install(), gridwake.INSTALLED_MARK), (gates.install(), gates.INSTALLED_MARK)):
