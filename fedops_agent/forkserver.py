@@ -178,11 +178,13 @@ def _supernode_main(supernode_args: list[str], runtime_port: int, superexec_args
         # Fast rounds: the SuperNode's 3 s pull sleep and 0.5 s reply check shortened while its
         # run is active (fedops_flower.warmapps.pull says what and why), and its SuperExec woken
         # when a message is stored (fedops_flower.warmapps.wake).
-        from fedops_flower.warmapps import objectpull, pull
+        from fedops_flower.warmapps import inline, objectpull, pull
 
         os.close(wake_r)
         clock = pull.install(on_message=lambda: wake.notify(wake_w))
         objectpull.install()  # it then pulls a message before the ServerApp has pushed its arrays
+        if inline.install():  # its Runtime API's steps for the tasks (its state is in memory)
+            print(inline.INSTALLED_MARK, file=sys.stderr, flush=True)
         print(f"{pull.INSTALLED_MARK}: {clock.active_pull_s} s for {clock.active_window_s:.0f} s after a message"
               if clock else f"{pull.NOT_INSTALLED_MARK}: the SuperNode loop is not the one expected",
               file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ import pytest
 from fedops_common.proc import pid_alive, scan_processes
 from fedops_control.devstack import LocalStack
 from fedops_control.run.launcher import CLAIMED_BY
-from fedops_flower.warmapps import gates, gridwake
+from fedops_flower.warmapps import gates, gridwake, inline
 from tests.test_e2e import get_run, wait_finished, wait_for, wait_gone
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +137,7 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
         assert bool(FORKED.search(text)) == (style != "no_message")
         assert "falling back" not in text
         assert "Traceback" not in text, text[-3000:]
+        assert inline.INSTALLED_MARK in text  # its Runtime API's steps on its event loop (warmapps/inline.py)
     if style == "sklearn_logreg":  # its declared frameworks were in every template before the first message
         logs = supernode_logs(fleet, run["id"])
         assert all("imported the app's frameworks ['sklearn', 'numpy']" in text for text in logs)
@@ -146,8 +147,10 @@ def test_each_style_completes_with_forked_clientapps(fleet: dict[str, Any], styl
     text = superlink_log(fleet, run["id"])
     assert "template ready: flwr-serverapp" in text and FORKED.search(text), text[-3000:]
     assert "falling back" not in text
-    # The run's SuperLink woke its Grid and gated its one-API middlewares (warmapps/gridwake.py, gates.py).
-    assert gridwake.INSTALLED_MARK in text and gates.INSTALLED_MARK in text, text[:2000]
+    # The run's SuperLink woke its Grid, gated its one-API middlewares and ran its in-memory request
+    # steps in place (warmapps/gridwake.py, gates.py, inline.py).
+    assert all(mark in text for mark in (gridwake.INSTALLED_MARK, gates.INSTALLED_MARK, inline.INSTALLED_MARK)), \
+        text[:2000]
     started = [e for e in run_events(fleet, run["id"]) if e["kind"] == "app_started"]
     assert [e["message"] for e in started] == ["ServerApp started (a fork of the warm template)"]
 

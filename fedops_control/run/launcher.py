@@ -249,9 +249,10 @@ class LocalProcessLauncher:
         superlink_tls, gateway_tls, ca_file = self._security_args(workdir)
         internal_port = free_port(LOOPBACK)
         # Its imports frozen (fedops_common.heap): a full collection no longer stalls it 0.1 s
-        # in a phase; it wakes its ServerApp's Grid when a reply arrives and its one-API middlewares
-        # skip the other APIs' requests (fedops_flower/warmapps/gridwake.py, gates.py); its command
-        # line still names flower-superlink for the process scans.
+        # in a phase; it wakes its ServerApp's Grid when a reply arrives, its one-API middlewares
+        # skip the other APIs' requests and (state in memory) its request steps run on its event loop
+        # (fedops_flower/warmapps/gridwake.py, gates.py, inline.py); its command line still names
+        # flower-superlink for the process scans.
         command = [sys.executable, "-m", SUPERLINK_MODULE, console_script("flower-superlink"), *superlink_tls,
                    "--host", LOOPBACK, "--port", str(internal_port),
                    "--database", superlink_database(flwr_home, self.state_on_disk),
