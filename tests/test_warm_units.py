@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -42,35 +40,21 @@ def test_pull_sleep_is_short_while_active_and_flowers_when_idle() -> None:
     fake = FakeTime()
     clock = pull.PollClock(fake, active_pull_s=0.1, active_window_s=30.0, reply_check_s=0.02)  # type: ignore[arg-type]
     clock.sleep(3)                      # just started: active
+    clock.sleep(0.5)                    # the reply check
     clock.sleep(1.25)                   # any other sleep: as asked
     fake.now += 31
     clock.sleep(3)                      # 31 s without a message: Flower's 3 s
     clock.message_pulled()
     clock.sleep(3)
-    assert fake.slept == [0.1, 1.25, 3.0, 0.1]
+    assert fake.slept == [0.1, 0.02, 1.25, 3.0, 0.1]
     assert clock.time() == 1_700_000_000.0  # every other time function is the real module's
-
-
-def test_the_reply_check_ends_when_the_task_stores_its_output() -> None:
-    clock = pull.PollClock(reply_check_s=30.0)
-    start = time.monotonic()
-    clock.sleep(0.05)  # not one of Flower's two sleeps: slept as asked
-    clock.reply_stored()  # stored before the check began: the check does not wait
-    clock.sleep(pull.FLOWER_REPLY_CHECK_S)
-    threading.Timer(0.1, clock.reply_stored).start()  # stored while it waits: it wakes
-    clock.sleep(pull.FLOWER_REPLY_CHECK_S)
-    assert time.monotonic() - start < 10  # far below the 30 s check either wait would have slept
-    short = pull.PollClock(reply_check_s=0.01)
-    short.sleep(pull.FLOWER_REPLY_CHECK_S)  # nothing stored: the check still ends after reply_check_s
 
 
 def test_install_patches_this_flowers_supernode_loop() -> None:
     """Fails when a Flower upgrade changes the loop: the patch would then be skipped in agents."""
     from flwr.supernode import start_client_internal as module
-    from flwr.supernode.servicer.runtime import runtime_handlers as handlers
 
     saved = module.time, module._pull_and_store_message
-    saved_handlers = handlers.push_messages, handlers.push_object
     fake = FakeTime()
     answers = iter([None, 7])
     try:
@@ -80,18 +64,8 @@ def test_install_patches_this_flowers_supernode_loop() -> None:
         fake.now += 60
         assert module._pull_and_store_message() is None and clock.pull_wait() == 3.0  # idle: Flower's
         assert module._pull_and_store_message() == 7 and clock.pull_wait() == pull.ACTIVE_PULL_S
-        # The handlers that store a task's output end the reply check, whatever their outcome.
-        stored = SimpleNamespace(store_object=lambda *_: True)  # the NodeState method push_object calls
-        request = SimpleNamespace(session_id="s", object_id="o", object_content=b"x")
-        assert handlers.push_object(request, stored, SimpleNamespace(run_id=1)).stored
-        assert clock._stored.is_set()
-        clock._stored.clear()
-        with pytest.raises(AttributeError):
-            handlers.push_messages(None, stored, SimpleNamespace(run_id=1))
-        assert clock._stored.is_set()
     finally:
         module.time, module._pull_and_store_message = saved
-        handlers.push_messages, handlers.push_object = saved_handlers
     assert module.time is time
 
 

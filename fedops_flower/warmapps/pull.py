@@ -13,12 +13,7 @@ every other ``time`` function and changes only those two sleeps:
   pulled (or after it started), and Flower's 3 s after that: a run's next phase usually follows
   within seconds (aggregation, the central evaluation), and a SuperNode of an idle federation
   still asks its SuperLink only every 3 s;
-- the reply check (a read of the SuperNode's own in-memory state) is ``REPLY_CHECK_S`` at most, and
-  ends as soon as the task has stored something in the SuperNode (:meth:`PollClock.reply_stored`,
-  called after Flower's Runtime handlers ``push_messages`` and ``push_object``). The same 0.5 s
-  sleep is also where the SuperNode waits for each object of a reply it is already forwarding to
-  the SuperLink (the task pushes them one by one, two at a time), so a reply of some ten objects
-  could wait several checks in a row; woken, it forwards each object when it is in.
+- the reply check (a read of the SuperNode's own in-memory state) is ``REPLY_CHECK_S``.
 
 Flower's message path, its retries and its node state are unchanged. The module is patched only if
 its code still has the two sleeps this expects (:func:`install` returns False otherwise and the
@@ -28,7 +23,6 @@ SuperNode runs as Flower wrote it), so a Flower upgrade that changes them cannot
 from __future__ import annotations
 
 import inspect
-import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -53,7 +47,6 @@ class PollClock:
         self.active_window_s = active_window_s
         self.reply_check_s = reply_check_s
         self._last_message = real.monotonic()
-        self._stored = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -68,22 +61,13 @@ class PollClock:
             return self.active_pull_s
         return float(FLOWER_PULL_SLEEP_S)
 
-    def reply_stored(self) -> None:
-        """The SuperNode's task stored a reply message or object: end the current reply check."""
-        self._stored.set()
-
     def sleep(self, seconds: float) -> None:
-        """Flower's 3 s pull sleep shortened and its 0.5 s reply check shortened and woken; any
-        other sleep as asked."""
+        """Flower's 3 s pull sleep and 0.5 s reply check shortened; any other sleep as asked."""
         if seconds == FLOWER_PULL_SLEEP_S:
-            self._real.sleep(self.pull_wait())
+            seconds = self.pull_wait()
         elif seconds == FLOWER_REPLY_CHECK_S:
-            # Cleared after the wait: whatever a set() announced was stored before it, so the
-            # caller's next read of the state finds it even when a later set() is cleared here.
-            self._stored.wait(self.reply_check_s)
-            self._stored.clear()
-        else:
-            self._real.sleep(seconds)
+            seconds = self.reply_check_s
+        self._real.sleep(seconds)
 
 
 def _expects_flowers_sleeps(module: ModuleType) -> bool:
@@ -119,30 +103,4 @@ def install(clock: PollClock | None = None, on_message: Callable[[], None] | Non
     # The loop looks both names up in the module at each call: the only seams it has.
     module._pull_and_store_message = pull_and_note
     module.time = clock  # type: ignore[assignment]  # a stand-in for the time module, with all its attributes
-    _wake_on_reply(clock)
     return clock
-
-
-def _wake_on_reply(clock: PollClock) -> bool:
-    """Call ``clock.reply_stored`` after each of the SuperNode's Runtime handlers that store a task's
-    output; False, changing nothing, when they are not there (the reply check then runs its full
-    ``REPLY_CHECK_S``)."""
-    from flwr.supernode.servicer.runtime import runtime_handlers as handlers
-
-    names = ("push_messages", "push_object")
-    if not all(callable(getattr(handlers, name, None)) for name in names):
-        return False
-
-    def noting(handler: Callable[..., Any]) -> Callable[..., Any]:
-        def store(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return handler(*args, **kwargs)
-            finally:
-                clock.reply_stored()
-
-        return store
-
-    # The SuperNode's app holds this module as its Runtime handlers and looks each one up at a call.
-    for name in names:
-        setattr(handlers, name, noting(getattr(handlers, name)))
-    return True
