@@ -215,7 +215,10 @@ def test_agent_container_killed_mid_round_then_started_joins_the_next_run(stack:
     engine: Engine = stack["engine"]
     client = engine.client().client  # testcontainers' Docker client, on the harness's engine
     victim = stack["clients"]["compose-agent-3"]
-    run = compose.json("control", "fedopsctl", "-o", "json", "run", "start", stack["task"])
+    # Training that lasts seconds (11 us an epoch): with warm apps a round of this app takes about a
+    # second, shorter than one poll through `docker exec`, and the run could end before the kill.
+    run = compose.json("control", "fedopsctl", "-o", "json", "run", "start", stack["task"],
+                       "--hp", "local-epochs=500000")
     wait_until(lambda: any(r.get("phase") == "train" and int(r.get("number", 0)) >= 1
                            for r in run_show(compose, run["id"]).get("rounds", [])), 300, "round 1 training", 0.5)
     client.containers.get(compose.container("agent-3")).kill()
