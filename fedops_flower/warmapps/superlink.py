@@ -10,6 +10,7 @@ The control service starts every run's SuperLink this way; ``SCRIPT`` (the path 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
@@ -20,13 +21,10 @@ from fedops_flower.warmapps import gates, gridwake, inline
 
 def state_in_memory(args: list[str]) -> bool:
     """Whether ``flower-superlink ARGS`` keeps its state in memory (no ``--database``: Flower's
-    default)."""
-    for i, arg in enumerate(args):
-        if arg == "--database":
-            return i + 1 < len(args) and args[i + 1] == FLWR_IN_MEMORY_DB_NAME
-        if arg.startswith("--database="):
-            return arg.partition("=")[2] == FLWR_IN_MEMORY_DB_NAME
-    return True
+    default). Only that option is read: Flower's own parser would act on ``--help`` and ``--version``."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--database", default=FLWR_IN_MEMORY_DB_NAME)
+    return bool(parser.parse_known_args(args)[0].database == FLWR_IN_MEMORY_DB_NAME)
 
 
 def main(argv: list[str]) -> None:
