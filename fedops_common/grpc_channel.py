@@ -17,6 +17,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
+# Servers: gRPC sets SO_REUSEPORT by default on Linux, so a second service started on a port in
+# use binds it too and the kernel splits connections between the two. Off, the second one fails
+# at start ("Address already in use") instead of answering some of the first one's clients.
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def control_channel(address: str, security: ChannelSecurity | None = None) -> grpc.Channel:

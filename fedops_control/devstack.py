@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from fedops_common.grpc_channel import control_channel
-from fedops_common.net import free_port, wait_for_port
 from fedops_common.proc import console_script, scan_processes, stop_process_group
 from fedops_common.proto import access_pb2, access_pb2_grpc
 from fedops_common.security import (
@@ -29,6 +28,10 @@ from fedops_common.security import (
     ChannelSecurity,
     read_secret,
 )
+
+# What `fedops-control` prints once it serves (server/app.py), followed by host:port.
+LISTENING = "fedops-control listening on "
+METRICS = "fedops-control metrics on "
 
 
 @dataclass
@@ -66,25 +69,26 @@ class LocalStack:
 
     def start_control(self, port: int | None = None) -> str:
         """Start the control service with a SQLite file and JSON-lines logs under root; a restart
-        (``port`` of the one before) first waits for the killed or stopped one to exit."""
+        (``port`` of the one before) first waits for the killed or stopped one to exit. Without
+        ``port`` the service binds a free port itself (a port picked here and bound there could be
+        taken in between) and says which once it serves."""
         if self.control is not None:
-            # A process killed a moment ago can still accept connections on its port: the port
-            # check below would take it for the new one, and the next call gets "connection refused".
+            # A process killed a moment ago can still accept connections on its port: the new one
+            # could not bind it.
             self.control.wait(timeout=30)
-        port = port or free_port()
-        self.control_address = f"127.0.0.1:{port}"
-        self.metrics_address = self.metrics_address or f"127.0.0.1:{free_port()}"
         self.root.mkdir(parents=True, exist_ok=True)
-        out = open(self.root / "control.out", "ab")
+        out_path = self.root / "control.out"
+        out = open(out_path, "ab")
+        start = out.tell()
         self.control = subprocess.Popen(
             [
                 console_script("fedops-control"),
                 "--listen",
-                self.control_address,
+                f"127.0.0.1:{port or 0}",
                 "--data-dir",
                 str(self.root / "control"),
                 "--metrics-listen",
-                self.metrics_address,
+                self.metrics_address or "127.0.0.1:0",
                 "--elasticsearch-url",
                 self.elasticsearch_url,
                 "--database-url",
@@ -97,7 +101,9 @@ class LocalStack:
             start_new_session=True,
         )
         out.close()
-        wait_for_port("127.0.0.1", port, 60)
+        said = self._wait_for_line(out_path, start, LISTENING, 60)
+        self.control_address = said[LISTENING]
+        self.metrics_address = said.get(METRICS, self.metrics_address)
         if self.auth:
             deadline = time.monotonic() + 30
             while not self.admin_token_file.exists():
@@ -106,6 +112,26 @@ class LocalStack:
                 time.sleep(0.05)
             self.admin_token = read_secret(self.admin_token_file)
         return self.control_address
+
+    def _wait_for_line(self, out_path: Path, start: int, prefix: str, timeout_s: float) -> dict[str, str]:
+        """The control service's start-up lines (prefix -> the rest of the line) in ``out_path``
+        from byte ``start``, once one begins with ``prefix``; raises with its output if it exits
+        or says nothing of the kind within ``timeout_s``."""
+        assert self.control is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with open(out_path, "rb") as out:
+                out.seek(start)
+                text = out.read().decode(errors="replace")
+            said = {known: line[len(known):].strip().removeprefix("http://").removesuffix("/metrics")
+                    for line in text.splitlines() for known in (LISTENING, METRICS) if line.startswith(known)}
+            if prefix in said:
+                return said
+            code = self.control.poll()
+            if code is not None or time.monotonic() > deadline:
+                why = f"exited with {code}" if code is not None else f"did not serve within {timeout_s:.0f} s"
+                raise RuntimeError(f"the control service {why}; its output ({out_path}):\n{text[-3000:]}")
+            time.sleep(0.05)
 
     def start_agent(self, name: str, task_ids: list[str], data_path: Path,
                     extra_args: list[str] | None = None,
@@ -146,7 +172,11 @@ class LocalStack:
         result = subprocess.run([console_script("fedopsctl"), "--control", self.control_address, *args],
                                 capture_output=True, text=True, timeout=timeout_s, env=env)
         if check and result.returncode != 0:
-            raise RuntimeError(f"fedopsctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+            gone = ""
+            if self.control is not None and self.control.poll() is not None:
+                tail = (self.root / "control.out").read_text(errors="replace")[-3000:]
+                gone = f"\nthe control service exited with {self.control.returncode}; its output:\n{tail}"
+            raise RuntimeError(f"fedopsctl {' '.join(args)} failed ({result.returncode}): {result.stderr}{gone}")
         return result
 
     def ctl_json(self, *args: str) -> Any:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from fedops_common.net import free_port
 from fedops_control.devstack import LocalStack
 from tests.backends import Elasticsearch, Prometheus, prometheus_config, wait_until
 from tests.test_e2e import wait_finished
@@ -26,7 +25,7 @@ CLIENTS = 3
 def fleet(tmp_path_factory: pytest.TempPathFactory, elasticsearch: Elasticsearch) -> Iterator[dict[str, Any]]:
     """Control service, Prometheus and 3 agents enrolled in one task per test app."""
     root = tmp_path_factory.mktemp("styles")
-    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url, metrics_address=f"127.0.0.1:{free_port()}")
+    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url)
     prometheus = Prometheus(root / "prometheus")
     # The missing-dependency app without its declaration: preflight passes, the clients fail at run time.
     undeclared = root / "undeclared_dependency"

@@ -45,6 +45,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield local
 
 
+# ------------------------------------------------------------------ the service's own ports
+@pytest.mark.parametrize("option", ["--listen", "--metrics-listen"])
+def test_a_second_service_on_a_port_in_use_exits_2_naming_the_option(stack: LocalStack, tmp_path: Path,
+                                                                     option: str) -> None:
+    """gRPC shares a port by default (SO_REUSEPORT): a second service on the first one's port would
+    answer some of its clients. It must refuse to start, and the first must keep answering."""
+    taken = {"--listen": stack.control_address, "--metrics-listen": stack.metrics_address}
+    ports = {"--listen": "127.0.0.1:0", "--metrics-listen": "127.0.0.1:0", option: taken[option]}
+    second = subprocess.run([console_script("fedops-control"), "--data-dir", str(tmp_path / "second"), "--no-auth",
+                             *(word for pair in ports.items() for word in pair)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"Invalid value for {option}: cannot " in second.stderr and taken[option] in second.stderr, second.stderr
+    assert ctl(stack, "task", "list").returncode == 0
+
+
 # ------------------------------------------------------------------ the service's text, verbatim
 def test_server_error_with_brackets_is_printed_intact(stack: LocalStack) -> None:
     result = ctl(stack, "task", "create", "--title", "bad", "--app", str(FAILING_APP), "--hp", "nosuchkey=1")

@@ -32,7 +32,7 @@ FAILING_APP = Path(__file__).resolve().parent / "apps" / "failing"
 def finished_run(tmp_path_factory: pytest.TempPathFactory, digits_data: list[Path],
                  elasticsearch: Elasticsearch) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("dash")
-    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url, metrics_address=f"127.0.0.1:{free_port()}")
+    stack = LocalStack(root / "stack", elasticsearch_url=elasticsearch.url)
     prometheus = Prometheus(root / "prometheus")
     saved = dict(os.environ)
     try:

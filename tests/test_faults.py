@@ -112,14 +112,12 @@ def test_elasticsearch_and_prometheus_restarted_during_a_run(tmp_path: Path, dig
     import shutil
     import tempfile
 
-    from fedops_common.net import free_port
     from tests.backends import Elasticsearch, Prometheus, prometheus_config, wait_until
 
     es = Elasticsearch(Path(tempfile.mkdtemp(prefix="fedops-es-"))).start()
     prometheus = Prometheus(tmp_path / "prometheus")
     try:
-        with control_stack(tmp_path / "stack", elasticsearch_url=es.url,
-                           metrics_address=f"127.0.0.1:{free_port()}") as stack:
+        with control_stack(tmp_path / "stack", elasticsearch_url=es.url) as stack:
             prometheus.start(prometheus_config(stack.metrics_address))
             task_id = create_task(stack, rounds=3, timeout_s=120, quorum=2)
             start_clients(stack, task_id, digits_data[:2], "t")

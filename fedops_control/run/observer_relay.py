@@ -41,7 +41,7 @@ from typing import Any
 
 import grpc
 
-from fedops_common.grpc_channel import CHANNEL_OPTIONS
+from fedops_common.grpc_channel import CHANNEL_OPTIONS, SERVER_OPTIONS
 from fedops_common.proc import until_stop_signal
 from fedops_common.proto import agent_pb2
 from fedops_common.security import AUTHORIZATION, read_secret
@@ -112,7 +112,7 @@ async def serve(listen: str, upstream: grpc.aio.Channel, token: str = "",
                 tls: tuple[bytes, bytes] | None = None, started: asyncio.Event | None = None) -> None:
     """Serve the relay on ``listen`` (TLS with ``tls`` = (certificate, key) PEMs) until cancelled
     or signalled (SIGTERM, SIGINT)."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((ObserverRelay(upstream, token),))
     if tls is not None:
         server.add_secure_port(listen, grpc.ssl_server_credentials([(tls[1], tls[0])]))

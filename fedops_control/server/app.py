@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedops_common.ca import CertificateAuthority
-from fedops_common.grpc_channel import CHANNEL_OPTIONS
+from fedops_common.grpc_channel import SERVER_OPTIONS
 from fedops_common.logging import get_logger
 from fedops_common.proc import until_stop_signal
 from fedops_common.proto import (
@@ -169,10 +169,14 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     access = AccessControl(tokens, enabled=security.auth)
     if security.auth:
         bootstrap_admin(tokens, security.admin_token_file or data_dir / "admin.token")
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[RpcMetricsInterceptor(),
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RpcMetricsInterceptor(),
                                                                        AuthInterceptor(access, AuditLog(writer))])
     credentials = security.server_credentials()
-    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError as err:  # gRPC says only "Failed to bind"
+        raise typer.BadParameter(f"cannot listen on {listen}: the port is in use, or the host is not an "
+                                 "address of this machine", param_hint="--listen") from err
     host = listen.rsplit(":", 1)[0]
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
     superlink_ca = (CertificateAuthority.load_or_create(data_dir / "superlink-ca", "FedOps SuperLink CA")
@@ -203,7 +207,11 @@ async def serve(listen: str, data_dir: Path, database_url: str, superlink_host: 
     tune_garbage_collector()
     if metrics_listen:
         register_state_collector(sessions, agents)
-        _, metrics_address = serve_metrics(metrics_listen, {"/sd/agents": AgentTargets(sessions, agents)})
+        try:
+            _, metrics_address = serve_metrics(metrics_listen, {"/sd/agents": AgentTargets(sessions, agents)})
+        except (OSError, ValueError) as err:
+            raise typer.BadParameter(f"cannot serve metrics on {metrics_listen}: {err}",
+                                     param_hint="--metrics-listen") from err
         log.info("metrics served", address=metrics_address)
         print(f"fedops-control metrics on http://{metrics_address}/metrics", flush=True)
     for name in ("", *SERVICE_NAMES):
